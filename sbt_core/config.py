@@ -1,0 +1,112 @@
+"""One pydantic model per stage. Every field has a default and a description.
+
+Unknown keys are refused; errors name the field path (see `format_validation_error`).
+Validators do no I/O.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GenerateConfig(_Config):
+    seed: int = Field(0, description="Seed for every random draw of the generator.")
+    num_numbers: int = Field(4, ge=2, le=6, description="Numbers per problem (the paper: 4).")
+    number_min: int = Field(1, ge=0, description="Smallest number drawn (inclusive).")
+    number_max: int = Field(99, ge=1, le=10_000, description="Largest number drawn (inclusive).")
+    target_min: int = Field(10, ge=0, description="Smallest target (inclusive).")
+    target_max: int = Field(100, ge=1, description="Largest target (inclusive).")
+    held_out_fraction: float = Field(0.1, ge=0, lt=1, description="Share of targets held out for val_new.")
+    num_train: int = Field(500_000, ge=1, description="Problems in the train split.")
+    num_val_seen: int = Field(1000, ge=0, description="Problems in val_seen (seen targets, not in train).")
+    num_val_new: int = Field(1000, ge=0, description="Problems in val_new (held-out targets).")
+    workers: int = Field(0, ge=0, description="Worker processes; 0 = one per CPU core.")
+    chunk_size: int = Field(4096, ge=64, description="Problems per work unit (output does not depend on it).")
+
+    @model_validator(mode="after")
+    def _ranges(self):
+        if self.number_min > self.number_max:
+            raise ValueError("number_min must be <= number_max")
+        if self.target_min > self.target_max:
+            raise ValueError("target_min must be <= target_max")
+        return self
+
+
+class BuildDataConfig(_Config):
+    seed: int = Field(0, description="Seed for prefix lengths, error types and erroneous steps.")
+    error_type_ratio: tuple[float, float, float] = Field(
+        (1, 2, 2), description="Relative weights of exploration : computational : rule-violation errors."
+    )
+    backtrack_per_optimal: float = Field(
+        1.0, ge=0, description="D_back rows per D_op row (1.0 is D_op:D_back = 1:1; 2.0 is 1:2)."
+    )
+
+    @model_validator(mode="after")
+    def _ratio(self):
+        if any(w < 0 for w in self.error_type_ratio) or sum(self.error_type_ratio) <= 0:
+            raise ValueError("error_type_ratio needs non-negative weights with a positive sum")
+        return self
+
+
+class ModelConfig(_Config):
+    size: Literal["1m", "3m", "17m"] | None = Field(
+        "1m", description="Named tiny from-scratch model; None when `path` names a pretrained model."
+    )
+    path: str | None = Field(None, description="Local path of a Hugging Face causal LM and tokenizer.")
+    seed: int = Field(0, description="Seed for the from-scratch initialisation.")
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.size is None) == (self.path is None):
+            raise ValueError("set exactly one of `size` (from scratch) or `path` (pretrained)")
+        return self
+
+
+class TrainConfig(_Config):
+    seed: int = Field(42, description="Seed for data order and dropout (the paper: 42).")
+    learning_rate: float = Field(1e-5, gt=0, description="Peak learning rate (the paper: 1e-5).")
+    lr_scheduler: str = Field("cosine", description="Hugging Face scheduler name (the paper: cosine).")
+    warmup_steps: int = Field(1, ge=0, description="Warm-up steps (the paper: 1).")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (the paper: 0.01).")
+    epochs: float = Field(3, gt=0, description="Epochs over the data (the paper: 3).")
+    max_steps: int = Field(-1, description="Stop after this many optimiser steps (-1: use epochs).")
+    max_minutes: float | None = Field(None, gt=0, description="Stop training after this wall time.")
+    batch_size: int = Field(16, ge=1, description="Per-device micro-batch (the paper: 16).")
+    grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps.")
+    context_length: int = Field(128, ge=8, description="Truncation length in tokens (the paper: 128).")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping (the paper's DeepSpeed config: 1.0).")
+    save_steps: int = Field(500, ge=1, description="Checkpoint every this many steps (resume point).")
+    logging_steps: int = Field(50, ge=1, description="Log loss every this many steps.")
+    bf16: bool = Field(False, description="bf16 mixed precision (GPU only; fp32 on CPU).")
+    deepspeed: bool = Field(False, description="Train through DeepSpeed ZeRO-2 (configs/ds_zero2.json).")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory.")
+
+
+class SearchConfig(_Config):
+    decoder: Literal["greedy", "beam", "sample", "best_of_n", "majority", "self_backtrack", "reference"] = Field(
+        "self_backtrack", description="Decoding strategy."
+    )
+    n: int = Field(32, ge=1, description="Samples per expansion / beams / Best-of-N size (the paper's N).")
+    backtrack_budget: int = Field(1, ge=0, description="Backtrack rounds after the first expansion (the paper's b).")
+    temperature: float = Field(0.7, ge=0, description="Sampling temperature (the paper: 0.7).")
+    selector: Literal["logprob", "oracle"] = Field(
+        "logprob", description="Best-of-N selector: the model's mean log-prob, or the verifier (pass@N)."
+    )
+    max_new_tokens: int = Field(64, ge=1, description="Token limit of one continuation.")
+    batch_rows: int = Field(2048, ge=1, description="Sequences decoded together in one batch.")
+    seed: int = Field(4, description="Sampling seed (the paper's eval: 4).")
+
+
+def format_validation_error(err: ValidationError, prefix: str = "") -> str:
+    """One line per problem, each naming the dotted field path."""
+    lines = []
+    for e in err.errors():
+        path = ".".join(str(p) for p in (prefix, *e["loc"]) if p != "")
+        lines.append(f"{path or '<root>'}: {e['msg']}")
+    return "\n".join(lines)
