@@ -1,0 +1,103 @@
+"""Tokenizers and causal LMs: tiny from-scratch models, or any local Hugging Face model.
+
+Both kinds go through one loading path (`load`): a tiny model is built, saved with
+`save_pretrained`, and loaded back like any checkpoint. `<backtrack>` is always a special
+token, added (and the embeddings resized) when a pretrained tokenizer lacks it. Nothing
+here touches the network.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+import torch
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from sbt_core.countdown.format import BACKTRACK, GOAL
+
+log = logging.getLogger(__name__)
+
+PAD, EOS, BOS, UNK = "<pad>", "</s>", "<s>", "<unk>"
+# The format's fixed phrases are single tokens; digits are one token each.
+PHRASES = ["###Question:", "###Response:", GOAL, "->target", "numbers"]
+CHARS = list("0123456789+-*/=[], \n")
+# Sizes after arXiv 2504.07052's Qwen2 configs (3M, 17M), plus a ~1M model for laptops.
+SIZES = {
+    "1m": dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4, intermediate_size=512),
+    "3m": dict(hidden_size=256, num_hidden_layers=6, num_attention_heads=4, num_key_value_heads=1, intermediate_size=512),
+    "17m": dict(hidden_size=512, num_hidden_layers=8, num_attention_heads=4, num_key_value_heads=1, intermediate_size=1024),
+}
+
+
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    """A word-level tokenizer whose decode is the exact inverse of encode on the format."""
+    specials = [PAD, EOS, BOS, UNK, BACKTRACK]
+    vocab = {tok: i for i, tok in enumerate(specials + PHRASES + CHARS)}
+    pattern = "|".join(re.escape(p) for p in PHRASES) + r"|\d|[+\-*/=\[\], \n]"
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(pattern), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token=PAD, eos_token=EOS, bos_token=BOS, unk_token=UNK,
+        additional_special_tokens=[BACKTRACK],
+    )
+    fast.padding_side = "left"
+    return fast
+
+
+def build_tiny(size: str, tokenizer: PreTrainedTokenizerFast, seed: int = 0, max_positions: int = 256) -> LlamaForCausalLM:
+    """A from-scratch Llama of a named size, fp32, for the tokenizer's vocabulary."""
+    if size not in SIZES:
+        raise ValueError(f"unknown model size {size!r}; choose one of {sorted(SIZES)}")
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=len(tokenizer), max_position_embeddings=max_positions, rope_theta=10_000.0,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
+        tie_word_embeddings=True, **SIZES[size],
+    )
+    return LlamaForCausalLM(cfg)
+
+
+def create_tiny(size: str, out_dir: str | Path, seed: int = 0) -> Path:
+    """Build and save a tiny model with its tokenizer; load it back with `load`."""
+    tokenizer = build_tokenizer()
+    model = build_tiny(size, tokenizer, seed)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return Path(out_dir)
+
+
+def prepare_tokenizer(tokenizer) -> bool:
+    """Make `<backtrack>` a special token and give the tokenizer a pad token; True if it grew."""
+    grew = False
+    if BACKTRACK not in tokenizer.get_vocab():
+        tokenizer.add_special_tokens({"additional_special_tokens": [BACKTRACK]})
+        grew = True
+    if tokenizer.pad_token is None:
+        # As in the paper's train.py: eos doubles as pad. Padding is never supervised here.
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return grew
+
+
+def load(path: str | Path, dtype: torch.dtype = torch.float32, device: str = "cpu"):
+    """(model, tokenizer) from a local folder; never reaches the network."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"model folder not found: {path}")
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    grew = prepare_tokenizer(tokenizer)
+    model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=dtype)
+    if grew or model.get_input_embeddings().num_embeddings < len(tokenizer):
+        model.resize_token_embeddings(len(tokenizer))
+        log.info("resized embeddings to %d for %s", len(tokenizer), BACKTRACK)
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model.to(device), tokenizer
+
+
+def num_parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters())

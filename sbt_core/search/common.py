@@ -1,0 +1,71 @@
+"""What every decoder shares: the model wrapper and the per-problem result record."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from sbt_core.countdown.format import BACKTRACK, GOAL, format_prompt
+from sbt_core.search.sampling import Sampled, sample
+
+
+@dataclass
+class Result:
+    """One problem's search outcome."""
+
+    output: str  # the chosen response (text after `###Response:\n`)
+    candidates: list[dict] = field(default_factory=list)  # {"response", "score"}
+    generated_tokens: int = 0
+    forward_passes: int = 0
+    rounds: int = 0
+
+
+def mean(xs) -> float:
+    xs = list(xs)
+    return sum(xs) / len(xs) if xs else float("-inf")
+
+
+class LM:
+    """A causal LM with its tokenizer, seen as token ids in and token ids out."""
+
+    def __init__(self, model, tokenizer):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.eos_id = tokenizer.eos_token_id
+        self.pad_id = tokenizer.pad_token_id
+        self.backtrack_id = tokenizer.convert_tokens_to_ids(BACKTRACK)
+        self.stop_ids = [self.eos_id, self.backtrack_id]
+        # Tokens whose text holds a newline: where steps end, at the token level.
+        self.newline_ids = {i for i in range(len(tokenizer)) if "\n" in tokenizer.decode([i])}
+        self._drop = {self.eos_id, self.pad_id}
+
+    def prompt_ids(self, nums, target) -> list[int]:
+        return self.tokenizer(format_prompt(nums, target), add_special_tokens=True)["input_ids"]
+
+    def text(self, ids: list[int]) -> str:
+        """Response text; EOS and pad dropped, `<backtrack>` kept."""
+        return self.tokenizer.decode([i for i in ids if i not in self._drop], skip_special_tokens=False)
+
+    def sample(self, prompts, *, temperature, max_new_tokens, batch_rows, generator) -> tuple[Sampled, list[int]]:
+        """Sample in chunks of `batch_rows`; also returns the model calls each row took part in."""
+        tokens, logprobs, passes = [], [], []
+        for s in range(0, len(prompts), batch_rows):
+            out = sample(
+                self.model, prompts[s : s + batch_rows], max_new_tokens=max_new_tokens, temperature=temperature,
+                stop_ids=self.stop_ids, pad_id=self.pad_id, generator=generator,
+            )
+            tokens += out.tokens
+            logprobs += out.logprobs
+            passes += [out.forward_passes] * len(out.tokens)
+        return Sampled(tokens, logprobs, sum(set(passes))), passes
+
+
+def claims_goal(text: str) -> bool:
+    return GOAL in text
+
+
+def make_generator(seed: int, device) -> torch.Generator:
+    g = torch.Generator(device=device)
+    g.manual_seed(seed)
+    return g

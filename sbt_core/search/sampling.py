@@ -1,0 +1,101 @@
+"""Batched autoregressive sampling with a KV cache: one Python step per token, not per row.
+
+Prompts of different lengths are left-padded; position ids follow the attention mask so a
+padded row sees exactly what it would see alone. Rows stop at a stop token (EOS,
+`<backtrack>`) or the token limit; rows that stop early are dropped from the batch (and
+from the cache) so the remaining rows run on a smaller batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import DynamicCache
+
+
+@dataclass
+class Sampled:
+    """Per row: generated token ids (stop token included) and their log-probabilities."""
+
+    tokens: list[list[int]]
+    logprobs: list[list[float]]
+    forward_passes: int  # model calls made for this batch
+
+
+def left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+        mask[i, width - len(p) :] = 1
+    return ids.to(device), mask.to(device)
+
+
+def _select_cache(cache: DynamicCache, keep: torch.Tensor) -> None:
+    for layer in cache.layers:
+        layer.keys = layer.keys[keep]
+        layer.values = layer.values[keep]
+
+
+@torch.no_grad()
+def sample(
+    model,
+    prompts: list[list[int]],
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    stop_ids: list[int],
+    pad_id: int,
+    generator: torch.Generator | None = None,
+    compact_below: float = 0.5,
+) -> Sampled:
+    """Continue every prompt; temperature 0 is greedy. Log-probs are the model's own
+    (untempered) log-softmax, the quantity the search ranks by."""
+    device = next(model.parameters()).device
+    ids, mask = left_pad(prompts, pad_id, device)
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    n = len(prompts)
+    stops = torch.tensor(stop_ids, device=device)
+    cache = DynamicCache()
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True).logits[:, -1]
+    passes = 1
+    rows = torch.arange(n, device=device)  # original row of each live batch row
+    next_pos = pos[:, -1] + 1
+    out_tokens = torch.full((n, max_new_tokens), -1, dtype=torch.long, device=device)
+    out_logp = torch.zeros((n, max_new_tokens), device=device)
+    finished = torch.zeros(n, dtype=torch.bool, device=device)
+    for step in range(max_new_tokens):
+        if temperature == 0:
+            nxt = logits.argmax(-1)
+        else:
+            probs = torch.softmax(logits.float() / temperature, dim=-1)
+            nxt = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        nxt = torch.where(finished, pad_id, nxt)
+        logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, nxt[:, None]).squeeze(-1)
+        live = ~finished
+        out_tokens[rows[live], step] = nxt[live]
+        out_logp[rows[live], step] = logp[live]
+        finished = finished | torch.isin(nxt, stops)
+        if step == max_new_tokens - 1 or finished.all():
+            break
+        if (~finished).float().mean() < compact_below:  # drop finished rows from batch and cache
+            keep = ~finished
+            _select_cache(cache, keep)
+            rows, nxt, mask, next_pos, finished = rows[keep], nxt[keep], mask[keep], next_pos[keep], finished[keep]
+        mask = torch.cat([mask, (~finished).long()[:, None]], dim=1)
+        logits = model(
+            input_ids=nxt[:, None], attention_mask=mask, position_ids=next_pos[:, None],
+            past_key_values=cache, use_cache=True,
+        ).logits[:, -1]
+        passes += 1
+        next_pos = next_pos + 1
+    tokens, logps = [], []
+    stop_set = set(stop_ids)
+    for r, row in enumerate(out_tokens.tolist()):
+        k = next((i for i, x in enumerate(row) if x == -1), len(row))
+        k = next((i + 1 for i, x in enumerate(row[:k]) if x in stop_set), k)
+        tokens.append(row[:k])
+        logps.append(out_logp[r, :k].tolist())
+    return Sampled(tokens, logps, passes)

@@ -1,0 +1,204 @@
+"""SFT with the paper's masked loss, through the Hugging Face Trainer.
+
+Masking (Self-Backtracking's `train.py`): the prompt is not supervised; on a backtracking
+row the erroneous step line *and its newline* are not supervised; the kept prefix,
+`<backtrack>` and EOS are. Unlike the paper's code, padding is never supervised (the
+paper copies labels before padding, so its pad-as-eos tokens were).
+
+Checkpoints are written every `save_steps`; a rerun of the same call resumes from the last
+complete one. `--deepspeed` trains through DeepSpeed ZeRO-2 (`assets/ds_zero2.json`).
+
+Run: `sbt train --data data/sft/sft.parquet --out runs/sft --size 1m`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+
+import torch
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from sbt_core import io
+from sbt_core.config import ModelConfig, TrainConfig
+from sbt_core.countdown.format import BACKTRACK, format_prompt
+from sbt_core.models import create_tiny, load
+
+log = logging.getLogger(__name__)
+DS_CONFIG = Path(__file__).parent / "assets" / "ds_zero2.json"
+IGNORE = -100
+
+
+def masked_char_spans(prompt: str, response: str) -> list[tuple[int, int]]:
+    """Character spans of prompt + response that are not supervised."""
+    spans = [(0, len(prompt))]
+    if response.endswith(BACKTRACK):
+        last_nl = response.rfind("\n")  # the newline right before <backtrack>
+        start = response.rfind("\n", 0, last_nl) + 1  # start of the erroneous line
+        spans.append((len(prompt) + start, len(prompt) + last_nl + 1))
+    return spans
+
+
+def encode_example(tokenizer, nums, target: int, response: str, context_length: int) -> dict[str, list[int]]:
+    """input_ids and labels for one row; a token is masked when it starts in a masked span."""
+    prompt = format_prompt(nums, target)
+    enc = tokenizer(prompt + response, return_offsets_mapping=True, add_special_tokens=True)
+    spans = masked_char_spans(prompt, response)
+    ids = list(enc["input_ids"]) + [tokenizer.eos_token_id]
+    labels = [
+        IGNORE if any(a <= start < b for a, b in spans) else tok
+        for tok, (start, _) in zip(enc["input_ids"], enc["offset_mapping"])
+    ] + [tokenizer.eos_token_id]
+    return {"input_ids": ids[:context_length], "labels": labels[:context_length]}
+
+
+class SFTDataset(torch.utils.data.Dataset):
+    def __init__(self, table, tokenizer, context_length: int):
+        self.rows = [
+            encode_example(tokenizer, n, t, r, context_length)
+            for n, t, r in zip(table["nums"].to_pylist(), table["target"].to_pylist(), table["response"].to_pylist())
+        ]
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, i):
+        return self.rows[i]
+
+
+class Collator:
+    """Right-pads a batch; padding gets label -100 and attention 0. Counts tokens seen."""
+
+    def __init__(self, pad_id: int):
+        self.pad_id = pad_id
+        self.tokens = 0
+
+    def __call__(self, rows):
+        width = max(len(r["input_ids"]) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            n = len(r["input_ids"])
+            ids[i, :n] = torch.tensor(r["input_ids"])
+            labels[i, :n] = torch.tensor(r["labels"])
+            mask[i, :n] = 1
+        self.tokens += int(mask.sum())
+        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+class _TimeLimit(TrainerCallback):
+    """Stops (and checkpoints) once the wall-time budget is spent."""
+
+    def __init__(self, minutes: float | None):
+        self.deadline = time.monotonic() + minutes * 60 if minutes else math.inf
+
+    def on_step_end(self, args, state, control, **kw):
+        if time.monotonic() > self.deadline:
+            control.should_training_stop = True
+            control.should_save = True
+
+
+def last_complete_checkpoint(ckpt_dir: Path) -> str | None:
+    """The newest checkpoint whose trainer state was written (the Trainer writes it last)."""
+    done = [p for p in ckpt_dir.glob("checkpoint-*") if (p / "trainer_state.json").exists()]
+    return str(max(done, key=lambda p: int(p.name.split("-")[1]))) if done else None
+
+
+def _single_process_distributed_env() -> None:
+    """DeepSpeed wants a process group even for one rank; gloo on CPU, nccl on GPU."""
+    if "WORLD_SIZE" in os.environ:
+        return
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+
+
+def training_args(cfg: TrainConfig, out_dir: Path) -> TrainingArguments:
+    if cfg.deepspeed:
+        _single_process_distributed_env()
+    return TrainingArguments(
+        output_dir=str(out_dir / "checkpoints"),
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler,
+        warmup_steps=cfg.warmup_steps,
+        weight_decay=cfg.weight_decay,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        max_grad_norm=cfg.max_grad_norm,
+        save_steps=cfg.save_steps,
+        save_total_limit=2,
+        logging_steps=cfg.logging_steps,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        bf16=cfg.bf16,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        deepspeed=str(DS_CONFIG) if cfg.deepspeed else None,
+        use_cpu=not torch.cuda.is_available(),
+        report_to=[],
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        disable_tqdm=False,
+    )
+
+
+def train(cfg: TrainConfig, model_cfg: ModelConfig, data_uri: str, out_dir: str, callbacks=()) -> dict[str, str]:
+    """Stage entry: SFT on `data_uri` (rows with nums, target, response); writes out_dir/model."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    final = out / "model"
+    init = model_cfg.path or str(out / "init")
+    if model_cfg.size and not (out / "init").exists():
+        create_tiny(model_cfg.size, out / "init.tmp", seed=model_cfg.seed)
+        os.replace(out / "init.tmp", out / "init")
+    dtype = torch.bfloat16 if cfg.bf16 and torch.cuda.is_available() else torch.float32
+    model, tokenizer = load(init, dtype=dtype)
+    table = io.read_parquet(data_uri)
+    dataset = SFTDataset(table, tokenizer, cfg.context_length)
+    collator = Collator(tokenizer.pad_token_id)
+    trainer = Trainer(
+        model=model,
+        args=training_args(cfg, out),
+        train_dataset=dataset,
+        data_collator=collator,
+        callbacks=[_TimeLimit(cfg.max_minutes), *callbacks],
+    )
+    resume = last_complete_checkpoint(out / "checkpoints")
+    if resume:
+        log.info("resuming from %s", resume)
+    t0 = time.monotonic()
+    result = trainer.train(resume_from_checkpoint=resume)
+    seconds = time.monotonic() - t0
+    tmp = out / "model.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    trainer.save_model(str(tmp))
+    tokenizer.save_pretrained(str(tmp))
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    losses = [h for h in trainer.state.log_history if "loss" in h]
+    metrics = {
+        "train/steps": trainer.state.global_step,
+        "train/final_loss": losses[-1]["loss"] if losses else None,
+        "train/mean_loss": result.training_loss,
+        "train/seconds": seconds,
+        "train/tokens": collator.tokens,
+        "train/tokens_per_second": collator.tokens / seconds if seconds else None,
+        "train/rows": len(dataset),
+        "train/resumed_from": resume,
+        "train/loss_history": [{"step": h["step"], "loss": h["loss"]} for h in losses],
+    }
+    metrics_uri = io.write_json(metrics, str(out / "train_metrics.json"))
+    io.write_manifest(
+        str(out), "train", {"train": cfg.model_dump(mode="json"), "model": model_cfg.model_dump(mode="json")},
+        [data_uri], {"metrics": metrics_uri},
+    )
+    log.info("train: %d steps, %.0f tokens/s", trainer.state.global_step, metrics["train/tokens_per_second"] or 0)
+    return {"model": str(final), "metrics": metrics_uri}
