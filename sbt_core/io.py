@@ -42,7 +42,7 @@ def exists(uri: str) -> bool:
     return fs.exists(path)
 
 
-def _write_bytes(uri: str, data: bytes) -> None:
+def write_bytes(uri: str, data: bytes) -> None:
     if is_local(uri):
         path = Path(str(uri).removeprefix("file://"))
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -72,7 +72,7 @@ def write_parquet(table: pa.Table, uri: str) -> str:
     """Write a table; the same table gives the same bytes (no timestamps, no pandas metadata)."""
     sink = pa.BufferOutputStream()
     pq.write_table(table.replace_schema_metadata(None), sink, compression="zstd")
-    _write_bytes(uri, sink.getvalue().to_pybytes())
+    write_bytes(uri, sink.getvalue().to_pybytes())
     return str(uri)
 
 
@@ -83,7 +83,7 @@ def read_parquet(uri: str) -> pa.Table:
 
 
 def write_json(obj: Any, uri: str) -> str:
-    _write_bytes(uri, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
+    write_bytes(uri, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
     return str(uri)
 
 

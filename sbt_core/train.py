@@ -123,7 +123,9 @@ def _single_process_distributed_env() -> None:
 def training_args(cfg: TrainConfig, out_dir: Path) -> TrainingArguments:
     if cfg.deepspeed:
         _single_process_distributed_env()
+    extra = {"gradient_checkpointing": True} if cfg.gradient_checkpointing else {}
     return TrainingArguments(
+        **extra,
         output_dir=str(out_dir / "checkpoints"),
         per_device_train_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.grad_accum,
@@ -140,7 +142,6 @@ def training_args(cfg: TrainConfig, out_dir: Path) -> TrainingArguments:
         seed=cfg.seed,
         data_seed=cfg.seed,
         bf16=cfg.bf16,
-        gradient_checkpointing=cfg.gradient_checkpointing,
         deepspeed=str(DS_CONFIG) if cfg.deepspeed else None,
         use_cpu=not torch.cuda.is_available(),
         report_to=[],

@@ -1,0 +1,200 @@
+"""The `sbt` command line: one command per stage, each Parquet in and Parquet out.
+
+Every command writes its outputs and a `manifest.json` into `--out`, shows progress on long
+work, and fails with a one-line message (exit code 2), not a traceback, on bad input.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from typing import Optional
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from sbt_core.config import BuildDataConfig, GenerateConfig, ModelConfig, SearchConfig, TrainConfig, format_validation_error
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Self-backtracking on Countdown: data, SFT, search.")
+err = Console(stderr=True)
+
+
+def _clean_errors(fn):
+    """Known bad input ends in a message and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        try:
+            return fn(*args, **kwargs)
+        except ValidationError as e:
+            err.print(f"[red]error:[/red] invalid configuration\n{format_validation_error(e)}")
+        except (ValueError, FileNotFoundError, KeyError) as e:
+            err.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2)
+
+    return wrapper
+
+
+def _progress(total: int, label: str):
+    p = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err,
+                 disable=not sys.stderr.isatty())
+    task = p.add_task(label, total=total)
+    return p, lambda *a: p.advance(task, a[-1] if a else 1)
+
+
+@app.command()
+@_clean_errors
+def generate(
+    out: str = typer.Option(..., help="Output folder (local or s3://)."),
+    num_train: int = typer.Option(500_000, help="Problems in train."),
+    num_val_seen: int = typer.Option(1000, help="Problems in val_seen."),
+    num_val_new: int = typer.Option(1000, help="Problems in val_new."),
+    seed: int = typer.Option(0, help="Seed."),
+    num_numbers: int = typer.Option(4, help="Numbers per problem."),
+    number_max: int = typer.Option(99, help="Largest number."),
+    workers: int = typer.Option(0, help="Worker processes (0: one per core)."),
+):
+    """Generate Countdown problems with optimal paths: train, val_seen, val_new."""
+    from sbt_core.countdown import generate as stage
+
+    cfg = GenerateConfig(num_train=num_train, num_val_seen=num_val_seen, num_val_new=num_val_new, seed=seed,
+                         num_numbers=num_numbers, number_max=number_max, workers=workers)
+    p, advance = _progress(num_train + num_val_seen + num_val_new, "generate")
+    with p:
+        uris = stage.run(cfg, out, progress=advance)
+    typer.echo("\n".join(f"{k}: {v}" for k, v in uris.items()))
+
+
+@app.command("build-data")
+@_clean_errors
+def build_data(
+    data: str = typer.Option(..., help="train.parquet of `sbt generate` (or its folder)."),
+    out: str = typer.Option(..., help="Output folder."),
+    seed: int = typer.Option(0, help="Seed."),
+    error_ratio: str = typer.Option("1:2:2", help="exploration:computational:rule_violation weights."),
+    backtrack_per_optimal: float = typer.Option(1.0, help="D_back rows per D_op row."),
+):
+    """Build D = D_op ∪ D_back for SFT."""
+    from sbt_core import build_data as stage
+
+    ratio = tuple(float(x) for x in error_ratio.split(":"))
+    if len(ratio) != 3:
+        raise ValueError("--error-ratio needs three weights, like 1:2:2")
+    cfg = BuildDataConfig(seed=seed, error_type_ratio=ratio, backtrack_per_optimal=backtrack_per_optimal)
+    src = data if data.endswith(".parquet") else f"{data.rstrip('/')}/train.parquet"
+    typer.echo(stage.run(cfg, src, out)["sft"])
+
+
+@app.command("import-dataset")
+@_clean_errors
+def import_dataset(
+    src: str = typer.Option(..., help="The paper's released JSON or JSONL file."),
+    out: str = typer.Option(..., help="Output folder."),
+):
+    """Import the paper's released dataset rows into our Parquet schema."""
+    from sbt_core.countdown import importer
+
+    uris = importer.run(src, out)
+    typer.echo("\n".join(f"{k}: {v}" for k, v in uris.items()))
+
+
+@app.command()
+@_clean_errors
+def train(
+    data: str = typer.Option(..., help="SFT rows (sft.parquet of build-data, import-dataset or distill-data)."),
+    out: str = typer.Option(..., help="Run folder: checkpoints/, model/, train_metrics.json."),
+    size: Optional[str] = typer.Option("1m", help="Tiny from-scratch model: 1m, 3m or 17m."),
+    model_path: Optional[str] = typer.Option(None, help="Local HF model folder (instead of --size)."),
+    lr: float = typer.Option(1e-5, help="Peak learning rate."),
+    epochs: float = typer.Option(3, help="Epochs."),
+    max_steps: int = typer.Option(-1, help="Optimiser steps (-1: epochs)."),
+    max_minutes: Optional[float] = typer.Option(None, help="Wall-time limit."),
+    batch_size: int = typer.Option(16, help="Per-device batch."),
+    warmup_steps: int = typer.Option(1, help="Warm-up steps."),
+    save_steps: int = typer.Option(500, help="Checkpoint interval."),
+    seed: int = typer.Option(42, help="Seed."),
+    deepspeed: bool = typer.Option(False, "--deepspeed", help="Use DeepSpeed ZeRO-2."),
+    bf16: bool = typer.Option(False, "--bf16", help="bf16 (GPU only)."),
+):
+    """Fine-tune with the paper's masked loss; resumes from the last checkpoint in --out."""
+    from sbt_core import train as stage
+
+    cfg = TrainConfig(learning_rate=lr, epochs=epochs, max_steps=max_steps, max_minutes=max_minutes,
+                      batch_size=batch_size, warmup_steps=warmup_steps, save_steps=save_steps, seed=seed,
+                      deepspeed=deepspeed, bf16=bf16)
+    model_cfg = ModelConfig(size=None if model_path else size, path=model_path)
+    out_uris = stage.train(cfg, model_cfg, data, out)
+    typer.echo("\n".join(f"{k}: {v}" for k, v in out_uris.items()))
+
+
+def _search_config(decoder, n, b, temperature, selector, max_new_tokens, batch_rows, seed) -> SearchConfig:
+    return SearchConfig(decoder=decoder, n=n, backtrack_budget=b, temperature=temperature, selector=selector,
+                        max_new_tokens=max_new_tokens, batch_rows=batch_rows, seed=seed)
+
+
+@app.command()
+@_clean_errors
+def search(
+    model: str = typer.Option(..., help="Model folder."),
+    data: str = typer.Option(..., help="Problems (a split's parquet)."),
+    out: str = typer.Option(..., help="Output folder: results.parquet, shards/, manifest.json."),
+    decoder: str = typer.Option("self_backtrack", help="greedy, beam, sample, best_of_n, majority, self_backtrack, reference."),
+    n: int = typer.Option(32, help="N: samples / beams."),
+    b: int = typer.Option(1, help="b: backtrack budget."),
+    temperature: float = typer.Option(0.7, help="Sampling temperature."),
+    selector: str = typer.Option("logprob", help="Best-of-N selector: logprob or oracle."),
+    max_new_tokens: int = typer.Option(64, help="Token limit per continuation."),
+    batch_rows: int = typer.Option(2048, help="Sequences per model batch."),
+    limit: Optional[int] = typer.Option(None, help="Only the first LIMIT problems."),
+    seed: int = typer.Option(4, help="Seed."),
+):
+    """Run one decoder over a split; resumes from finished shards."""
+    from sbt_core.io import read_parquet
+    from sbt_core.search import run as stage
+
+    cfg = _search_config(decoder, n, b, temperature, selector, max_new_tokens, batch_rows, seed)
+    total = min(limit or 10**12, len(read_parquet(data)))
+    p, advance = _progress(total, f"search {decoder}")
+    with p:
+        typer.echo(stage.run(cfg, model, data, out, limit=limit, progress=advance)["results"])
+
+
+@app.command()
+@_clean_errors
+def evaluate(
+    model: str = typer.Option(..., help="Model folder."),
+    data: str = typer.Option(..., help="Folder with val_seen.parquet and val_new.parquet."),
+    out: str = typer.Option(..., help="Output folder: summary.json, summary.md, per-method results."),
+    methods: str = typer.Option(",".join(__import__("sbt_core.evaluate", fromlist=["x"]).DEFAULT_METHODS),
+                                help="Comma-separated method names (see sbt_core.evaluate.METHODS)."),
+    limit: Optional[int] = typer.Option(None, help="Problems per split."),
+    max_new_tokens: int = typer.Option(64, help="Token limit per continuation."),
+    seed: int = typer.Option(4, help="Seed."),
+):
+    """Accuracy on val_seen and val_new (strict and paper verifier modes) for several decoders."""
+    from sbt_core import evaluate as stage
+
+    cfgs = {m: stage.method_config(m, max_new_tokens=max_new_tokens, seed=seed) for m in methods.split(",") if m}
+    uris = stage.run(model, data, out, cfgs, limit=limit)
+    typer.echo(open(uris["summary_md"]).read() if "://" not in uris["summary_md"] else uris["summary"])
+
+
+@app.command("distill-data")
+@_clean_errors
+def distill_data(
+    results: str = typer.Option(..., help="results.parquet of `sbt search` on the train split."),
+    out: str = typer.Option(..., help="Output folder."),
+    transductive: bool = typer.Option(False, "--transductive", help="Allow self-training on an evaluation split."),
+):
+    """Verified-correct search outputs as a new SFT set (expert iteration)."""
+    from sbt_core import distill as stage
+
+    typer.echo(stage.run(results, out, transductive=transductive)["sft"])
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,65 @@
+"""Expert-iteration data: verified-correct search outputs become a new SFT set.
+
+Each kept row is the prompt's problem plus the final path up to `Goal Reached!` (rolled-back
+text never appears in a search's final output). Rows come from the **train** split by
+default; taking them from an evaluation split is self-training on the test set, which the
+paper's `train_self_improvement.py` does, and needs `transductive=True`.
+
+Run: `sbt distill-data --results runs/search-train/results.parquet --out runs/ei1-data`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import PurePosixPath
+
+import pyarrow as pa
+
+from sbt_core import io
+from sbt_core.countdown.format import GOAL
+
+log = logging.getLogger(__name__)
+
+
+def source_split(results_uri: str) -> str:
+    """The split a search read, from the manifest beside its results."""
+    manifest_uri = io.join(str(PurePosixPath(str(results_uri)).parent), io.MANIFEST)
+    if not io.exists(manifest_uri):
+        raise ValueError(f"no manifest beside {results_uri}: cannot tell which split it searched")
+    inputs = io.read_json(manifest_uri).get("inputs", [])
+    if not inputs:
+        raise ValueError(f"{manifest_uri} names no input split")
+    return PurePosixPath(inputs[0]["uri"]).stem
+
+
+def distill(results: pa.Table) -> pa.Table:
+    """SFT rows (the schema of build_data) from strictly verified outputs."""
+    keep = [r for r in results.select(["id", "nums", "target", "output", "correct_strict"]).to_pylist() if r["correct_strict"]]
+    responses = [r["output"][: r["output"].index(GOAL) + len(GOAL)] for r in keep]
+    return pa.table(
+        {
+            "id": pa.array(range(len(keep)), pa.int64()),
+            "problem_id": pa.array([r["id"] for r in keep], pa.int64()),
+            "nums": pa.array([r["nums"] for r in keep], pa.list_(pa.int64())),
+            "target": pa.array([r["target"] for r in keep], pa.int64()),
+            "response": pa.array(responses, pa.string()),
+            "kind": pa.array(["optimal"] * len(keep), pa.string()),
+            "error_type": pa.array([None] * len(keep), pa.string()),
+            "prefix_len": pa.array([r.count("\n") for r in responses], pa.int64()),
+        }
+    )
+
+
+def run(results_uri: str, out_dir: str, *, transductive: bool = False) -> dict[str, str]:
+    """Stage entry: write `sft.parquet` of verified outputs; refuses eval splits unless transductive."""
+    split = source_split(results_uri)
+    if split != "train" and not transductive:
+        raise ValueError(
+            f"the search read split {split!r}, not 'train': self-training on an evaluation split is "
+            "transductive; pass transductive=True (--transductive) to do it anyway"
+        )
+    table = distill(io.read_parquet(results_uri))
+    uri = io.write_parquet(table, io.join(out_dir, "sft.parquet"))
+    io.write_manifest(out_dir, "distill", {"transductive": transductive, "split": split}, [results_uri], {"sft": uri})
+    log.info("distill: kept %d verified outputs", len(table))
+    return {"sft": uri}

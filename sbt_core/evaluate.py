@@ -1,0 +1,117 @@
+"""Evaluation: run decoders on val_seen and val_new, summarise accuracy in both verifier modes.
+
+Every figure says which verifier mode produced it (`strict` or `paper`). The false-claim
+rate is the share of final answers that claim `Goal Reached!` but fail the strict verifier.
+
+Run: `sbt evaluate --model runs/sft/model --data data/countdown --out runs/eval`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+
+import pyarrow as pa
+import torch
+
+from sbt_core import io
+from sbt_core.config import SearchConfig
+from sbt_core.models import load
+from sbt_core.search import run as search_stage
+from sbt_core.search.common import LM
+
+log = logging.getLogger(__name__)
+SPLITS = ("val_seen", "val_new")
+
+# Named methods, as rows of the paper's Table 1 (plus pass@N, which consults the verifier).
+METHODS = {
+    "greedy": dict(decoder="greedy"),
+    "beam": dict(decoder="beam", n=5),
+    "best_of_n_8": dict(decoder="best_of_n", n=8),
+    "best_of_n_16": dict(decoder="best_of_n", n=16),
+    "best_of_n_32": dict(decoder="best_of_n", n=32),
+    "pass_at_16": dict(decoder="best_of_n", n=16, selector="oracle"),
+    "majority_16": dict(decoder="majority", n=16),
+    "sbt_b0_n8": dict(decoder="self_backtrack", n=8, backtrack_budget=0),
+    "sbt_b0_n16": dict(decoder="self_backtrack", n=16, backtrack_budget=0),
+    "sbt_b0_n32": dict(decoder="self_backtrack", n=32, backtrack_budget=0),
+    "sbt_b1_n8": dict(decoder="self_backtrack", n=8, backtrack_budget=1),
+    "sbt_b1_n16": dict(decoder="self_backtrack", n=16, backtrack_budget=1),
+    "sbt_b1_n32": dict(decoder="self_backtrack", n=32, backtrack_budget=1),
+    "sbt_b2_n32": dict(decoder="self_backtrack", n=32, backtrack_budget=2),
+    "reference_b1_n32": dict(decoder="reference", n=32, backtrack_budget=1),
+}
+DEFAULT_METHODS = ["greedy", "best_of_n_16", "pass_at_16", "sbt_b0_n16", "sbt_b0_n32", "sbt_b1_n16", "sbt_b1_n32"]
+
+
+def method_config(name: str, **overrides) -> SearchConfig:
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
+    return SearchConfig(**{**METHODS[name], **overrides})
+
+
+def summarize(results: pa.Table) -> dict:
+    """Accuracy (strict and paper modes), categories, false claims, cost per problem."""
+    n = len(results)
+    rows = results.select(
+        ["claims_goal", "correct_strict", "category_strict", "correct_paper", "category_paper",
+         "generated_tokens", "forward_passes", "seconds"]
+    ).to_pylist()
+    false_claims = [r["category_strict"] for r in rows if r["claims_goal"] and not r["correct_strict"]]
+    div = max(n, 1)
+    return {
+        "problems": n,
+        "accuracy_strict": sum(r["correct_strict"] for r in rows) / div,
+        "accuracy_paper": sum(r["correct_paper"] for r in rows) / div,
+        "categories_strict": dict(Counter(r["category_strict"] for r in rows)),
+        "categories_paper": dict(Counter(r["category_paper"] for r in rows)),
+        "false_claim_rate": len(false_claims) / div,
+        "false_claim_categories": dict(Counter(false_claims)),
+        "tokens_per_problem": sum(r["generated_tokens"] for r in rows) / div,
+        "forward_passes_per_problem": sum(r["forward_passes"] for r in rows) / div,
+        "seconds": sum(r["seconds"] for r in rows),
+    }
+
+
+def markdown_table(summary: dict) -> str:
+    """Methods as rows; strict and paper accuracy per split, tokens/problem, false claims."""
+    head = "| method | " + " | ".join(
+        f"{s} strict | {s} paper | {s} false-claim | {s} tokens/problem" for s in SPLITS
+    ) + " |"
+    lines = [head, "|" + "---|" * (1 + 4 * len(SPLITS))]
+    for name, per_split in summary.items():
+        cells = []
+        for s in SPLITS:
+            m = per_split.get(s)
+            cells += (
+                [f"{m['accuracy_strict']:.1%}", f"{m['accuracy_paper']:.1%}", f"{m['false_claim_rate']:.1%}",
+                 f"{m['tokens_per_problem']:.0f}"] if m else ["-"] * 4
+            )
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def run(
+    model_path: str, data_dir: str, out_dir: str, methods: dict[str, SearchConfig], *,
+    splits=SPLITS, limit: int | None = None, progress=None,
+) -> dict[str, str]:
+    """Stage entry: one search per (method, split); writes summary.json and summary.md."""
+    lm = LM(*load(model_path, device="cuda" if torch.cuda.is_available() else "cpu"))
+    summary = {}
+    for name, cfg in methods.items():
+        summary[name] = {}
+        for split in splits:
+            data_uri = io.join(data_dir, f"{split}.parquet")
+            out = search_stage.run(cfg, model_path, data_uri, io.join(out_dir, name, split), limit=limit, lm=lm,
+                                   progress=progress)
+            summary[name][split] = summarize(io.read_parquet(out["results"]))
+            log.info("%s %s: strict %.3f paper %.3f", name, split, summary[name][split]["accuracy_strict"],
+                     summary[name][split]["accuracy_paper"])
+    uri = io.write_json(summary, io.join(out_dir, "summary.json"))
+    md = io.join(out_dir, "summary.md")
+    io.write_bytes(md, markdown_table(summary).encode())
+    config = {"methods": {k: v.model_dump(mode="json") for k, v in methods.items()}, "model": str(model_path),
+              "splits": list(splits), "limit": limit}
+    io.write_manifest(out_dir, "evaluate", config, [io.join(data_dir, f"{s}.parquet") for s in splits],
+                      {"summary": uri, "summary_md": md})
+    return {"summary": uri, "summary_md": md}
