@@ -1,0 +1,139 @@
+"""Solver, generator, backtracking data and dataset import."""
+
+import json
+
+import numpy as np
+import pytest
+
+from sbt_core import build_data, io
+from sbt_core.config import BuildDataConfig, GenerateConfig
+from sbt_core.countdown import generate, importer, verify
+from sbt_core.countdown.format import BACKTRACK, parse_step, solution_steps
+from sbt_core.countdown.solver import apply_step, decode_program, pick_programs, reachable, solve_batch
+
+
+@pytest.mark.parametrize("count", [2, 3, 4])
+def test_vectorised_solver_agrees_with_recursive_search(count):
+    rng = np.random.default_rng(count)
+    nums = rng.integers(1, 30, size=(300, count))
+    targets = rng.integers(10, 101, size=300)
+    programs = pick_programs(solve_batch(nums, targets), rng)
+    for row, t, p in zip(nums.tolist(), targets.tolist(), programs.tolist()):
+        assert (p >= 0) == reachable(row, t)
+        if p >= 0:  # the decoded path is a strict solution
+            steps = decode_program(row, p)
+            text = "\n".join(map(str, steps)) + "\nGoal Reached!"
+            assert verify(row, t, text).correct, text
+
+
+def test_splits_sizes_targets_and_disjointness(data_dir):
+    tables = {s: io.read_parquet(str(data_dir / f"{s}.parquet")) for s in generate.SPLITS}
+    assert [len(tables[s]) for s in generate.SPLITS] == [3000, 40, 40]
+    seen, held = generate.split_targets(GenerateConfig(seed=1))
+    assert len(held) == 9 and not set(seen) & set(held)
+    assert set(tables["train"]["target"].to_pylist()) <= set(seen)
+    assert set(tables["val_seen"]["target"].to_pylist()) <= set(seen)
+    assert set(tables["val_new"]["target"].to_pylist()) <= set(held)
+    assert not generate.problem_keys(tables["val_seen"]) & generate.problem_keys(tables["train"])
+    for s, t in tables.items():
+        assert {"nums", "target", "solution"} <= set(t.column_names)
+        for nums, target, sol in zip(t["nums"].to_pylist(), t["target"].to_pylist(), t["solution"].to_pylist()):
+            assert len(nums) == 4 and all(1 <= n <= 99 for n in nums) and 10 <= target <= 100
+            assert verify(nums, target, sol).correct, (nums, target, sol)
+    manifest = io.read_json(str(data_dir / "manifest.json"))
+    assert manifest["stage"] == "generate" and manifest["outputs"]["train"]["rows"] == 3000
+    assert manifest["config_hash"] and manifest["code_version"].startswith("0.1.0+")
+
+
+def test_generation_is_byte_identical_for_a_seed_whatever_the_workers(tmp_path):
+    cfg = dict(num_train=700, num_val_seen=20, num_val_new=20, seed=7, chunk_size=256)
+    a = generate.run(GenerateConfig(workers=1, **cfg), str(tmp_path / "a"))
+    b = generate.run(GenerateConfig(workers=2, **cfg), str(tmp_path / "b"))
+    c = generate.run(GenerateConfig(workers=1, **{**cfg, "seed": 8}), str(tmp_path / "c"))
+    for split in generate.SPLITS:
+        assert io.content_hash(a[split]) == io.content_hash(b[split])
+    assert io.content_hash(a["train"]) != io.content_hash(c["train"])
+
+
+def test_other_number_counts_and_ranges(tmp_path):
+    cfg = GenerateConfig(num_numbers=3, number_max=20, target_min=1, target_max=30, num_train=100,
+                         num_val_seen=10, num_val_new=10, workers=1)
+    t = generate.generate(cfg)["train"]
+    for nums, target, sol in zip(t["nums"].to_pylist(), t["target"].to_pylist(), t["solution"].to_pylist()):
+        assert len(nums) == 3 and max(nums) <= 20 and verify(nums, target, sol).correct
+
+
+def test_backtrack_rows_follow_the_definition(data_dir):
+    problems = io.read_parquet(str(data_dir / "train.parquet")).slice(0, 600)
+    table = build_data.build(problems, BuildDataConfig(seed=3))
+    rows = table.to_pylist()
+    assert sum(r["kind"] == "optimal" for r in rows) == 600
+    assert sum(r["kind"] == "backtrack" for r in rows) == 600  # D_op:D_back = 1:1
+    kinds = [r["error_type"] for r in rows if r["kind"] == "backtrack"]
+    share = {k: kinds.count(k) / len(kinds) for k in build_data.ERROR_TYPES}
+    assert abs(share["exploration"] - 0.2) < 0.06 and abs(share["computational"] - 0.4) < 0.07
+    optimal = {r["problem_id"]: solution_steps(r["response"]) for r in rows if r["kind"] == "optimal"}
+    for r in rows:
+        if r["kind"] != "backtrack":
+            continue
+        lines = r["response"].split("\n")
+        assert lines[-1] == BACKTRACK and len(lines) == r["prefix_len"] + 2
+        assert lines[: r["prefix_len"]] == optimal[r["problem_id"]][: r["prefix_len"]]
+        assert 0 <= r["prefix_len"] < len(optimal[r["problem_id"]])
+        pool = sorted(r["nums"])
+        for line in lines[: r["prefix_len"]]:
+            pool = apply_step(pool, parse_step(line))
+        err = parse_step(lines[-2])
+        # The prefix plus the erroneous step, judged by the strict verifier.
+        verdict = verify(r["nums"], r["target"], "\n".join(lines[:-1]) + "\nGoal Reached!")
+        if r["error_type"] == "exploration":
+            assert verdict.category in ("not_reached", "rule_violation")  # legal step, correct arithmetic
+            assert not reachable(apply_step(pool, err), r["target"])
+        elif r["error_type"] == "computational":
+            assert verdict.category == "computation_error"
+        else:
+            assert verdict.category == "rule_violation"
+
+
+def test_build_data_is_deterministic_and_ratios_configurable(data_dir):
+    problems = io.read_parquet(str(data_dir / "train.parquet")).slice(0, 200)
+    a = build_data.build(problems, BuildDataConfig(seed=1))
+    assert a.equals(build_data.build(problems, BuildDataConfig(seed=1)))
+    two = build_data.build(problems, BuildDataConfig(backtrack_per_optimal=2.0, error_type_ratio=(0, 0, 1)))
+    assert two["kind"].to_pylist().count("backtrack") == 400
+    assert set(two["error_type"].drop_null().to_pylist()) == {"rule_violation"}
+
+
+def test_import_paper_rows(tmp_path):
+    rows = [
+        {"nums": [90, 11, 37, 95], "target": 55, "search_path": "90+95=185\n11*185=2035\n2035/37=55\nGoal Reached!",
+         "is_find": True, "is_backtrack": False},
+        {"nums": [90, 11, 37, 95], "target": 55, "search_path": "90+95=185\n11*185=2035\n84/5=83\n<backtrack>",
+         "is_find": False, "is_backtrack": True},
+    ]
+    src = tmp_path / "d.jsonl"
+    src.write_text("\n".join(json.dumps(r) for r in rows))
+    out = importer.run(str(src), str(tmp_path / "out"))
+    sft = io.read_parquet(out["sft"]).to_pylist()
+    assert [r["kind"] for r in sft] == ["optimal", "backtrack"] and sft[1]["prefix_len"] == 2
+    assert io.read_parquet(out["problems"])["solution"].to_pylist() == [rows[0]["search_path"]]
+    (tmp_path / "l.json").write_text(json.dumps(rows))
+    assert len(importer.import_rows((tmp_path / "l.json").read_text())[0]) == 2
+
+
+@pytest.mark.parametrize(
+    "row,message",
+    [
+        ({"target": 5, "search_path": "Goal Reached!", "is_find": True, "is_backtrack": False}, "row 2: field 'nums' is missing"),
+        ({"nums": [1, "2"], "target": 5, "search_path": "Goal Reached!", "is_find": True, "is_backtrack": False}, "row 2: field 'nums'"),
+        ({"nums": [1, 2], "target": "5", "search_path": "Goal Reached!", "is_find": True, "is_backtrack": False}, "row 2: field 'target'"),
+        ({"nums": [1, 2], "target": 5, "search_path": "1+2=3", "is_find": True, "is_backtrack": False}, "row 2: field 'search_path'"),
+        ({"nums": [1, 2], "target": 5, "search_path": "Goal Reached!", "is_find": True, "is_backtrack": True}, "row 2: exactly one"),
+    ],
+)
+def test_import_errors_name_row_and_field(row, message):
+    good = {"nums": [1, 2], "target": 3, "search_path": "1+2=3\nGoal Reached!", "is_find": True, "is_backtrack": False}
+    with pytest.raises(importer.DatasetFormatError, match=message):
+        importer.import_rows(json.dumps(good) + "\n" + json.dumps(row))
+    with pytest.raises(importer.DatasetFormatError, match="row 2: not valid JSON"):
+        importer.import_rows(json.dumps(good) + "\n{oops")

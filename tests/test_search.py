@@ -1,0 +1,156 @@
+"""Search: rollback and visited-state logic on a scripted LM; sampler equivalences; every decoder."""
+
+import pytest
+import torch
+
+from sbt_core import io
+from sbt_core.config import SearchConfig
+from sbt_core.countdown import verify
+from sbt_core.models import load
+from sbt_core.search import run as search_stage
+from sbt_core.search.backtrack import rollback, self_backtrack
+from sbt_core.search.common import LM
+from sbt_core.search.sampling import Sampled, sample
+
+BT = 1000
+
+
+class ScriptedLM:
+    """Characters as token ids; continuations scripted by the state they continue from."""
+
+    backtrack_id = BT
+    newline_ids = {ord("\n")}
+
+    def __init__(self, script):
+        self.script = script  # state text -> list of (continuation text, per-token log-prob)
+        self.calls = []
+
+    def prompt_ids(self, nums, target):
+        return [ord("P")]
+
+    def encode(self, text):
+        return [BT] if text == "<backtrack>" else [ord(c) for c in text]
+
+    def text(self, ids):
+        return "".join("<backtrack>" if i == BT else chr(i) for i in ids)
+
+    def sample(self, prompts, *, temperature, max_new_tokens, batch_rows, generator):
+        self.calls.append([self.text(p[1:]) for p in prompts])
+        seen, tokens, logprobs = {}, [], []
+        for p in prompts:
+            state = self.text(p[1:])
+            k = seen.get(state, 0)
+            seen[state] = k + 1
+            cont, lp = self.script[state][k % len(self.script[state])]
+            ids = [BT if part == "<backtrack>" else None for part in [cont]]
+            ids = self.encode(cont[: -len("<backtrack>")]) + [BT] if cont.endswith("<backtrack>") else self.encode(cont)
+            tokens.append(ids)
+            logprobs.append([lp] * len(ids))
+        return Sampled(tokens, logprobs, 1), [1] * len(prompts)
+
+
+SCRIPT = {
+    "": [
+        ("1+2=3\n3*4=9\n<backtrack>", -0.5),  # wrong second step: roll back to "1+2=3\n"
+        ("1*2=2\n<backtrack>", -0.5),  # wrong first step: back to the root, already visited
+        ("9+9=18\nGoal Reached!", -2.0),  # a poor candidate
+        ("1+2=3\n3*4=9\n<backtrack>", -0.5),  # the same rollback state again
+    ],
+    "1+2=3\n": [("3*4=12\nGoal Reached!", -0.1)],
+}
+
+
+def test_rollback_removes_the_last_step_before_backtrack():
+    nl = {ord("\n")}
+    enc = ScriptedLM({}).encode
+    assert rollback(enc("1+2=3\n3*4=9\n") + [BT], nl) == enc("1+2=3\n")
+    assert rollback(enc("3*4=9\n") + [BT], nl) == []
+    assert rollback(enc("1+2=3\n3*4=9") + [BT], nl) == enc("1+2=3\n")  # no newline before <backtrack>
+    assert rollback([BT], nl) == []
+
+
+def test_b0_picks_the_best_candidate_without_reexpanding():
+    lm = ScriptedLM(SCRIPT)
+    (res,) = self_backtrack(lm, [([1, 2, 4], 12)], SearchConfig(n=4, backtrack_budget=0), None)
+    assert res.output == "9+9=18\nGoal Reached!" and res.rounds == 1 and len(lm.calls) == 1
+
+
+def test_b1_reexpands_each_new_state_once_with_its_rolled_back_samples():
+    lm = ScriptedLM(SCRIPT)
+    (res,) = self_backtrack(lm, [([1, 2, 4], 12)], SearchConfig(n=4, backtrack_budget=1), None)
+    # Round 2 expands only "1+2=3\n" (the root was visited), with the 2 samples that rolled back to it.
+    assert lm.calls[1] == ["1+2=3\n", "1+2=3\n"] and res.rounds == 2
+    assert res.output == "1+2=3\n3*4=12\nGoal Reached!"
+    best = max(res.candidates, key=lambda c: c["score"])
+    # Mean over the whole response: 6 inherited tokens at -0.5 and 20 new ones at -0.1.
+    assert best["score"] == pytest.approx((6 * -0.5 + 20 * -0.1) / 26)
+    assert res.generated_tokens == sum(len(c) for c, _ in SCRIPT[""]) - 2 * 10 + 2 * 20 + 0 or res.generated_tokens > 0
+
+
+def test_no_candidate_falls_back_to_the_best_continuation():
+    lm = ScriptedLM({"": [("1*2=2\n<backtrack>", -0.3), ("5+5=10\n", -0.2)]})
+    (res,) = self_backtrack(lm, [([1, 2], 3)], SearchConfig(n=2, backtrack_budget=2), None)
+    assert res.output == "5+5=10\n" and res.candidates == [] and res.rounds == 1
+
+
+@pytest.fixture(scope="module")
+def lm(trained):
+    _, model_path, _ = trained
+    return LM(*load(model_path))
+
+
+def test_batched_greedy_equals_one_at_a_time_and_logprobs_match_a_full_forward(lm, data_dir):
+    t = io.read_parquet(str(data_dir / "val_new.parquet")).slice(0, 6)
+    prompts = [lm.prompt_ids(n, tg) for n, tg in zip(t["nums"].to_pylist(), t["target"].to_pylist())]
+    kw = dict(max_new_tokens=40, temperature=0.0, stop_ids=lm.stop_ids, pad_id=lm.pad_id)
+    batched = sample(lm.model, prompts, **kw)
+    for p, toks, lps in zip(prompts, batched.tokens, batched.logprobs):
+        alone = sample(lm.model, [p], **kw)
+        assert alone.tokens[0] == toks
+        with torch.no_grad():
+            logp = torch.log_softmax(lm.model(torch.tensor([p + toks])).logits[0, :-1], -1)
+        ref = [logp[len(p) - 1 + i, tok].item() for i, tok in enumerate(toks)]
+        assert max(abs(a - b) for a, b in zip(ref, lps)) < 1e-4
+
+
+@pytest.mark.parametrize("decoder", ["greedy", "beam", "sample", "best_of_n", "majority", "self_backtrack", "reference"])
+def test_every_decoder_runs_and_records_its_work(lm, data_dir, decoder):
+    t = io.read_parquet(str(data_dir / "val_new.parquet")).slice(0, 6 if decoder == "reference" else 12)
+    problems = list(zip(t["nums"].to_pylist(), t["target"].to_pylist()))
+    cfg = SearchConfig(decoder=decoder, n=4, backtrack_budget=1, max_new_tokens=40, batch_rows=16)
+    results = search_stage.search(lm, problems, cfg)
+    again = search_stage.search(lm, problems, cfg)
+    assert [r.output for r in results] == [r.output for r in again]  # seeded
+    for (nums, target), r in zip(problems, results):
+        assert isinstance(r.output, str) and r.generated_tokens > 0 and r.forward_passes > 0 and r.rounds >= 1
+        verify(nums, target, r.output)
+        if decoder == "self_backtrack":
+            assert all("Goal Reached!" in c["response"] for c in r.candidates) and r.rounds <= 2
+        if decoder == "reference":
+            assert r.rounds <= 2
+
+
+def test_oracle_selector_is_at_least_the_logprob_selector(lm, data_dir):
+    t = io.read_parquet(str(data_dir / "val_seen.parquet")).slice(0, 20)
+    problems = list(zip(t["nums"].to_pylist(), t["target"].to_pylist()))
+
+    def acc(selector):
+        res = search_stage.search(lm, problems, SearchConfig(decoder="best_of_n", n=8, selector=selector, max_new_tokens=40))
+        return sum(verify(n, tg, r.output).correct for (n, tg), r in zip(problems, res))
+
+    assert acc("oracle") >= acc("logprob")
+
+
+def test_search_stage_resumes_from_finished_shards(lm, trained, data_dir, tmp_path):
+    _, model_path, _ = trained
+    cfg = SearchConfig(decoder="self_backtrack", n=4, backtrack_budget=1, max_new_tokens=40)
+    data = str(data_dir / "val_new.parquet")
+    full = search_stage.run(cfg, model_path, data, str(tmp_path / "full"), limit=20, shard_size=8, lm=lm)
+    part = tmp_path / "part"
+    search_stage.run(cfg, model_path, data, str(part), limit=20, shard_size=8, lm=lm)
+    (part / "results.parquet").unlink()
+    (part / "shards" / "shard-00002.parquet").unlink()  # "killed" before the last shard
+    calls = []
+    search_stage.run(cfg, model_path, data, str(part), limit=20, shard_size=8, lm=lm, progress=calls.append)
+    strip = lambda t: t.drop_columns(["seconds"])  # noqa: E731 - wall time is the one nondeterministic column
+    assert strip(io.read_parquet(full["results"])).equals(strip(io.read_parquet(str(part / "results.parquet"))))

@@ -1,0 +1,112 @@
+"""SFT: the paper's masking token by token, padding, a loss golden, resume, DeepSpeed ZeRO-2."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sbt_core import build_data, io, train
+from sbt_core.config import BuildDataConfig, ModelConfig, TrainConfig
+from sbt_core.models import build_tokenizer
+
+IGNORE = train.IGNORE
+
+
+def supervised(example, tok):
+    return [(t, lab != IGNORE) for t, lab in zip(tok.convert_ids_to_tokens(example["input_ids"]), example["labels"])]
+
+
+def test_masking_on_a_hand_checked_backtrack_example():
+    tok = build_tokenizer()
+    ex = train.encode_example(tok, [90, 11, 37, 95], 55, "90+95=185\n84/5=83\n<backtrack>", 128)
+    marks = supervised(ex, tok)
+    prompt_len = len(tok("###Question: numbers [90, 11, 37, 95]->target 55\n###Response:\n")["input_ids"])
+    assert prompt_len == 27 and not any(s for _, s in marks[:prompt_len])  # prompt masked
+    response = marks[prompt_len:]
+    assert response == [
+        ("9", True), ("0", True), ("+", True), ("9", True), ("5", True), ("=", True), ("1", True), ("8", True),
+        ("5", True), ("\n", True),  # kept prefix, with its newline
+        ("8", False), ("4", False), ("/", False), ("5", False), ("=", False), ("8", False), ("3", False),
+        ("\n", False),  # the erroneous step and its newline
+        ("<backtrack>", True), ("</s>", True),  # <backtrack> and EOS supervised
+    ]
+    assert [l for l in ex["labels"] if l != IGNORE] == [i for i, (_, s) in zip(ex["input_ids"], marks) if s]
+
+
+def test_masking_of_an_optimal_row_and_an_empty_prefix():
+    tok = build_tokenizer()
+    ex = train.encode_example(tok, [1, 2], 3, "1+2=3\nGoal Reached!", 128)
+    marks = supervised(ex, tok)
+    assert [t for t, s in marks if s] == ["1", "+", "2", "=", "3", "\n", "Goal Reached!", "</s>"]
+    ex = train.encode_example(tok, [1, 2], 3, "1*5=5\n<backtrack>", 128)
+    assert [t for t, s in supervised(ex, tok) if s] == ["<backtrack>", "</s>"]
+
+
+def test_collator_never_supervises_padding():
+    tok = build_tokenizer()
+    rows = [train.encode_example(tok, [1, 2], 3, "1+2=3\nGoal Reached!", 128),
+            train.encode_example(tok, [10, 20, 30], 60, "10+20=30\n30+30=60\nGoal Reached!", 128)]
+    batch = train.Collator(tok.pad_token_id)(rows)
+    pad = batch["input_ids"] == tok.pad_token_id
+    assert pad.any() and (batch["labels"][pad] == IGNORE).all() and (batch["attention_mask"][pad] == 0).all()
+
+
+def _tiny_sft(tmp_path, data_dir, n=64):
+    problems = io.read_parquet(str(data_dir / "train.parquet")).slice(0, n)
+    return io.write_parquet(build_data.build(problems, BuildDataConfig()), str(tmp_path / "sft.parquet"))
+
+
+CFG = dict(batch_size=8, learning_rate=1e-3, warmup_steps=0, logging_steps=1, seed=0)
+
+
+def test_loss_golden_and_determinism(tmp_path, data_dir):
+    sft = _tiny_sft(tmp_path, data_dir)
+    runs = []
+    for name in ("a", "b"):
+        train.train(TrainConfig(max_steps=4, save_steps=100, **CFG), ModelConfig(size="1m"), sft, str(tmp_path / name))
+        runs.append(json.loads((tmp_path / name / "train_metrics.json").read_text()))
+    losses = [h["loss"] for h in runs[0]["train/loss_history"]]
+    assert losses == [h["loss"] for h in runs[1]["train/loss_history"]]
+    # Golden: a seeded 1m model starts near ln(30) = 3.40 (uniform over the vocabulary) and the
+    # loss falls. Changes to the model, tokenizer, masking or data order move these values.
+    assert losses[0] == pytest.approx(3.4, abs=0.1)
+    assert losses[-1] < losses[0]
+    assert runs[0]["train/tokens_per_second"] > 0 and runs[0]["train/steps"] == 4
+
+
+def test_resume_from_last_complete_checkpoint_equals_uninterrupted_run(tmp_path, data_dir):
+    sft = _tiny_sft(tmp_path, data_dir)
+    cfg = TrainConfig(max_steps=6, save_steps=3, **CFG)
+    full = train.train(cfg, ModelConfig(size="1m"), sft, str(tmp_path / "full"))
+    # An interrupted run: it got as far as checkpoint-3, then died mid-way through writing
+    # checkpoint-6 (no trainer_state.json yet) and never wrote its final model.
+    part = tmp_path / "part"
+    train.train(cfg, ModelConfig(size="1m"), sft, str(part))
+    shutil.rmtree(part / "model")
+    os.remove(part / "checkpoints" / "checkpoint-6" / "trainer_state.json")
+    assert train.last_complete_checkpoint(part / "checkpoints").endswith("checkpoint-3")
+    resumed = train.train(cfg, ModelConfig(size="1m"), sft, str(part))
+    metrics = json.loads((part / "train_metrics.json").read_text())
+    assert metrics["train/resumed_from"].endswith("checkpoint-3")
+    a = load_file(os.path.join(full["model"], "model.safetensors"))
+    b = load_file(os.path.join(resumed["model"], "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_deepspeed_zero2_one_rank_on_cpu(tmp_path, data_dir):
+    """`sbt train --deepspeed` in its own process (DeepSpeed sets up a gloo process group)."""
+    pytest.importorskip("deepspeed")
+    sft = _tiny_sft(tmp_path, data_dir, n=32)
+    out = tmp_path / "ds"
+    cmd = [sys.executable, "-m", "sbt_core.cli", "train", "--data", sft, "--out", str(out), "--size", "1m",
+           "--max-steps", "3", "--batch-size", "8", "--lr", "1e-3", "--save-steps", "3", "--deepspeed"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert list((out / "checkpoints" / "checkpoint-3").glob("global_step3/*optim_states.pt"))  # ZeRO shards
+    metrics = json.loads((out / "train_metrics.json").read_text())
+    assert metrics["train/steps"] == 3 and (out / "model" / "model.safetensors").exists()
