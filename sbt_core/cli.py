@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from sbt_core.config import BuildDataConfig, GenerateConfig, ModelConfig, SearchConfig, TrainConfig, format_validation_error
+from sbt_core.config import DEFAULT_METHODS, BuildDataConfig, GenerateConfig, ModelConfig, SearchConfig, TrainConfig, format_validation_error
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Self-backtracking on Countdown: data, SFT, search.")
 err = Console(stderr=True)
@@ -169,7 +169,7 @@ def evaluate(
     model: str = typer.Option(..., help="Model folder."),
     data: str = typer.Option(..., help="Folder with val_seen.parquet and val_new.parquet."),
     out: str = typer.Option(..., help="Output folder: summary.json, summary.md, per-method results."),
-    methods: str = typer.Option(",".join(__import__("sbt_core.evaluate", fromlist=["x"]).DEFAULT_METHODS),
+    methods: str = typer.Option(",".join(DEFAULT_METHODS),
                                 help="Comma-separated method names (see sbt_core.evaluate.METHODS)."),
     limit: Optional[int] = typer.Option(None, help="Problems per split."),
     max_new_tokens: int = typer.Option(64, help="Token limit per continuation."),
@@ -178,8 +178,13 @@ def evaluate(
     """Accuracy on val_seen and val_new (strict and paper verifier modes) for several decoders."""
     from sbt_core import evaluate as stage
 
+    from sbt_core.io import read_parquet
+
     cfgs = {m: stage.method_config(m, max_new_tokens=max_new_tokens, seed=seed) for m in methods.split(",") if m}
-    uris = stage.run(model, data, out, cfgs, limit=limit)
+    per_split = [min(limit or 10**12, len(read_parquet(f"{data.rstrip('/')}/{s}.parquet"))) for s in stage.SPLITS]
+    p, advance = _progress(len(cfgs) * sum(per_split), "evaluate")
+    with p:
+        uris = stage.run(model, data, out, cfgs, limit=limit, progress=advance)
     typer.echo(open(uris["summary_md"]).read() if "://" not in uris["summary_md"] else uris["summary"])
 
 

@@ -103,6 +103,28 @@ class SearchConfig(_Config):
     seed: int = Field(4, description="Sampling seed (the paper's eval: 4).")
 
 
+# Named methods, as rows of the paper's Table 1 (plus pass@N, which consults the verifier).
+METHODS = {
+    "greedy": dict(decoder="greedy"),
+    "beam": dict(decoder="beam", n=5),
+    "best_of_n_8": dict(decoder="best_of_n", n=8),
+    "best_of_n_16": dict(decoder="best_of_n", n=16),
+    "best_of_n_32": dict(decoder="best_of_n", n=32),
+    "pass_at_16": dict(decoder="best_of_n", n=16, selector="oracle"),
+    "majority_16": dict(decoder="majority", n=16),
+    "sbt_b0_n8": dict(decoder="self_backtrack", n=8, backtrack_budget=0),
+    "sbt_b0_n16": dict(decoder="self_backtrack", n=16, backtrack_budget=0),
+    "sbt_b0_n32": dict(decoder="self_backtrack", n=32, backtrack_budget=0),
+    "sbt_b1_n8": dict(decoder="self_backtrack", n=8, backtrack_budget=1),
+    "sbt_b1_n16": dict(decoder="self_backtrack", n=16, backtrack_budget=1),
+    "sbt_b1_n32": dict(decoder="self_backtrack", n=32, backtrack_budget=1),
+    "sbt_b2_n32": dict(decoder="self_backtrack", n=32, backtrack_budget=2),
+    "reference_b1_n32": dict(decoder="reference", n=32, backtrack_budget=1),
+}
+DEFAULT_METHODS = ["greedy", "best_of_n_16", "pass_at_16", "sbt_b0_n16", "sbt_b0_n32", "sbt_b1_n16", "sbt_b1_n32"]
+
+
+
 def format_validation_error(err: ValidationError, prefix: str = "") -> str:
     """One line per problem, each naming the dotted field path."""
     lines = []

@@ -15,34 +15,14 @@ import pyarrow as pa
 import torch
 
 from sbt_core import io
-from sbt_core.config import SearchConfig
+from sbt_core.config import METHODS, SearchConfig
+from sbt_core.countdown.verify import verify
 from sbt_core.models import load
 from sbt_core.search import run as search_stage
 from sbt_core.search.common import LM
 
 log = logging.getLogger(__name__)
 SPLITS = ("val_seen", "val_new")
-
-# Named methods, as rows of the paper's Table 1 (plus pass@N, which consults the verifier).
-METHODS = {
-    "greedy": dict(decoder="greedy"),
-    "beam": dict(decoder="beam", n=5),
-    "best_of_n_8": dict(decoder="best_of_n", n=8),
-    "best_of_n_16": dict(decoder="best_of_n", n=16),
-    "best_of_n_32": dict(decoder="best_of_n", n=32),
-    "pass_at_16": dict(decoder="best_of_n", n=16, selector="oracle"),
-    "majority_16": dict(decoder="majority", n=16),
-    "sbt_b0_n8": dict(decoder="self_backtrack", n=8, backtrack_budget=0),
-    "sbt_b0_n16": dict(decoder="self_backtrack", n=16, backtrack_budget=0),
-    "sbt_b0_n32": dict(decoder="self_backtrack", n=32, backtrack_budget=0),
-    "sbt_b1_n8": dict(decoder="self_backtrack", n=8, backtrack_budget=1),
-    "sbt_b1_n16": dict(decoder="self_backtrack", n=16, backtrack_budget=1),
-    "sbt_b1_n32": dict(decoder="self_backtrack", n=32, backtrack_budget=1),
-    "sbt_b2_n32": dict(decoder="self_backtrack", n=32, backtrack_budget=2),
-    "reference_b1_n32": dict(decoder="reference", n=32, backtrack_budget=1),
-}
-DEFAULT_METHODS = ["greedy", "best_of_n_16", "pass_at_16", "sbt_b0_n16", "sbt_b0_n32", "sbt_b1_n16", "sbt_b1_n32"]
-
 
 def method_config(name: str, **overrides) -> SearchConfig:
     if name not in METHODS:
@@ -58,6 +38,12 @@ def summarize(results: pa.Table) -> dict:
          "generated_tokens", "forward_passes", "seconds"]
     ).to_pylist()
     false_claims = [r["category_strict"] for r in rows if r["claims_goal"] and not r["correct_strict"]]
+    # Where a search loses: among its own candidates, how many verify, and would any have done?
+    cand_ok, cand_n, any_ok = 0, 0, 0
+    for nums, target, cands in zip(results["nums"].to_pylist(), results["target"].to_pylist(),
+                                   results["candidates"].to_pylist()):
+        ok = [verify(nums, target, c["response"]).correct for c in cands]
+        cand_ok, cand_n, any_ok = cand_ok + sum(ok), cand_n + len(ok), any_ok + any(ok)
     div = max(n, 1)
     return {
         "problems": n,
@@ -67,6 +53,9 @@ def summarize(results: pa.Table) -> dict:
         "categories_paper": dict(Counter(r["category_paper"] for r in rows)),
         "false_claim_rate": len(false_claims) / div,
         "false_claim_categories": dict(Counter(false_claims)),
+        "candidates_per_problem": cand_n / div,
+        "candidate_precision_strict": cand_ok / cand_n if cand_n else 0.0,
+        "any_candidate_correct_strict": any_ok / div,
         "tokens_per_problem": sum(r["generated_tokens"] for r in rows) / div,
         "forward_passes_per_problem": sum(r["forward_passes"] for r in rows) / div,
         "seconds": sum(r["seconds"] for r in rows),

@@ -49,7 +49,7 @@ class LM:
 
     def sample(self, prompts, *, temperature, max_new_tokens, batch_rows, generator) -> tuple[Sampled, list[int]]:
         """Sample in chunks of `batch_rows`; also returns the model calls each row took part in."""
-        tokens, logprobs, passes = [], [], []
+        tokens, logprobs, passes, total = [], [], [], 0
         for s in range(0, len(prompts), batch_rows):
             out = sample(
                 self.model, prompts[s : s + batch_rows], max_new_tokens=max_new_tokens, temperature=temperature,
@@ -58,7 +58,8 @@ class LM:
             tokens += out.tokens
             logprobs += out.logprobs
             passes += [out.forward_passes] * len(out.tokens)
-        return Sampled(tokens, logprobs, sum(set(passes))), passes
+            total += out.forward_passes
+        return Sampled(tokens, logprobs, total), passes
 
 
 def claims_goal(text: str) -> bool:

@@ -59,7 +59,9 @@ def sample(
     n = len(prompts)
     stops = torch.tensor(stop_ids, device=device)
     cache = DynamicCache()
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True).logits[:, -1]
+    logits = model(
+        input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True, logits_to_keep=1
+    ).logits[:, -1]
     passes = 1
     rows = torch.arange(n, device=device)  # original row of each live batch row
     next_pos = pos[:, -1] + 1
@@ -87,7 +89,7 @@ def sample(
         mask = torch.cat([mask, (~finished).long()[:, None]], dim=1)
         logits = model(
             input_ids=nxt[:, None], attention_mask=mask, position_ids=next_pos[:, None],
-            past_key_values=cache, use_cache=True,
+            past_key_values=cache, use_cache=True, logits_to_keep=1,
         ).logits[:, -1]
         passes += 1
         next_pos = next_pos + 1

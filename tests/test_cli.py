@@ -1,0 +1,86 @@
+"""The `sbt` command line end to end, its contract, and its clean failures."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sbt_core import io
+
+
+def sbt(*args, ok=True):
+    proc = subprocess.run([sys.executable, "-m", "sbt_core.cli", *map(str, args)], capture_output=True, text=True, timeout=600)
+    if ok:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+@pytest.mark.integration
+def test_every_stage_from_the_command_line(tmp_path):
+    data, sft, run = tmp_path / "data", tmp_path / "sft", tmp_path / "run"
+    sbt("generate", "--out", data, "--num-train", 400, "--num-val-seen", 8, "--num-val-new", 8, "--seed", 3)
+    for split in ("train", "val_seen", "val_new"):
+        t = io.read_parquet(str(data / f"{split}.parquet"))
+        assert {"nums", "target", "solution"} <= set(t.column_names)
+    assert json.loads((data / "manifest.json").read_text())["outputs"]["train"]["rows"] == 400
+    sbt("build-data", "--data", data, "--out", sft)
+    sbt("train", "--data", sft / "sft.parquet", "--out", run, "--max-steps", 4, "--batch-size", 8, "--lr", 1e-3)
+    model = run / "model"
+    sbt("search", "--model", model, "--data", data / "train.parquet", "--out", tmp_path / "s", "--n", 2, "--b", 1,
+        "--limit", 6, "--max-new-tokens", 24)
+    assert len(io.read_parquet(str(tmp_path / "s" / "results.parquet"))) == 6
+    out = sbt("evaluate", "--model", model, "--data", data, "--out", tmp_path / "eval", "--methods",
+              "greedy,sbt_b1_n8", "--limit", 4, "--max-new-tokens", 24).stdout
+    assert "| sbt_b1_n8 |" in out
+    summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    assert set(summary["greedy"]["val_new"]) >= {"accuracy_strict", "accuracy_paper", "false_claim_rate", "tokens_per_problem"}
+    sbt("distill-data", "--results", tmp_path / "s" / "results.parquet", "--out", tmp_path / "ei")
+    assert (tmp_path / "ei" / "sft.parquet").exists()
+    # Self-training on an evaluation split needs the explicit flag.
+    refused = sbt("distill-data", "--results", tmp_path / "eval" / "greedy" / "val_new" / "results.parquet",
+                  "--out", tmp_path / "ei2", ok=False)
+    assert refused.returncode == 2 and "transductive" in refused.stderr and "Traceback" not in refused.stderr
+    sbt("distill-data", "--results", tmp_path / "eval" / "greedy" / "val_new" / "results.parquet",
+        "--out", tmp_path / "ei2", "--transductive")
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["generate", "--out", "X", "--num-train", "0"], "num_train"),
+        (["build-data", "--data", "missing.parquet", "--out", "X"], "no such artifact"),
+        (["build-data", "--data", "missing.parquet", "--out", "X", "--error-ratio", "1:2"], "three weights"),
+        (["search", "--model", "nowhere", "--data", "missing.parquet", "--out", "X"], "no such artifact"),
+        (["train", "--data", "missing.parquet", "--out", "X", "--lr", "-1"], "learning_rate"),
+        (["import-dataset", "--src", "BAD", "--out", "X"], "row 1"),
+    ],
+)
+def test_bad_input_fails_with_a_message_not_a_traceback(tmp_path, args, message):
+    (tmp_path / "BAD").write_text('{"nums": [1], "target": 1}\n')
+    proc = subprocess.run([sys.executable, "-m", "sbt_core.cli", *args], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "X").exists() or not any((tmp_path / "X").rglob("*.parquet"))
+
+
+def test_the_core_never_imports_the_orchestrator():
+    root = Path(__file__).parents[1] / "sbt_core"
+    for f in root.rglob("*.py"):
+        for line in f.read_text().splitlines():
+            assert not line.strip().startswith(("import prefect", "from prefect")), f
+
+
+def test_configs_name_the_field_path():
+    from pydantic import ValidationError
+
+    from sbt_core.config import GenerateConfig, ModelConfig, SearchConfig, format_validation_error
+
+    with pytest.raises(ValidationError) as e:
+        SearchConfig(n=0, decoder="nope", extra_key=1)
+    text = format_validation_error(e.value, prefix="search")
+    assert "search.n:" in text and "search.decoder:" in text and "search.extra_key:" in text
+    with pytest.raises(ValidationError, match="exactly one"):
+        ModelConfig(size="1m", path="/x")
+    with pytest.raises(ValidationError, match="number_min"):
+        GenerateConfig(number_min=50, number_max=10)
