@@ -59,7 +59,7 @@ def test_any_local_hf_model_gets_backtrack_and_resized_embeddings(tmp_path):
     assert tok.pad_token == tok.eos_token  # as in the paper: eos doubles as pad
     # Masking works from character offsets, whatever the tokenizer's pieces are.
     ex = encode_example(tok, [3, 4, 7, 9], 24, "3+4=7\n7*9=63\n<backtrack>", 128)
-    kept = tok.decode([i for i, l in zip(ex["input_ids"], ex["labels"]) if l != -100])
+    kept = tok.decode([i for i, l in zip(ex["input_ids"], ex["labels"]) if l != -100]).replace(" ", "")
     assert "7*9=63" not in kept and kept.startswith("3+4=7") and BACKTRACK in kept
     results = search(LM(model, tok), [([3, 4, 7, 9], 24)], SearchConfig(decoder="self_backtrack", n=2, max_new_tokens=8))
     assert isinstance(results[0].output, str)
