@@ -41,10 +41,10 @@ def main() -> None:
     ap.add_argument("--model", help="trained model folder (default: a random 1m model)")
     ap.add_argument("--n", type=int, default=32)
     ap.add_argument("--b", type=int, default=1)
-    ap.add_argument("--problems", type=int, default=256, help="problems for our batched search")
+    ap.add_argument("--problems", type=int, default=128, help="problems for our batched search")
     ap.add_argument("--reference-problems", type=int, default=8, help="problems for the one-at-a-time reference")
     ap.add_argument("--max-new-tokens", type=int, default=48)
-    ap.add_argument("--batch-rows", type=int, default=4096)
+    ap.add_argument("--batch-rows", type=int, default=512)
     args = ap.parse_args()
     torch.set_num_threads(torch.get_num_threads())
     with tempfile.TemporaryDirectory() as tmp:

@@ -127,7 +127,7 @@ def generate(cfg: GenerateConfig, progress=None) -> dict[str, pa.Table]:
             for i, key in enumerate(zip(val_seen["nums"].to_pylist(), val_seen["target"].to_pylist()))
             if (tuple(sorted(key[0])), key[1]) not in in_train
         ][: cfg.num_val_seen]
-        val_seen = val_seen.take(keep).set_column(0, "id", pa.array(np.arange(len(keep)), pa.int64()))
+        val_seen = val_seen.take(pa.array(keep, pa.int64())).set_column(0, "id", pa.array(np.arange(len(keep)), pa.int64()))
         val_new = _generate_split(cfg, "val_new", held, cfg.num_val_new, pool, progress) if held else train.slice(0, 0)
     finally:
         if pool:
