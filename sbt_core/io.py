@@ -122,13 +122,13 @@ def write_manifest(out_dir: str, stage: str, config: dict, inputs: list[str], ou
         "config": config,
         "config_hash": config_hash(config),
         "code_version": code_version(),
-        "inputs": [{"uri": str(u), "content_hash": content_hash(u)} for u in inputs if exists(u) and not _is_dir(u)]
-        + [{"uri": str(u)} for u in inputs if exists(u) and _is_dir(u)],
+        "inputs": [_input_entry(u) for u in inputs if exists(u)],
         "outputs": files,
     }
     return write_json(manifest, join(out_dir, MANIFEST))
 
 
-def _is_dir(uri: str) -> bool:
+def _input_entry(uri: str) -> dict:
+    """A file input carries its content hash; a folder input (a model) only its URI."""
     fs, path = _fs(uri)
-    return fs.isdir(path)
+    return {"uri": str(uri)} if fs.isdir(path) else {"uri": str(uri), "content_hash": content_hash(uri)}
