@@ -45,11 +45,12 @@ def main() -> None:
     ap.add_argument("--reference-problems", type=int, default=8, help="problems for the one-at-a-time reference")
     ap.add_argument("--max-new-tokens", type=int, default=48)
     ap.add_argument("--batch-rows", type=int, default=512)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
     torch.set_num_threads(torch.get_num_threads())
     with tempfile.TemporaryDirectory() as tmp:
         path = args.model or str(create_tiny("1m", f"{tmp}/model", seed=0))
-        lm = LM(*load(path))
+        lm = LM(*load(path, device=args.device))
         val = generate.generate(GenerateConfig(num_train=1, num_val_seen=0, num_val_new=args.problems, workers=1))["val_new"]
         problems = list(zip(val["nums"].to_pylist(), val["target"].to_pylist()))
         common = dict(n=args.n, backtrack_budget=args.b, max_new_tokens=args.max_new_tokens, batch_rows=args.batch_rows)
@@ -57,7 +58,7 @@ def main() -> None:
         ref = measure(lm, problems[: args.reference_problems], SearchConfig(decoder="reference", **common))
         # Our accuracy on the same problems the reference saw, for a like-for-like check.
         ours_same = measure(lm, problems[: args.reference_problems], SearchConfig(decoder="self_backtrack", **common))
-    print(f"model: {'random 1m' if not args.model else args.model}  N={args.n} b={args.b}  device=cpu threads={torch.get_num_threads()}")
+    print(f"model: {'random 1m' if not args.model else args.model}  N={args.n} b={args.b}  device={args.device} threads={torch.get_num_threads()}")
     for name, m in (("ours (batched)", ours), ("reference (one at a time)", ref)):
         print(f"{name:27s} problems={m['problems']:4d}  {m['seconds']:7.2f} s  {m['problems_per_s']:8.2f} problems/s  "
               f"{m['tokens_per_s']:10.0f} tokens/s  accuracy(strict)={m['accuracy_strict']:.3f}")

@@ -119,13 +119,14 @@ def train(
     seed: int = typer.Option(42, help="Seed."),
     deepspeed: bool = typer.Option(False, "--deepspeed", help="Use DeepSpeed ZeRO-2."),
     bf16: bool = typer.Option(False, "--bf16", help="bf16 (GPU only)."),
+    num_processes: int = typer.Option(1, help="Processes (one per GPU); >1 launches torchrun (gloo on CPU)."),
 ):
     """Fine-tune with the paper's masked loss; resumes from the last checkpoint in --out."""
     from sbt_core import train as stage
 
     cfg = TrainConfig(learning_rate=lr, epochs=epochs, max_steps=max_steps, max_minutes=max_minutes,
                       batch_size=batch_size, warmup_steps=warmup_steps, save_steps=save_steps, seed=seed,
-                      deepspeed=deepspeed, bf16=bf16)
+                      deepspeed=deepspeed, bf16=bf16, num_processes=num_processes)
     model_cfg = ModelConfig(size=None if model_path else size, path=model_path)
     out_uris = stage.train(cfg, model_cfg, data, out)
     typer.echo("\n".join(f"{k}: {v}" for k, v in out_uris.items()))

@@ -6,9 +6,11 @@ Validators do no I/O.
 
 from __future__ import annotations
 
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class _Config(BaseModel):
@@ -86,6 +88,9 @@ class TrainConfig(_Config):
     bf16: bool = Field(False, description="bf16 mixed precision (GPU only; fp32 on CPU).")
     deepspeed: bool = Field(False, description="Train through DeepSpeed ZeRO-2 (configs/ds_zero2.json).")
     gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory.")
+    num_processes: int = Field(
+        1, ge=1, description="Training processes (one per GPU); >1 launches torchrun from the stage itself."
+    )
 
 
 class SearchConfig(_Config):
@@ -123,6 +128,112 @@ METHODS = {
 }
 DEFAULT_METHODS = ["greedy", "best_of_n_16", "pass_at_16", "sbt_b0_n16", "sbt_b0_n32", "sbt_b1_n16", "sbt_b1_n32"]
 
+
+SFT_METHODS = ["greedy", "beam", "best_of_n_8", "best_of_n_16", "best_of_n_32"]
+BT_METHODS = ["greedy", "beam", "sbt_b0_n8", "sbt_b0_n32", "sbt_b1_n8", "sbt_b1_n32"]
+EI_METHODS = ["greedy", "sbt_b1_n32"]
+
+
+def _known_methods(names: list[str]) -> list[str]:
+    unknown = [m for m in names if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}; choose from {sorted(METHODS)}")
+    return names
+
+
+class EvalConfig(_Config):
+    limit: int | None = Field(200, ge=1, description="Problems per evaluation split (None: all).")
+    sft_methods: list[str] = Field(SFT_METHODS, description="Methods run on the optimal-path SFT model.")
+    bt_methods: list[str] = Field(BT_METHODS, description="Methods run on the D_op ∪ D_back model.")
+    ei_methods: list[str] = Field(EI_METHODS, description="Methods run on each expert-iteration model.")
+    temperature: float = Field(0.7, ge=0, description="Sampling temperature of every sampling method.")
+    max_new_tokens: int = Field(64, ge=1, description="Token limit of one continuation.")
+    batch_rows: int = Field(2048, ge=1, description="Sequences decoded together.")
+    seed: int = Field(4, description="Sampling seed.")
+
+    _methods = field_validator("sft_methods", "bt_methods", "ei_methods")(_known_methods)
+
+    def search_config(self, method: str) -> SearchConfig:
+        return SearchConfig(**{**METHODS[method], "temperature": self.temperature,
+                               "max_new_tokens": self.max_new_tokens, "batch_rows": self.batch_rows,
+                               "seed": self.seed})
+
+
+class ExpertIterationConfig(_Config):
+    rounds: int = Field(3, ge=0, description="Expert-iteration rounds (the paper: 3).")
+    method: str = Field("sbt_b1_n32", description="The slow search whose verified outputs are distilled.")
+    train_problems: int = Field(2000, ge=1, description="Train problems searched per round.")
+    transductive: bool = Field(False, description="Search an evaluation split instead of train (the paper's code).")
+    continue_from_previous: bool = Field(True, description="Round r fine-tunes round r-1's model (else the base).")
+    train: TrainConfig = Field(TrainConfig(), description="SFT on the distilled outputs.")
+
+    _method = field_validator("method")(lambda v: _known_methods([v])[0])
+
+
+class ExecutionConfig(_Config):
+    """Where stages run: all in the pipeline's own process, or heavy ones on a GPU work pool."""
+
+    mode: Literal["in_process", "deployments"] = Field(
+        "in_process", description="in_process: every stage in the flow's process; deployments: each stage through "
+        "run_deployment (heavy stages on the GPU deployment, light ones on the CPU deployment)."
+    )
+    gpu_deployment: str = Field("sbt-stage/gpu", description="FLOW/DEPLOYMENT that runs SFT, search and evaluation.")
+    cpu_deployment: str | None = Field(
+        "sbt-stage/cpu", description="FLOW/DEPLOYMENT for generate, build data, distill and report (None: in process)."
+    )
+
+
+class RunConfig(_Config):
+    """The whole pipeline: one preset in configs/*.yaml, overridable with dotted keys."""
+
+    name: str = Field("tiny", description="Preset name (runs/<name>/ by default).")
+    generate: GenerateConfig = GenerateConfig()
+    build_data: BuildDataConfig = BuildDataConfig()
+    model: ModelConfig = ModelConfig()
+    sft: TrainConfig = Field(TrainConfig(), description="SFT of both the optimal-path and the backtracking model.")
+    eval: EvalConfig = EvalConfig()
+    expert_iteration: ExpertIterationConfig = ExpertIterationConfig()
+    execution: ExecutionConfig = ExecutionConfig()
+
+
+class ConfigError(ValueError):
+    """A preset or override that does not validate; the message names every bad field path."""
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = tree
+    for i, key in enumerate(parents):
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{'.'.join(parents[: i + 1])}: is a value, cannot set {dotted}")
+        node = child
+    node[leaf] = value
+
+
+def load_run_config(path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:
+    """A preset YAML plus `key.sub=value` overrides (values parsed as YAML: 3, 1e-3, [1,2], null)."""
+    tree: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise ConfigError(f"no such config file: {path}")
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r} is not of the form key.sub=value")
+        _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as e:
+        where = f" ({path})" if path else ""
+        raise ConfigError(f"invalid configuration{where}:\n{format_validation_error(e)}") from None
 
 
 def format_validation_error(err: ValidationError, prefix: str = "") -> str:

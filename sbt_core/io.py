@@ -7,10 +7,14 @@ under the final name. Object stores publish an object only when its upload compl
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import logging
 import os
+import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +25,14 @@ import pyarrow.parquet as pq
 import sbt_core
 
 MANIFEST = "manifest.json"
+RETRIES = 5  # attempts for a remote write
+log = logging.getLogger(__name__)
 
 
 def _fs(uri: str):
-    fs, path = fsspec.core.url_to_fs(str(uri))
-    return fs, path
+    # No listing cache for object stores: another process (a worker) may have just written there.
+    opts = {} if is_local(uri) else {"use_listings_cache": False}
+    return fsspec.core.url_to_fs(str(uri), **opts)
 
 
 def is_local(uri: str) -> bool:
@@ -40,6 +47,18 @@ def join(base: str, *parts: str) -> str:
 def exists(uri: str) -> bool:
     fs, path = _fs(uri)
     return fs.exists(path)
+
+
+def remove(uri: str) -> None:
+    """Delete a file or a folder tree if it exists."""
+    fs, path = _fs(uri)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+
+
+def copy(src: str, dst: str) -> str:
+    write_bytes(dst, read_bytes(src))
+    return str(dst)
 
 
 def write_bytes(uri: str, data: bytes) -> None:
@@ -57,9 +76,73 @@ def write_bytes(uri: str, data: bytes) -> None:
             Path(tmp).unlink(missing_ok=True)
             raise
     else:
-        fs, path = _fs(uri)
-        with fs.open(path, "wb") as f:
-            f.write(data)
+        _retry(lambda: _put(uri, data), f"write {uri}")
+
+
+def _put(uri: str, data: bytes) -> None:
+    # One PUT of bytes already in memory: the store publishes the object only when it completes,
+    # so a killed or failed write leaves no partial object. (A streamed `fs.open(.., "wb")`
+    # would commit what it had on an exception in the middle.)
+    fs, path = _fs(uri)
+    fs.pipe_file(path, data)
+
+
+def _retry(fn, what: str, attempts: int = RETRIES, base_delay: float = 0.5):
+    """Call fn, retrying transient I/O errors with exponential backoff (0.5 s, 1 s, 2 s, ...)."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn()
+        except (FileNotFoundError, PermissionError, IsADirectoryError):
+            raise
+        except OSError as e:
+            if attempt == attempts:
+                raise
+            delay = base_delay * 2 ** (attempt - 1)
+            log.warning("%s failed (%s); retry %d/%d in %.1f s", what, e, attempt, attempts - 1, delay)
+            time.sleep(delay)
+
+
+def cache_root() -> Path:
+    """Local scratch for remote artifacts (SBT_CACHE, default ~/.cache/sbt)."""
+    return Path(os.environ.get("SBT_CACHE", "~/.cache/sbt")).expanduser()
+
+
+def staging_dir(uri: str) -> Path:
+    """A stable local folder standing in for a remote folder (same URI, same folder: resumable)."""
+    return cache_root() / "staging" / hashlib.sha256(str(uri).encode()).hexdigest()[:16]
+
+
+def localize_dir(uri: str) -> str:
+    """A local folder holding the files of folder `uri`: itself if local, else a cached download."""
+    if is_local(uri):
+        return str(uri).removeprefix("file://")
+    fs, root = _fs(uri)
+    files = {p: (i.get("size"), str(i.get("ETag") or i.get("LastModified") or i.get("mtime")))
+             for p, i in fs.find(root, detail=True).items()}
+    if not files:
+        raise FileNotFoundError(f"no such folder: {uri}")
+    source = json.dumps({"uri": str(uri), "files": files}, sort_keys=True, default=str)
+    dest = cache_root() / "remote" / hashlib.sha256(str(uri).encode()).hexdigest()[:16]
+    if (dest / ".source.json").exists() and (dest / ".source.json").read_text() == source:
+        return str(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent))
+    for p in files:
+        target = tmp / p[len(root.rstrip("/")) + 1:]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _retry(lambda: fs.get_file(p, str(target)), f"download {p}")
+    (tmp / ".source.json").write_text(source)
+    shutil.rmtree(dest, ignore_errors=True)
+    os.replace(tmp, dest)
+    return str(dest)
+
+
+def upload_dir(local: str | Path, uri: str) -> str:
+    """Copy a local folder's files under `uri` (each object written whole, with retries)."""
+    local = Path(local)
+    for f in sorted(p for p in local.rglob("*") if p.is_file()):
+        write_bytes(join(uri, *f.relative_to(local).parts), f.read_bytes())
+    return str(uri)
 
 
 def read_bytes(uri: str) -> bytes:
@@ -82,6 +165,13 @@ def read_parquet(uri: str) -> pa.Table:
     return pq.read_table(pa.BufferReader(read_bytes(uri)))
 
 
+def parquet_rows(uri: str) -> int:
+    """Row count from the footer alone."""
+    fs, path = _fs(uri)
+    with fs.open(path, "rb") as f:
+        return pq.ParquetFile(f).metadata.num_rows
+
+
 def write_json(obj: Any, uri: str) -> str:
     write_bytes(uri, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
     return str(uri)
@@ -99,8 +189,9 @@ def config_hash(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+@functools.lru_cache(maxsize=1)
 def code_version() -> str:
-    """Package version plus a hash of the core's source, so any code change shows."""
+    """Package version plus a hash of the core's source, so any code change shows (read once per process)."""
     root = Path(sbt_core.__file__).parent
     h = hashlib.sha256()
     for f in sorted(root.rglob("*.py")):

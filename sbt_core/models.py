@@ -16,6 +16,7 @@ import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from sbt_core import io
 from sbt_core.countdown.format import BACKTRACK, GOAL
 
 log = logging.getLogger(__name__)
@@ -84,8 +85,8 @@ def prepare_tokenizer(tokenizer) -> bool:
 
 
 def load(path: str | Path, dtype: torch.dtype = torch.float32, device: str = "cpu"):
-    """(model, tokenizer) from a local folder; never reaches the network."""
-    path = Path(path)
+    """(model, tokenizer) from a folder (local, or remote through a cached download); no hub access."""
+    path = Path(io.localize_dir(str(path)))
     if not path.is_dir():
         raise FileNotFoundError(f"model folder not found: {path}")
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)

@@ -7,6 +7,8 @@ paper copies labels before padding, so its pad-as-eos tokens were).
 
 Checkpoints are written every `save_steps`; a rerun of the same call resumes from the last
 complete one. `--deepspeed` trains through DeepSpeed ZeRO-2 (`assets/ds_zero2.json`).
+`num_processes > 1` relaunches this module under `torchrun` (one process per GPU; gloo on
+CPU), and rank 0 writes the outputs.
 
 Run: `sbt train --data data/sft/sft.parquet --out runs/sft --size 1m`.
 """
@@ -141,7 +143,7 @@ def training_args(cfg: TrainConfig, out_dir: Path) -> TrainingArguments:
         logging_steps=cfg.logging_steps,
         seed=cfg.seed,
         data_seed=cfg.seed,
-        bf16=cfg.bf16,
+        bf16=cfg.bf16 and torch.cuda.is_available(),  # bf16 on this CPU runs ~600x slower than fp32
         deepspeed=str(DS_CONFIG) if cfg.deepspeed else None,
         use_cpu=not torch.cuda.is_available(),
         report_to=[],
@@ -152,16 +154,24 @@ def training_args(cfg: TrainConfig, out_dir: Path) -> TrainingArguments:
 
 
 def train(cfg: TrainConfig, model_cfg: ModelConfig, data_uri: str, out_dir: str, callbacks=()) -> dict[str, str]:
-    """Stage entry: SFT on `data_uri` (rows with nums, target, response); writes out_dir/model."""
-    out = Path(out_dir)
+    """Stage entry: SFT on `data_uri` (rows with nums, target, response); writes out_dir/model.
+
+    A remote `out_dir` (s3://...) trains in a local staging folder (checkpoints stay on this
+    machine, so a rerun here resumes) and uploads the model, metrics and manifest at the end.
+    """
+    remote = not io.is_local(out_dir)
+    out = io.staging_dir(out_dir) if remote else Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     final = out / "model"
     init = model_cfg.path or str(out / "init")
     if model_cfg.size and not (out / "init").exists():
         create_tiny(model_cfg.size, out / "init.tmp", seed=model_cfg.seed)
         os.replace(out / "init.tmp", out / "init")
-    dtype = torch.bfloat16 if cfg.bf16 and torch.cuda.is_available() else torch.float32
-    model, tokenizer = load(init, dtype=dtype)
+    if cfg.num_processes > 1 and "LOCAL_RANK" not in os.environ:
+        return _launch(cfg, model_cfg, data_uri, out_dir, out)
+    # fp32 master weights always; `bf16` means bf16 autocast on a GPU (pure-bf16 weights lose
+    # AdamW's small updates to rounding: a tiny model trained that way learned nothing).
+    model, tokenizer = load(init, dtype=torch.float32)
     table = io.read_parquet(data_uri)
     dataset = SFTDataset(table, tokenizer, cfg.context_length)
     collator = Collator(tokenizer.pad_token_id)
@@ -179,8 +189,11 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig, data_uri: str, out_dir: str,
     result = trainer.train(resume_from_checkpoint=resume)
     seconds = time.monotonic() - t0
     tmp = out / "model.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    trainer.save_model(str(tmp))
+    if trainer.is_world_process_zero():
+        shutil.rmtree(tmp, ignore_errors=True)
+    trainer.save_model(str(tmp))  # every rank calls it (DeepSpeed gathers); rank 0 writes
+    if not trainer.is_world_process_zero():
+        return {}
     tokenizer.save_pretrained(str(tmp))
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
@@ -196,10 +209,37 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig, data_uri: str, out_dir: str,
         "train/resumed_from": resume,
         "train/loss_history": [{"step": h["step"], "loss": h["loss"]} for h in losses],
     }
-    metrics_uri = io.write_json(metrics, str(out / "train_metrics.json"))
+    model_uri = io.upload_dir(final, io.join(out_dir, "model")) if remote else str(final)
+    metrics_uri = io.write_json(metrics, io.join(str(out_dir), "train_metrics.json"))
     io.write_manifest(
-        str(out), "train", {"train": cfg.model_dump(mode="json"), "model": model_cfg.model_dump(mode="json")},
+        str(out_dir), "train", {"train": cfg.model_dump(mode="json"), "model": model_cfg.model_dump(mode="json")},
         [data_uri], {"metrics": metrics_uri},
     )
     log.info("train: %d steps, %.0f tokens/s", trainer.state.global_step, metrics["train/tokens_per_second"] or 0)
-    return {"model": str(final), "metrics": metrics_uri}
+    return {"model": model_uri, "metrics": metrics_uri}
+
+
+def _launch(cfg: TrainConfig, model_cfg: ModelConfig, data_uri: str, out_dir: str, out: Path) -> dict[str, str]:
+    """Run this stage under torchrun with cfg.num_processes ranks; rank 0 writes the outputs."""
+    import json
+    import subprocess
+    import sys
+
+    spec = out / "launch.json"
+    spec.write_text(json.dumps({"train": cfg.model_dump(mode="json"), "model": model_cfg.model_dump(mode="json"),
+                                "data_uri": str(data_uri), "out_dir": str(out_dir)}))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={cfg.num_processes}",
+           "-m", "sbt_core.train", str(spec)]
+    log.info("launching %d training processes: %s", cfg.num_processes, " ".join(cmd))
+    subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
+    model_uri = io.join(str(out_dir), "model") if not io.is_local(out_dir) else str(out / "model")
+    return {"model": model_uri, "metrics": io.join(str(out_dir), "train_metrics.json")}
+
+
+if __name__ == "__main__":  # a torchrun rank (see _launch)
+    import json
+    import sys
+
+    logging.basicConfig(level=logging.INFO)
+    args = json.loads(Path(sys.argv[1]).read_text())
+    train(TrainConfig(**args["train"]), ModelConfig(**args["model"]), args["data_uri"], args["out_dir"])

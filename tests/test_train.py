@@ -110,3 +110,19 @@ def test_deepspeed_zero2_one_rank_on_cpu(tmp_path, data_dir):
     assert list((out / "checkpoints" / "checkpoint-3").glob("global_step3/*optim_states.pt"))  # ZeRO shards
     metrics = json.loads((out / "train_metrics.json").read_text())
     assert metrics["train/steps"] == 3 and (out / "model" / "model.safetensors").exists()
+
+
+def test_deepspeed_zero2_two_ranks_launched_by_the_stage(tmp_path, data_dir):
+    """num_processes=2: the stage itself relaunches under torchrun; two gloo ranks on CPU, ZeRO-2."""
+    pytest.importorskip("deepspeed")
+    sft = _tiny_sft(tmp_path, data_dir, n=32)
+    out = tmp_path / "ds2"
+    cmd = [sys.executable, "-m", "sbt_core.cli", "train", "--data", sft, "--out", str(out), "--size", "1m",
+           "--max-steps", "3", "--batch-size", "4", "--lr", "1e-3", "--save-steps", "3", "--deepspeed",
+           "--num-processes", "2"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    shards = sorted(p.name for p in (out / "checkpoints" / "checkpoint-3").glob("global_step3/*optim_states.pt"))
+    assert len(shards) == 2, shards  # one ZeRO-2 optimizer shard per rank
+    metrics = json.loads((out / "train_metrics.json").read_text())
+    assert metrics["train/steps"] == 3 and (out / "model" / "model.safetensors").exists()

@@ -1,0 +1,89 @@
+"""`sbt`: the stage commands of `sbt_core.cli` plus `sbt run`, the whole pipeline through Prefect.
+
+`sbt run` uses Prefect's local mode when no server is configured (a temporary local server on
+the SQLite database under PREFECT_HOME, ~/.prefect by default): nothing to start. With
+PREFECT_API_URL set, the same command reports to that server.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from sbt_core.cli import _clean_errors, app, err
+
+PRESETS = Path(__file__).resolve().parent.parent / "configs"
+
+
+def _prefect_env() -> None:
+    """Quiet, offline-friendly Prefect defaults (set before prefect is imported; the user's env wins)."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "sbt_core")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def resolve_preset(config: str) -> Path:
+    """A path, or a preset name from configs/ (`tiny` -> configs/tiny.yaml)."""
+    path = Path(config)
+    if path.exists() or path.suffix in (".yaml", ".yml"):
+        return path
+    return PRESETS / f"{config}.yaml"
+
+
+@app.command()
+@_clean_errors
+def run(
+    config: str = typer.Option("tiny", "--config", "-c", help="Preset name (configs/NAME.yaml) or a YAML path."),
+    run_dir: Optional[str] = typer.Option(None, help="Artifacts folder (default runs/<preset name>)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a config value: --set eval.limit=50 (repeatable)."),
+):
+    """Run the whole pipeline (data, SFT, evaluation, expert iteration, report) as a Prefect flow."""
+    from sbt_core.config import load_run_config
+
+    cfg = load_run_config(resolve_preset(config), set_)
+    run_dir = run_dir or f"runs/{cfg.name}"
+    _prefect_env()
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per API call otherwise
+    from flows.pipeline import pipeline
+
+    summary = pipeline(config=cfg, run_dir=run_dir)
+    if summary["ran"]:
+        err.print(f"ran {len(summary['ran'])} stages, {len(summary['cached'])} cached, "
+                  f"{summary['wall_seconds']:.0f} s")
+    else:
+        err.print(f"nothing to do: all {len(summary['cached'])} stages were cached")
+    typer.echo(f"report: {summary['report']}\nmetrics: {summary['metrics']}")
+
+
+@app.command()
+@_clean_errors
+def deploy(
+    config: str = typer.Option("tiny", "--config", "-c", help="Preset name or YAML path: the deployments' default parameters."),
+    run_dir: Optional[str] = typer.Option(None, help="Default run dir of the deployments (s3://bucket/prefix on a cluster)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a config value (repeatable)."),
+    pool_type: str = typer.Option("process", help="Work pool type: process, docker or kubernetes."),
+    gpu_pool: str = typer.Option("sbt-gpu", help="Pool for the pipeline, GPU stages, rounds and evaluation."),
+    cpu_pool: str = typer.Option("sbt-cpu", help="Pool for the light stages."),
+    image: Optional[str] = typer.Option(None, help="Worker image (docker and kubernetes pools), e.g. sbt-worker:gpu."),
+    nightly: bool = typer.Option(False, "--nightly", help="Activate the nightly evaluation schedule."),
+):
+    """Register the work pools (if missing) and every deployment on the Prefect server in PREFECT_API_URL."""
+    from sbt_core.config import load_run_config
+
+    cfg = load_run_config(resolve_preset(config), set_)
+    _prefect_env()
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    from deployments.register import register
+
+    ids = register(cfg.model_dump(mode="json"), run_dir or f"runs/{cfg.name}", pool_type=pool_type,
+                   gpu_pool=gpu_pool, cpu_pool=cpu_pool, image=image, nightly=nightly)
+    typer.echo("\n".join(f"{name}: {i}" for name, i in ids.items()))
+
+
+if __name__ == "__main__":
+    app()

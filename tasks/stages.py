@@ -1,0 +1,241 @@
+"""One Prefect task per pipeline stage, each a thin wrapper over one `sbt_core` call.
+
+A stage takes configs and the results of the stages it reads (URIs only, never models or
+tables) and returns a `StageResult` dict: `{"stage", "key", "dir", "outputs": {name: uri}}`.
+
+Caching. A stage's key hashes its name, its config, its output folder, the keys of the stages
+it reads and the code version of `sbt_core`. The stage writes `stage.json` in its folder twice:
+`status: running` with the key before any work, `status: done` with the outputs after all of
+them are written. A rerun whose key matches a `done` record returns it at once, in a Prefect
+state named `Cached`; a `running` record with the same key means a killed or failed attempt,
+which resumes (SFT from its last checkpoint, search from its last shard); a record with
+another key means the folder holds stale work, which is removed first. Because the record
+lives beside the artifacts, the cache works from the CLI, from a UI retry and across Prefect
+databases, and a deleted output is recomputed.
+
+Fault injection (for tests and drills): `SBT_FAIL_STAGES=sft-bt,ei1-search` makes the named
+stages raise before doing any work; so does listing them in the file named by
+`SBT_FAIL_STAGES_FILE` (delete the file, then retry: the cause is gone, as after a real fix).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Callable
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.states import Completed
+
+from sbt_core import io
+from sbt_core.config import BuildDataConfig, EvalConfig, GenerateConfig, ModelConfig, SearchConfig, TrainConfig
+
+StageResult = dict[str, Any]
+RECORD = "stage.json"
+FAIL_ENV = "SBT_FAIL_STAGES"
+FAIL_FILE_ENV = "SBT_FAIL_STAGES_FILE"
+HEAVY = {"sft", "evaluate", "search"}  # task names that want a GPU
+
+
+class InjectedFailure(RuntimeError):
+    """Raised by a stage named in SBT_FAIL_STAGES."""
+
+
+def stage_key(stage: str, config: Any, upstream: list[StageResult], out_dir: str) -> str:
+    return io.config_hash(
+        {"stage": stage, "config": config, "upstream": [u["key"] for u in upstream], "out_dir": str(out_dir),
+         "code_version": io.code_version()}
+    )
+
+
+def external(uri: str, name: str = "model") -> StageResult:
+    """A StageResult for a URI given from outside (a model path): keyed by its stage record if any."""
+    parent = uri.rstrip("/").rsplit("/", 1)[0] if "/" in uri.rstrip("/") else "."
+    record = io.join(parent, RECORD)
+    key = io.read_json(record)["key"] if io.exists(record) else io.config_hash({"uri": uri})
+    return {"stage": "external", "key": key, "dir": parent, "outputs": {name: uri}}
+
+
+def run_stage(stage: str, out_dir: str, config: Any, upstream: list[StageResult],
+              work: Callable[[], dict[str, str]]):
+    """The caching protocol above around `work()`, which returns the stage's outputs (name -> URI)."""
+    logger = get_run_logger()
+    key = stage_key(stage, config, upstream, out_dir)
+    record_uri = io.join(out_dir, RECORD)
+    record = io.read_json(record_uri) if io.exists(record_uri) else None
+    if record and record.get("key") == key and record.get("status") == "done":
+        if all(io.exists(u) for u in record["outputs"].values()):
+            logger.info("%s: cached, outputs in %s (key %s)", stage, out_dir, key)
+            return Completed(name="Cached", message=f"outputs of key {key} in {out_dir}", data=record)
+        logger.warning("%s: an output listed in %s is missing; recomputing", stage, record_uri)
+    elif record and record.get("key") != key:
+        logger.info("%s: %s holds work of another key (%s); removing it", stage, out_dir, record.get("key"))
+        io.remove(out_dir)
+    elif record:
+        logger.info("%s: resuming an unfinished attempt in %s", stage, out_dir)
+    _maybe_fail(stage)
+    io.write_json({"stage": stage, "key": key, "dir": str(out_dir), "status": "running"}, record_uri)
+    t0 = time.monotonic()
+    outputs = work()
+    record = {"stage": stage, "key": key, "dir": str(out_dir), "status": "done", "outputs": outputs,
+              "seconds": round(time.monotonic() - t0, 3), "code_version": io.code_version()}
+    io.write_json(record, record_uri)
+    logger.info("%s: done in %.1f s", stage, record["seconds"])
+    return record
+
+
+def _maybe_fail(stage: str) -> None:
+    names = os.environ.get(FAIL_ENV, "").split(",")
+    fail_file = os.environ.get(FAIL_FILE_ENV)
+    if fail_file and os.path.exists(fail_file):
+        with open(fail_file) as f:
+            names += f.read().replace(",", " ").split()
+    if stage in names:
+        raise InjectedFailure(f"{stage}: failure injected by {FAIL_ENV} / {FAIL_FILE_ENV}")
+
+
+class Progress:
+    """A Prefect progress artifact (and a log line every 10%) fed by sbt_core's progress callbacks."""
+
+    def __init__(self, total: int, description: str):
+        self.total, self.done, self.shown, self.logged = max(total, 1), 0, 0.0, 0
+        self.description = description
+        self.id = create_progress_artifact(0.0, description=description)
+        self.last = time.monotonic()
+
+    def __call__(self, *args) -> None:
+        self.done += args[-1] if args else 1
+        pct = min(100.0, 100.0 * self.done / self.total)
+        if pct >= 100 or (pct - self.shown >= 1 and time.monotonic() - self.last >= 2):
+            update_progress_artifact(self.id, pct)
+            self.shown, self.last = pct, time.monotonic()
+        if int(pct // 10) > self.logged:
+            self.logged = int(pct // 10)
+            get_run_logger().info("%s: %.0f%%", self.description, pct)
+
+
+def _train_progress(progress: Progress):
+    from transformers import TrainerCallback
+
+    class Callback(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kw):
+            progress.total = max(state.max_steps, 1)
+            progress.done = state.global_step
+
+        def on_step_end(self, args, state, control, **kw):
+            progress(1)
+
+    return Callback()
+
+
+_opts = dict(cache_policy=NO_CACHE, persist_result=False)
+
+
+@task(name="generate", task_run_name="{stage_name}", **_opts)
+def generate(stage_name: str, cfg: GenerateConfig, out_dir: str):
+    from sbt_core.countdown import generate as stage
+
+    def work():
+        bar = Progress(cfg.num_train + cfg.num_val_seen + cfg.num_val_new, "generate: problems")
+        return stage.run(cfg, out_dir, progress=bar)
+
+    return run_stage(stage_name, out_dir, cfg.model_dump(mode="json"), [], work)
+
+
+@task(name="build-data", task_run_name="{stage_name}", **_opts)
+def build_data(stage_name: str, cfg: BuildDataConfig, data: StageResult, out_dir: str):
+    from sbt_core import build_data as stage
+
+    return run_stage(stage_name, out_dir, cfg.model_dump(mode="json"), [data],
+                     lambda: stage.run(cfg, data["outputs"]["train"], out_dir))
+
+
+@task(name="sft", task_run_name="{stage_name}", **_opts)
+def sft(stage_name: str, cfg: TrainConfig, model: ModelConfig, data: StageResult, out_dir: str,
+        base: StageResult | None = None):
+    """SFT; `base` is the StageResult of the model fine-tuned further (its URI goes in model.path)."""
+    from sbt_core import train as stage
+
+    def work():
+        rows = io.parquet_rows(data["outputs"]["sft"])
+        if rows == 0:  # nothing verified to distill: the round keeps its base model
+            get_run_logger().warning("%s: no training rows; keeping the base model %s", stage_name, model.path)
+            return {"model": model.path}
+        bar = Progress(1, f"{stage_name}: optimiser steps")
+        return stage.train(cfg, model, data["outputs"]["sft"], out_dir, callbacks=[_train_progress(bar)])
+
+    config = {"train": cfg.model_dump(mode="json"), "model": model.model_dump(mode="json")}
+    return run_stage(stage_name, out_dir, config, [data] + ([base] if base else []), work)
+
+
+@task(name="evaluate", task_run_name="{stage_name}", **_opts)
+def evaluate(stage_name: str, cfg: EvalConfig, methods: list[str], model: StageResult, data: StageResult,
+             out_dir: str):
+    from sbt_core import evaluate as stage
+
+    def work():
+        per_split = [min(cfg.limit or 10**12, io.parquet_rows(data["outputs"][s])) for s in stage.SPLITS]
+        bar = Progress(len(methods) * sum(per_split), f"{stage_name}: problems searched")
+        configs = {m: cfg.search_config(m) for m in methods}
+        return stage.run(model["outputs"]["model"], data["dir"], out_dir, configs, limit=cfg.limit, progress=bar)
+
+    config = {"eval": cfg.model_dump(mode="json"), "methods": methods}
+    return run_stage(stage_name, out_dir, config, [model, data], work)
+
+
+@task(name="search", task_run_name="{stage_name}", **_opts)
+def search(stage_name: str, cfg: SearchConfig, model: StageResult, data: StageResult, split: str, limit: int,
+           out_dir: str):
+    from sbt_core.search import run as stage
+
+    def work():
+        bar = Progress(min(limit, io.parquet_rows(data["outputs"][split])), f"{stage_name}: problems searched")
+        return stage.run(cfg, model["outputs"]["model"], data["outputs"][split], out_dir, limit=limit, progress=bar)
+
+    config = {"search": cfg.model_dump(mode="json"), "split": split, "limit": limit}
+    return run_stage(stage_name, out_dir, config, [model, data], work)
+
+
+@task(name="distill", task_run_name="{stage_name}", **_opts)
+def distill(stage_name: str, results: StageResult, out_dir: str, transductive: bool = False):
+    from sbt_core import distill as stage
+
+    return run_stage(stage_name, out_dir, {"transductive": transductive}, [results],
+                     lambda: stage.run(results["outputs"]["results"], out_dir, transductive=transductive))
+
+
+@task(name="report", task_run_name="{stage_name}", **_opts)
+def report(stage_name: str, title: str, evaluations: dict[str, StageResult], out_dir: str, search_method: str,
+           notes: list[str] = ()):
+    """report.md, metrics.json and plots in out_dir, with copies one level up (the run folder)."""
+    from sbt_core import report as stage
+
+    summaries = {model: ev["outputs"]["summary"] for model, ev in evaluations.items()}
+    config = {"title": title, "models": list(evaluations), "search_method": search_method, "notes": list(notes)}
+    run_dir = out_dir.rstrip("/").rsplit("/", 1)[0]
+
+    def work():
+        made = stage.run(summaries, out_dir, title, list(notes), search_method)
+        tops = {f"{name}_top": io.copy(uri, io.join(run_dir, uri.rsplit("/", 1)[-1])) for name, uri in made.items()}
+        return {**made, **tops}
+
+    return run_stage(stage_name, out_dir, config, list(evaluations.values()), work)
+
+
+TASKS = {t.name: t for t in (generate, build_data, sft, evaluate, search, distill, report)}
+
+
+def coerce_params(task_name: str, params: dict[str, Any]) -> dict[str, Any]:
+    """JSON parameters (as sent through a deployment) back into the task's config models."""
+    import typing
+
+    from pydantic import BaseModel
+
+    hints = typing.get_type_hints(TASKS[task_name].fn)
+    out = {}
+    for name, value in params.items():
+        hint = hints.get(name)
+        out[name] = hint.model_validate(value) if isinstance(hint, type) and issubclass(hint, BaseModel) else value
+    return out

@@ -1,0 +1,83 @@
+"""Run configs: presets validate; bad keys and values fail naming the field path; no server needed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from sbt_core.config import ConfigError, RunConfig, load_run_config
+from sbt_core.report import metrics, row_key
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+@pytest.mark.parametrize("preset", ["smoke", "tiny", "scratch-17m", "paper-1b"])
+def test_presets_validate(preset):
+    cfg = load_run_config(CONFIGS / f"{preset}.yaml")
+    assert cfg.name == preset and isinstance(cfg, RunConfig)
+
+
+def test_paper_preset_has_the_papers_hyperparameters():
+    cfg = load_run_config(CONFIGS / "paper-1b.yaml")
+    assert (cfg.sft.learning_rate, cfg.sft.lr_scheduler, cfg.sft.epochs, cfg.sft.context_length) == (1e-5, "cosine", 3, 128)
+    assert cfg.sft.deepspeed and cfg.expert_iteration.rounds == 3 and cfg.expert_iteration.method == "sbt_b1_n32"
+    assert cfg.model.path and cfg.model.size is None
+
+
+def test_overrides_are_dotted_and_typed():
+    cfg = load_run_config(CONFIGS / "tiny.yaml", ["eval.limit=7", "build_data.error_type_ratio=[1,1,1]",
+                                                  "expert_iteration.train.learning_rate=1e-4", "eval.limit=8"])
+    assert cfg.eval.limit == 8 and cfg.build_data.error_type_ratio == (1, 1, 1)
+    assert cfg.expert_iteration.train.learning_rate == 1e-4
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("eval.limt=3", "eval.limt: Extra inputs are not permitted"),
+        ("sft.batch_size=0", "sft.batch_size: Input should be greater than or equal to 1"),
+        ("eval.bt_methods=[greedy,nope]", "eval.bt_methods: Value error, unknown method(s) ['nope']"),
+        ("expert_iteration.train.epochs=abc", "expert_iteration.train.epochs: Input should be a valid number"),
+        ("model.path=/x", "model: Value error, set exactly one of `size`"),
+        ("eval.limit", "is not of the form key.sub=value"),
+        ("eval.limit.x=1", "eval.limit: is a value"),
+    ],
+)
+def test_bad_overrides_name_the_field(override, message):
+    with pytest.raises(ConfigError) as e:
+        load_run_config(CONFIGS / "tiny.yaml", [override])
+    assert message in str(e.value)
+
+
+def test_bad_yaml_files(tmp_path):
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_run_config(tmp_path / "missing.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_run_config(tmp_path / "list.yaml")
+    (tmp_path / "typo.yaml").write_text("generate:\n  num_trian: 5\n")
+    with pytest.raises(ConfigError, match="generate.num_trian: Extra inputs"):
+        load_run_config(tmp_path / "typo.yaml")
+
+
+def test_sbt_run_rejects_bad_config_before_any_work(tmp_path):
+    from flows.cli import app
+
+    result = CliRunner().invoke(app, ["run", "-c", "smoke", "--run-dir", str(tmp_path / "r"), "--set", "sft.lr=1"])
+    assert result.exit_code == 2
+    assert "sft.lr: Extra inputs are not permitted" in result.output
+    assert not (tmp_path / "r").exists()
+
+
+def test_row_keys_follow_the_contract():
+    assert [row_key("sft", m) for m in ("greedy", "beam", "best_of_n_8")] == ["sft_greedy", "sft_beam", "best_of_n_8"]
+    assert [row_key("bt", m) for m in ("greedy", "beam", "sbt_b1_n32")] == ["bt_greedy", "bt_beam", "sbt_b1_n32"]
+    assert row_key("ei2", "sbt_b1_n32") == "ei2_sbt_b1_n32"
+    split = {"accuracy_strict": 0.5, "accuracy_paper": 0.25, "tokens_per_problem": 10.0, "false_claim_rate": 0.1,
+             "false_claim_categories": {}, "problems": 4}
+    rows = metrics({"bt": {"sbt_b1_n32": {"val_seen": split, "val_new": {**split, "accuracy_strict": 1.0}},
+                           "greedy": {"val_seen": split, "val_new": split}}})
+    assert list(rows) == ["bt_greedy", "sbt_b1_n32"]  # the configured method order, not alphabetical
+    assert rows["sbt_b1_n32"]["accuracy_new"] == 1.0 and rows["sbt_b1_n32"]["accuracy_seen"] == 0.5

@@ -1,0 +1,40 @@
+"""The worker images are linted (no Docker engine here to build them) and the prefect.yaml parses."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("dockerfile", ["Dockerfile.gpu", "Dockerfile.cpu"])
+def test_dockerfiles_pass_hadolint(dockerfile):
+    hadolint = shutil.which("hadolint") or str(Path(sys.executable).with_name("hadolint"))
+    proc = subprocess.run([hadolint, str(ROOT / "docker" / dockerfile)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_images_copy_every_package_the_deployments_import():
+    for dockerfile in ("Dockerfile.gpu", "Dockerfile.cpu"):
+        text = (ROOT / "docker" / dockerfile).read_text()
+        for package in ("sbt_core", "tasks", "flows", "deployments", "configs"):
+            assert f"COPY --chown=sbt:sbt {package} ./{package}" in text, (dockerfile, package)
+        assert "USER 1000" in text and "WORKDIR /opt/sbt" in text
+
+
+def test_prefect_yaml_names_the_same_deployments_as_sbt_deploy():
+    from deployments.register import deployment_specs
+
+    spec = yaml.safe_load((ROOT / "deployments" / "prefect.yaml").read_text())
+    static = sorted((d["entrypoint"], d["name"]) for d in spec["deployments"])
+    dynamic = sorted((d["entrypoint"], d["name"]) for d in deployment_specs({}, "r", "g", "c", None))
+    assert static == dynamic
+    for d in spec["deployments"]:
+        path, name = d["entrypoint"].split(":")
+        assert f"def {name}(" in (ROOT / path).read_text()

@@ -1,0 +1,205 @@
+"""The Prefect pipeline against a real `prefect server` process (one per test session).
+
+Each `sbt run` here is a real subprocess reporting to that server; task and flow run states
+are read back through the Prefect client. The smoke preset is lengthened a little (120 SFT
+steps, a checkpoint every 40) so a kill can land inside SFT.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from sbt_core import io
+from tasks.stages import FAIL_ENV
+
+ROOT = Path(__file__).resolve().parent.parent
+SMOKE = ["-c", "smoke", "--set", "sft.max_steps=120", "--set", "sft.save_steps=40"]
+BEFORE_SFT_BT = ["generate", "build-data-op", "build-data-bt", "sft-op"]
+CONTRACT_ROWS = ["sft_greedy", "sft_beam", "best_of_n_8", "best_of_n_16", "best_of_n_32", "bt_greedy", "bt_beam",
+                 "sbt_b0_n8", "sbt_b0_n32", "sbt_b1_n8", "sbt_b1_n32", "ei1_greedy", "ei1_sbt_b1_n32"]
+pytestmark = pytest.mark.integration
+
+
+def _env(api: str, fail: str | None = None) -> dict:
+    env = {**os.environ, "PREFECT_API_URL": api, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env.pop(FAIL_ENV, None)
+    if fail:
+        env[FAIL_ENV] = fail
+    return env
+
+
+def _cmd(run_dir: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "flows.cli", "run", *SMOKE, "--run-dir", str(run_dir), *extra]
+
+
+def sbt_run(api: str, run_dir: Path, *extra: str, fail: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(_cmd(run_dir, *extra), cwd=ROOT, env=_env(api, fail), capture_output=True, text=True,
+                          timeout=600)
+
+
+def _client(api: str):
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    class Ctx:
+        def __enter__(self):
+            self.settings = temporary_settings(updates={PREFECT_API_URL: api})
+            self.settings.__enter__()
+            self.client = get_client(sync_client=True)
+            return self.client.__enter__()
+
+        def __exit__(self, *exc):
+            self.client.__exit__(*exc)
+            self.settings.__exit__(*exc)
+
+    return Ctx()
+
+
+def flow_run_ids(api: str) -> set:
+    with _client(api) as c:
+        return {fr.id for fr in c.read_flow_runs(limit=200)}
+
+
+def new_runs(api: str, before: set) -> dict:
+    """Flow runs created since `before`: {flow run id: (flow name, state name)} and task states by name."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with _client(api) as c:
+        runs = [fr for fr in c.read_flow_runs(limit=200) if fr.id not in before]
+        flows = {fr.id: (c.read_flow(fr.flow_id).name, fr.state.name) for fr in runs}
+        tasks = c.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=list(flows))), limit=200)
+    states: dict[str, list[str]] = {}
+    for t in sorted(tasks, key=lambda t: t.created):
+        if t.name.startswith("expert-iteration-round"):
+            continue  # the parent's stand-in task run for the subflow, not a stage
+        states.setdefault(t.name, []).append(t.state.name)
+    return {"flows": flows, "tasks": states}
+
+
+def snapshot(run_dir: Path) -> dict[str, object]:
+    """What a run produced, with wall-clock fields (documented as nondeterministic) left out."""
+    out: dict[str, object] = {}
+    for p in sorted(run_dir.rglob("*")):
+        rel = str(p.relative_to(run_dir))
+        if not p.is_file() or "checkpoints" in rel or p.name in ("stage.json", "run.json", "manifest.json",
+                                                                  "train_metrics.json", "summary.json",
+                                                                  "training_args.bin"):  # holds output_dir
+            continue
+        if "/shards/" in rel:
+            continue
+        if p.suffix == ".parquet":
+            table = pq.read_table(p)
+            out[rel] = table.drop_columns([c for c in ("seconds",) if c in table.column_names]).to_pylist()
+        else:
+            out[rel] = io.content_hash(str(p))
+    return out
+
+
+@pytest.fixture(scope="module")
+def finished(prefect_server, tmp_path_factory):
+    """A smoke pipeline that fails in sft-bt, is rerun to completion, then rerun again."""
+    api, run_dir = prefect_server, tmp_path_factory.mktemp("pipeline") / "run"
+    record = {"api": api, "run_dir": run_dir}
+    before = flow_run_ids(api)
+    record["failed"] = sbt_run(api, run_dir, fail="sft-bt")
+    record["failed_runs"] = new_runs(api, before)
+    before = flow_run_ids(api)
+    t0 = time.monotonic()
+    record["rerun"] = sbt_run(api, run_dir)
+    record["rerun_seconds"] = time.monotonic() - t0
+    record["rerun_runs"] = new_runs(api, before)
+    record["snapshot"] = snapshot(run_dir)
+    before = flow_run_ids(api)
+    record["cached"] = sbt_run(api, run_dir)
+    record["cached_runs"] = new_runs(api, before)
+    return record
+
+
+def test_injected_failure_stops_the_flow_at_that_stage(finished):
+    failed = finished["failed"]
+    assert failed.returncode != 0
+    assert "failure injected" in failed.stdout + failed.stderr
+    tasks = finished["failed_runs"]["tasks"]
+    assert tasks["sft-bt"] == ["Failed"]
+    assert all(tasks[s] == ["Completed"] for s in BEFORE_SFT_BT)
+    assert "eval-sft-bt" not in tasks and "report" not in tasks
+    assert [state for name, state in finished["failed_runs"]["flows"].values()] == ["Failed"]
+
+
+def test_rerun_runs_only_the_failed_stage_and_what_follows(finished):
+    rerun = finished["rerun"]
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    tasks = finished["rerun_runs"]["tasks"]
+    for stage in BEFORE_SFT_BT:
+        assert set(tasks[stage]) == {"Cached"}, (stage, tasks[stage])  # generate also runs (cached) in the round
+    after = ["sft-bt", "eval-sft-op", "eval-sft-bt", "ei1-search", "ei1-distill", "ei1-sft", "ei1-evaluate", "report"]
+    for stage in after:
+        assert tasks[stage] == ["Completed"], (stage, tasks[stage])
+    flows = sorted(finished["rerun_runs"]["flows"].values())
+    assert flows == [("expert-iteration-round", "Completed"), ("sbt-pipeline", "Completed")]
+
+
+def test_report_and_metrics_follow_the_contract(finished):
+    run_dir = finished["run_dir"]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert sorted(metrics) == sorted(CONTRACT_ROWS)
+    for row in metrics.values():
+        assert 0 <= row["accuracy_seen"] <= 1 and 0 <= row["accuracy_new"] <= 1
+        assert row["tokens_per_problem"] > 0 and row["verifier_mode"] == "strict"
+    report = (run_dir / "report.md").read_text()
+    assert "| `sbt_b1_n32` |" in report and "expert iteration round 1" in report
+    assert (run_dir / "accuracy_vs_n.png").read_bytes()[:4] == b"\x89PNG"
+    with _client(finished["api"]) as c:
+        assert c.read_artifacts(limit=50) and any(a.key == "sbt-metrics" for a in c.read_artifacts(limit=50))
+    manifest = json.loads((run_dir / "sft-bt" / "manifest.json").read_text())
+    assert manifest["config_hash"] and manifest["code_version"] and manifest["inputs"][0]["content_hash"]
+
+
+def test_rerunning_a_finished_pipeline_does_no_work(finished):
+    cached = finished["cached"]
+    assert cached.returncode == 0, cached.stderr[-3000:]
+    assert "nothing to do" in cached.stderr
+    tasks = finished["cached_runs"]["tasks"]
+    assert {s for per_stage in tasks.values() for s in per_stage} == {"Cached"}, tasks
+    assert snapshot(finished["run_dir"]) == finished["snapshot"]
+
+
+def test_kill_9_during_sft_then_rerun_gives_the_same_artifacts(finished, tmp_path):
+    api, run_dir = finished["api"], tmp_path / "killed"
+    proc = subprocess.Popen(_cmd(run_dir), cwd=ROOT, env=_env(api), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    ckpt = run_dir / "sft-bt" / "checkpoints" / "checkpoint-40" / "trainer_state.json"
+    deadline = time.monotonic() + 300
+    while not ckpt.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before its first checkpoint"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (run_dir / "sft-bt" / "model").exists(), "the kill landed after SFT finished"
+    assert json.loads((run_dir / "sft-bt" / "stage.json").read_text())["status"] == "running"
+    resumed = sbt_run(api, run_dir)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stdout + resumed.stderr
+    assert json.loads((run_dir / "sft-bt" / "train_metrics.json").read_text())["train/resumed_from"].endswith("checkpoint-40")
+    assert snapshot(run_dir) == finished["snapshot"]
+
+
+def test_changed_config_reruns_only_what_depends_on_it(finished):
+    api, run_dir = finished["api"], finished["run_dir"]
+    before = flow_run_ids(api)
+    proc = sbt_run(api, run_dir, "--set", "eval.limit=2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    tasks = new_runs(api, before)["tasks"]
+    ran = sorted(name for name, states in tasks.items() if "Completed" in states)
+    assert ran == sorted(["eval-sft-op", "eval-sft-bt", "ei1-evaluate", "report"])
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert all(row["problems_per_split"] == 2 for row in metrics.values())
