@@ -11,7 +11,6 @@ Run: `sbt distill-data --results runs/search-train/results.parquet --out runs/ei
 from __future__ import annotations
 
 import logging
-from pathlib import PurePosixPath
 
 import pyarrow as pa
 
@@ -23,13 +22,13 @@ log = logging.getLogger(__name__)
 
 def source_split(results_uri: str) -> str:
     """The split a search read, from the manifest beside its results."""
-    manifest_uri = io.join(str(PurePosixPath(str(results_uri)).parent), io.MANIFEST)
+    manifest_uri = io.join(io.parent(results_uri), io.MANIFEST)
     if not io.exists(manifest_uri):
         raise ValueError(f"no manifest beside {results_uri}: cannot tell which split it searched")
     inputs = io.read_json(manifest_uri).get("inputs", [])
     if not inputs:
         raise ValueError(f"{manifest_uri} names no input split")
-    return PurePosixPath(inputs[0]["uri"]).stem
+    return io.basename(inputs[0]["uri"]).removesuffix(".parquet")
 
 
 def distill(results: pa.Table) -> pa.Table:

@@ -44,6 +44,16 @@ def join(base: str, *parts: str) -> str:
     return "/".join([base.rstrip("/"), *parts]) if not is_local(base) else str(Path(base, *parts))
 
 
+def parent(uri: str) -> str:
+    """The folder holding `uri` (keeps the `s3://` of a URL, unlike pathlib)."""
+    head, _, _ = str(uri).rstrip("/").rpartition("/")
+    return head or "."
+
+
+def basename(uri: str) -> str:
+    return str(uri).rstrip("/").rpartition("/")[2]
+
+
 def exists(uri: str) -> bool:
     fs, path = _fs(uri)
     return fs.exists(path)

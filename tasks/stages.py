@@ -52,7 +52,7 @@ def stage_key(stage: str, config: Any, upstream: list[StageResult], out_dir: str
 
 def external(uri: str, name: str = "model") -> StageResult:
     """A StageResult for a URI given from outside (a model path): keyed by its stage record if any."""
-    parent = uri.rstrip("/").rsplit("/", 1)[0] if "/" in uri.rstrip("/") else "."
+    parent = io.parent(uri)
     record = io.join(parent, RECORD)
     key = io.read_json(record)["key"] if io.exists(record) else io.config_hash({"uri": uri})
     return {"stage": "external", "key": key, "dir": parent, "outputs": {name: uri}}
@@ -214,11 +214,11 @@ def report(stage_name: str, title: str, evaluations: dict[str, StageResult], out
 
     summaries = {model: ev["outputs"]["summary"] for model, ev in evaluations.items()}
     config = {"title": title, "models": list(evaluations), "search_method": search_method, "notes": list(notes)}
-    run_dir = out_dir.rstrip("/").rsplit("/", 1)[0]
+    run_dir = io.parent(out_dir)
 
     def work():
         made = stage.run(summaries, out_dir, title, list(notes), search_method)
-        tops = {f"{name}_top": io.copy(uri, io.join(run_dir, uri.rsplit("/", 1)[-1])) for name, uri in made.items()}
+        tops = {f"{name}_top": io.copy(uri, io.join(run_dir, io.basename(uri))) for name, uri in made.items()}
         return {**made, **tops}
 
     return run_stage(stage_name, out_dir, config, list(evaluations.values()), work)

@@ -139,3 +139,25 @@ def test_python_client_triggers_an_expert_iteration_round(cluster):
         assert nightly.state.is_completed(), nightly.state
     # smoke runs one round, so the newest model is round 1's (or sft-bt's, when round 1 kept it)
     assert io.exists(f"{RUN_DIR}/eval-latest")
+
+
+def test_pipeline_launches_heavy_stages_as_their_own_flow_runs(cluster):
+    """execution.mode=deployments: SFT, search and evaluation run as `sbt-stage/gpu` flow runs."""
+    from sbt_core.config import load_run_config
+
+    api, run_dir = cluster["api"], "s3://sbt-test/cluster/deployed"
+    cfg = load_run_config(ROOT / "configs" / "smoke.yaml",
+                          ["execution.mode=deployments", "execution.cpu_deployment=null", "eval.limit=2"])
+    dep = rest(api, "GET", "/deployments/name/sbt-pipeline/pipeline")
+    run = rest(api, "POST", f"/deployments/{dep['id']}/create_flow_run",
+               {"parameters": {"config": cfg.model_dump(mode="json"), "run_dir": run_dir}})
+    final = wait_final(api, run["id"], timeout=900)
+    assert final["state"]["type"] == "COMPLETED", (cluster["home"] / "worker.log").read_text()[-3000:]
+    stage_dep = rest(api, "GET", "/deployments/name/sbt-stage/gpu")
+    children = rest(api, "POST", "/flow_runs/filter", {"flow_runs": {"deployment_id": {"any_": [stage_dep["id"]]}},
+                                                        "limit": 100})
+    names = sorted(t["name"] for t in rest(api, "POST", "/task_runs/filter",
+                                            {"flow_runs": {"id": {"any_": [c["id"] for c in children]}}, "limit": 100}))
+    assert names == sorted(["sft-op", "sft-bt", "eval-sft-op", "eval-sft-bt", "ei1-search", "ei1-sft", "ei1-evaluate"])
+    assert all(c["state"]["type"] == "COMPLETED" for c in children)
+    assert json.loads(io.read_bytes(f"{run_dir}/metrics.json"))["bt_greedy"]["problems_per_split"] == 2
