@@ -95,10 +95,19 @@ def _load_flow(entrypoint: str):
     return load_flow_from_entrypoint(f"{ROOT / path}:{name}")
 
 
+RESULTS_BLOCK = "sbt-results"
+
+
 def register(config: dict, run_dir: str, *, pool_type: str = "process", gpu_pool: str = "sbt-gpu",
              cpu_pool: str = "sbt-cpu", image: str | None = None, nightly: bool = False,
-             workdir: str | None = None) -> dict[str, str]:
-    """Create the pools if missing and (re)create every deployment; returns {flow/deployment: id}."""
+             workdir: str | None = None, result_storage: str | None = None,
+             storage_block: str | None = None) -> dict[str, str]:
+    """Create the pools if missing and (re)create every deployment; returns {flow/deployment: id}.
+
+    `result_storage` (e.g. s3://bucket/prefect-results) saves a `remote-file-system/sbt-results`
+    block and makes every deployment's flow runs persist their results there. `storage_block`
+    names a RemoteFileSystem block whose settings hold the S3 credentials (SBT_STORAGE_BLOCK).
+    """
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import DeploymentScheduleCreate, WorkPoolCreate
     from prefect.client.schemas.schedules import CronSchedule
@@ -108,6 +117,15 @@ def register(config: dict, run_dir: str, *, pool_type: str = "process", gpu_pool
     if pool_type != "process" and not image:
         raise ValueError(f"a {pool_type} pool runs an image: pass --image (see docker/)")
     workdir = workdir or (str(ROOT) if pool_type == "process" else IMAGE_WORKDIR)
+    env = {}
+    if result_storage:
+        from prefect.filesystems import RemoteFileSystem
+
+        RemoteFileSystem(basepath=result_storage).save(RESULTS_BLOCK, overwrite=True)
+        env.update(PREFECT_RESULTS_PERSIST_BY_DEFAULT="true",
+                   PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK=f"remote-file-system/{RESULTS_BLOCK}")
+    if storage_block:
+        env["SBT_STORAGE_BLOCK"] = storage_block
     ids = {}
     with get_client(sync_client=True) as client:
         for pool, gpu in ((gpu_pool, True), (cpu_pool, False)):
@@ -130,7 +148,7 @@ def register(config: dict, run_dir: str, *, pool_type: str = "process", gpu_pool
                 name=spec["name"],
                 entrypoint=spec["entrypoint"],
                 work_pool_name=spec["pool"],
-                job_variables=spec["job_variables"],
+                job_variables={**spec["job_variables"], **({"env": env} if env else {})},
                 parameters=spec["parameters"],
                 parameter_openapi_schema=parameter_schema(flow).model_dump_for_openapi(),
                 enforce_parameter_schema=True,

@@ -71,6 +71,8 @@ def deploy(
     cpu_pool: str = typer.Option("sbt-cpu", help="Pool for the light stages."),
     image: Optional[str] = typer.Option(None, help="Worker image (docker and kubernetes pools), e.g. sbt-worker:gpu."),
     nightly: bool = typer.Option(False, "--nightly", help="Activate the nightly evaluation schedule."),
+    result_storage: Optional[str] = typer.Option(None, help="Prefect result storage, e.g. s3://bucket/prefect-results."),
+    storage_block: Optional[str] = typer.Option(None, help="RemoteFileSystem block holding S3 credentials."),
 ):
     """Register the work pools (if missing) and every deployment on the Prefect server in PREFECT_API_URL."""
     from sbt_core.config import load_run_config
@@ -81,7 +83,8 @@ def deploy(
     from deployments.register import register
 
     ids = register(cfg.model_dump(mode="json"), run_dir or f"runs/{cfg.name}", pool_type=pool_type,
-                   gpu_pool=gpu_pool, cpu_pool=cpu_pool, image=image, nightly=nightly)
+                   gpu_pool=gpu_pool, cpu_pool=cpu_pool, image=image, nightly=nightly,
+                   result_storage=result_storage, storage_block=storage_block)
     typer.echo("\n".join(f"{name}: {i}" for name, i in ids.items()))
 
 

@@ -31,6 +31,7 @@ def latest_model(run_dir: str, rounds: int) -> stages.StageResult:
 @flow(name="sbt-evaluate-latest", log_prints=True)
 def evaluate_latest(config: RunConfig = RunConfig(), run_dir: str = "runs/tiny") -> dict[str, Any]:
     """Evaluate the newest model of `run_dir` on val_seen and val_new."""
+    stages.use_storage_block()
     model = latest_model(run_dir, config.expert_iteration.rounds)
     data = stages.generate("generate", config.generate, io.join(run_dir, "data"), return_state=True).result()
     out_dir = io.join(run_dir, "eval-latest", model["key"])

@@ -74,6 +74,7 @@ class _Ledger:
 @flow(name="expert-iteration-round", log_prints=True)
 def expert_iteration_round(config: RunConfig, run_dir: str, round: int, model_uri: str) -> dict[str, Any]:
     """Round r: search train problems with the slow search, keep verified outputs, distill, evaluate."""
+    stages.use_storage_block()
     ei = config.expert_iteration
     ledger = _Ledger(config)
     data = ledger("generate", stages.generate, config.generate, io.join(run_dir, "data"))
@@ -98,6 +99,7 @@ def expert_iteration_round(config: RunConfig, run_dir: str, round: int, model_ur
 def pipeline(config: RunConfig = RunConfig(), run_dir: str = "runs/tiny") -> dict[str, Any]:
     """The whole method on Countdown, expert iteration included; writes run_dir/report.md and metrics.json."""
     logger = get_run_logger()
+    stages.use_storage_block()
     t0 = time.monotonic()
     ledger = _Ledger(config)
     data = ledger("generate", stages.generate, config.generate, io.join(run_dir, "data"))

@@ -29,9 +29,19 @@ RETRIES = 5  # attempts for a remote write
 log = logging.getLogger(__name__)
 
 
+_storage_options: dict[str, Any] = {}
+
+
+def set_storage_options(options: dict[str, Any]) -> None:
+    """fsspec options for remote URIs (e.g. s3fs `key`, `secret`, `client_kwargs.endpoint_url`),
+    for credentials that come from a Prefect block rather than the AWS environment variables."""
+    _storage_options.clear()
+    _storage_options.update(options or {})
+
+
 def _fs(uri: str):
     # No listing cache for object stores: another process (a worker) may have just written there.
-    opts = {} if is_local(uri) else {"use_listings_cache": False}
+    opts = {} if is_local(uri) else {"use_listings_cache": False, **_storage_options}
     return fsspec.core.url_to_fs(str(uri), **opts)
 
 

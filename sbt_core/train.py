@@ -169,8 +169,8 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig, data_uri: str, out_dir: str,
         os.replace(out / "init.tmp", out / "init")
     if cfg.num_processes > 1 and "LOCAL_RANK" not in os.environ:
         return _launch(cfg, model_cfg, data_uri, out_dir, out)
-    # fp32 master weights always; `bf16` means bf16 autocast on a GPU (pure-bf16 weights lose
-    # AdamW's small updates to rounding: a tiny model trained that way learned nothing).
+    # fp32 master weights always; `bf16` means bf16 autocast on a GPU. (Loading the weights in
+    # bf16 made AdamW update bf16 parameters directly, where small updates round away.)
     model, tokenizer = load(init, dtype=torch.float32)
     table = io.read_parquet(data_uri)
     dataset = SFTDataset(table, tokenizer, cfg.context_length)

@@ -36,6 +36,7 @@ StageResult = dict[str, Any]
 RECORD = "stage.json"
 FAIL_ENV = "SBT_FAIL_STAGES"
 FAIL_FILE_ENV = "SBT_FAIL_STAGES_FILE"
+STORAGE_BLOCK_ENV = "SBT_STORAGE_BLOCK"  # a RemoteFileSystem block whose settings carry S3 credentials
 HEAVY = {"sft", "evaluate", "search"}  # task names that want a GPU
 
 
@@ -58,10 +59,25 @@ def external(uri: str, name: str = "model") -> StageResult:
     return {"stage": "external", "key": key, "dir": parent, "outputs": {name: uri}}
 
 
+def use_storage_block() -> None:
+    """Take storage credentials from the Prefect block named in SBT_STORAGE_BLOCK, if set.
+
+    The block is a core `RemoteFileSystem` (type slug `remote-file-system`); its `settings` are
+    fsspec options, e.g. {"key": ..., "secret": ..., "client_kwargs": {"endpoint_url": ...}}.
+    Without it, s3fs reads the standard AWS environment variables.
+    """
+    name = os.environ.get(STORAGE_BLOCK_ENV)
+    if name:
+        from prefect.filesystems import RemoteFileSystem
+
+        io.set_storage_options(RemoteFileSystem.load(name.removeprefix("remote-file-system/")).settings)
+
+
 def run_stage(stage: str, out_dir: str, config: Any, upstream: list[StageResult],
               work: Callable[[], dict[str, str]]):
     """The caching protocol above around `work()`, which returns the stage's outputs (name -> URI)."""
     logger = get_run_logger()
+    use_storage_block()
     key = stage_key(stage, config, upstream, out_dir)
     record_uri = io.join(out_dir, RECORD)
     record = io.read_json(record_uri) if io.exists(record_uri) else None

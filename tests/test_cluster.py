@@ -67,7 +67,8 @@ def cluster(prefect_server, s3, tmp_path_factory):
            "PREFECT_WORKER_QUERY_SECONDS": "1", "SBT_CACHE": str(home / "cache"),
            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     deploy = subprocess.run([sys.executable, "-m", "flows.cli", "deploy", "-c", "smoke", "--run-dir", RUN_DIR,
-                             "--gpu-pool", POOL, "--cpu-pool", "sbt-test-cpu"], cwd=ROOT, env=env,
+                             "--gpu-pool", POOL, "--cpu-pool", "sbt-test-cpu",
+                             "--result-storage", "s3://sbt-test/prefect-results"], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=300)
     assert deploy.returncode == 0, deploy.stderr[-3000:]
     worker = subprocess.Popen([sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL, "--type", "process"],
@@ -121,6 +122,8 @@ def test_rest_trigger_failure_retry_and_s3_artifacts(cluster):
     for stage_dir in ("data", "sft-bt", "eval-sft-bt", "ei1/search", "report"):
         assert io.read_json(f"{RUN_DIR}/{stage_dir}/stage.json")["status"] == "done"
     assert io.exists(f"{RUN_DIR}/sft-bt/model/model.safetensors")
+    # Prefect's own result storage points at the same bucket (flow results persisted there)
+    assert io._fs("s3://sbt-test/prefect-results")[0].ls("sbt-test/prefect-results")
 
 
 def test_python_client_triggers_an_expert_iteration_round(cluster):
@@ -161,3 +164,26 @@ def test_pipeline_launches_heavy_stages_as_their_own_flow_runs(cluster):
     assert names == sorted(["sft-op", "sft-bt", "eval-sft-op", "eval-sft-bt", "ei1-search", "ei1-sft", "ei1-evaluate"])
     assert all(c["state"]["type"] == "COMPLETED" for c in children)
     assert json.loads(io.read_bytes(f"{run_dir}/metrics.json"))["bt_greedy"]["problems_per_split"] == 2
+
+
+def test_storage_credentials_from_a_prefect_block(cluster, monkeypatch):
+    """No AWS variables at all: sbt's I/O takes key, secret and endpoint from a RemoteFileSystem block."""
+    from prefect.filesystems import RemoteFileSystem
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from tasks import stages
+
+    env = cluster["env"]
+    settings = {"key": env["AWS_ACCESS_KEY_ID"], "secret": env["AWS_SECRET_ACCESS_KEY"],
+                "client_kwargs": {"endpoint_url": env["AWS_ENDPOINT_URL"], "region_name": "us-east-1"}}
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(var, raising=False)
+    with temporary_settings(updates={PREFECT_API_URL: cluster["api"]}):
+        RemoteFileSystem(basepath="s3://sbt-test", settings=settings).save("sbt-creds", overwrite=True)
+        monkeypatch.setenv(stages.STORAGE_BLOCK_ENV, "remote-file-system/sbt-creds")
+        stages.use_storage_block()
+    try:
+        io.write_json({"ok": True}, "s3://sbt-test/block/check.json")
+        assert io.read_json("s3://sbt-test/block/check.json") == {"ok": True}
+    finally:
+        io.set_storage_options({})
