@@ -131,8 +131,7 @@ def test_python_client_triggers_an_expert_iteration_round(cluster):
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     model_uri = f"{RUN_DIR}/sft-bt/model"
-    if not io.exists(f"{model_uri}/model.safetensors"):
-        pytest.skip("needs the pipeline run of the previous test")
+    assert io.exists(f"{model_uri}/model.safetensors"), "needs the pipeline run of the previous test"
     with temporary_settings(updates={PREFECT_API_URL: cluster["api"]}):
         run = run_deployment("expert-iteration-round/round", parameters={"round": 2, "model_uri": model_uri},
                              timeout=600)

@@ -7,6 +7,7 @@ steps, a checkpoint every 40) so a kill can land inside SFT.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -46,22 +47,14 @@ def sbt_run(api: str, run_dir: Path, *extra: str, fail: str | None = None) -> su
                           timeout=600)
 
 
+@contextlib.contextmanager
 def _client(api: str):
+    """A sync Prefect client talking to the test session's server."""
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    class Ctx:
-        def __enter__(self):
-            self.settings = temporary_settings(updates={PREFECT_API_URL: api})
-            self.settings.__enter__()
-            self.client = get_client(sync_client=True)
-            return self.client.__enter__()
-
-        def __exit__(self, *exc):
-            self.client.__exit__(*exc)
-            self.settings.__exit__(*exc)
-
-    return Ctx()
+    with temporary_settings(updates={PREFECT_API_URL: api}), get_client(sync_client=True) as client:
+        yield client
 
 
 def flow_run_ids(api: str) -> set:
