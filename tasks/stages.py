@@ -20,6 +20,7 @@ stages raise before doing any work; so does listing them in the file named by
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from typing import Any, Callable
@@ -68,9 +69,15 @@ def use_storage_block() -> None:
     """
     name = os.environ.get(STORAGE_BLOCK_ENV)
     if name:
-        from prefect.filesystems import RemoteFileSystem
+        io.set_storage_options(_block_settings(name))
 
-        io.set_storage_options(RemoteFileSystem.load(name.removeprefix("remote-file-system/")).settings)
+
+@functools.lru_cache(maxsize=None)
+def _block_settings(name: str) -> dict[str, Any]:
+    """One read of the block per process (every stage asks for it)."""
+    from prefect.filesystems import RemoteFileSystem
+
+    return RemoteFileSystem.load(name.removeprefix("remote-file-system/")).settings
 
 
 def run_stage(stage: str, out_dir: str, config: Any, upstream: list[StageResult],
