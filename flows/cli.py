@@ -41,6 +41,8 @@ def run(
     config: str = typer.Option("tiny", "--config", "-c", help="Preset name (configs/NAME.yaml) or a YAML path."),
     run_dir: Optional[str] = typer.Option(None, help="Artifacts folder (default runs/<preset name>)."),
     set_: list[str] = typer.Option([], "--set", help="Override a config value: --set eval.limit=50 (repeatable)."),
+    seeds: int = typer.Option(1, min=1, help="Run the pipeline at this many seed offsets (0, 1, ...) and write "
+                              "seeds.md with mean and spread (offset 0 in --run-dir, the others in seeds/)."),
 ):
     """Run the whole pipeline (data, SFT, evaluation, expert iteration, report) as a Prefect flow."""
     from sbt_core.config import load_run_config
@@ -49,6 +51,12 @@ def run(
     run_dir = run_dir or f"runs/{cfg.name}"
     _prefect_env()
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per API call otherwise
+    if seeds > 1:
+        from flows.studies import seeds as seeds_flow
+
+        out = seeds_flow(config=cfg, run_dir=run_dir, count=seeds)
+        typer.echo(f"seeds: {out['seeds_md']}\n" + "\n".join(f"metrics (seed +{s}): {u}" for s, u in out["metrics"].items()))
+        return
     from flows.pipeline import pipeline
 
     summary = pipeline(config=cfg, run_dir=run_dir)
@@ -58,6 +66,28 @@ def run(
     else:
         err.print(f"nothing to do: all {len(summary['cached'])} stages were cached")
     typer.echo(f"report: {summary['report']}\nmetrics: {summary['metrics']}")
+
+
+@app.command()
+@_clean_errors
+def ablate(
+    config: str = typer.Option("tiny", "--config", "-c", help="Preset name (configs/NAME.yaml) or a YAML path."),
+    run_dir: Optional[str] = typer.Option(None, help="The preset's run folder (default runs/<preset name>)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a config value (repeatable)."),
+):
+    """Ablations of the backtracking model (data mix; b x N grid) as a Prefect flow: run_dir/ablations/."""
+    from sbt_core.config import load_run_config
+
+    cfg = load_run_config(resolve_preset(config), set_)
+    run_dir = run_dir or f"runs/{cfg.name}"
+    _prefect_env()
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    from flows.studies import ablations
+
+    out = ablations(config=cfg, run_dir=run_dir)
+    ran = [r["stage"] for r in out["stages"] if not r["cached"]]
+    err.print(f"ran {len(ran)} stages, {len(out['stages']) - len(ran)} cached")
+    typer.echo(f"ablations: {out['ablations']}")
 
 
 @app.command()

@@ -10,6 +10,10 @@ The erroneous step is one of three types (default ratio 1:2:2):
 - rule_violation: a number that is not available (absent, or one copy used twice), with
   correct arithmetic, like the rows visible in the paper's released dataset.
 
+`computational_at_target` (default 0, the paper's data) turns that share of the computational
+errors into the failure a small model actually makes: the last step, with wrong arithmetic whose
+result is the target (`47*2=100`), then `<backtrack>`. The erroneous step stays masked.
+
 Run: `sbt build-data --data data/countdown --out data/sft`.
 """
 
@@ -64,12 +68,34 @@ def _rule_violation(pool: list[int], target: int, rng, number_max: int) -> Step 
     return options[rng.integers(len(options))]
 
 
-def backtrack_example(nums: list[int], target: int, steps: list[Step], error_type: str, rng, number_max: int = 99):
-    """(response, error type actually used, prefix length) for one D_back row."""
-    prefix_len = int(rng.integers(len(steps)))
+def _at_target(pool: list[int], target: int, rng) -> Step | None:
+    """A step over the pool whose arithmetic is bent so that it lands on the target."""
+    steps = [s for s in legal_steps(pool) if s.result != target]
+    if not steps:
+        return None
+    s = steps[rng.integers(len(steps))]
+    return Step(s.a, s.op, s.b, target)
+
+
+def _pool_after(nums: list[int], steps: list[Step]) -> list[int]:
     pool = sorted(nums)
-    for s in steps[:prefix_len]:
+    for s in steps:
         pool = apply_step(pool, s)
+    return pool
+
+
+def backtrack_example(nums: list[int], target: int, steps: list[Step], error_type: str, rng, number_max: int = 99,
+                      at_target: bool = False):
+    """(response, error type actually used, prefix length) for one D_back row.
+
+    `at_target` (computational errors only): the error is the last step, bent onto the target.
+    """
+    if error_type == "computational" and at_target:
+        err = _at_target(_pool_after(nums, steps[:-1]), target, rng)
+        if err is not None:
+            return format_backtrack(steps[:-1], str(err)), "computational", len(steps) - 1
+    prefix_len = int(rng.integers(len(steps)))
+    pool = _pool_after(nums, steps[:prefix_len])
     makers = {
         "exploration": lambda: _exploration(pool, target, rng),
         "computational": lambda: _computational(pool, target, rng),
@@ -105,7 +131,10 @@ def build(problems: pa.Table, cfg: BuildDataConfig) -> pa.Table:
         n_back = int(cfg.backtrack_per_optimal) + int(rng.random() < cfg.backtrack_per_optimal % 1)
         for _ in range(n_back):
             kind = ERROR_TYPES[rng.choice(3, p=weights)]
-            response, used, prefix_len = backtrack_example(nums, target, steps, kind, rng, number_max)
+            # Drawn only when asked for, so the paper's data (share 0) keeps its bytes.
+            at_target = kind == "computational" and cfg.computational_at_target > 0 and (
+                rng.random() < cfg.computational_at_target)
+            response, used, prefix_len = backtrack_example(nums, target, steps, kind, rng, number_max, at_target)
             add(pid, nums, target, response, "backtrack", used, prefix_len)
     return pa.table(
         {

@@ -48,6 +48,10 @@ class BuildDataConfig(_Config):
     backtrack_per_optimal: float = Field(
         1.0, ge=0, description="D_back rows per D_op row (1.0 is D_op:D_back = 1:1; 2.0 is 1:2)."
     )
+    computational_at_target: float = Field(
+        0.0, ge=0, le=1, description="Share of computational errors made at the last step with the target as the "
+        "wrong result (a small model's typical false claim); 0 is the paper's data."
+    )
 
     @model_validator(mode="after")
     def _ratio(self):
@@ -123,6 +127,8 @@ METHODS = {
     "sbt_b1_n8": dict(decoder="self_backtrack", n=8, backtrack_budget=1),
     "sbt_b1_n16": dict(decoder="self_backtrack", n=16, backtrack_budget=1),
     "sbt_b1_n32": dict(decoder="self_backtrack", n=32, backtrack_budget=1),
+    "sbt_b2_n8": dict(decoder="self_backtrack", n=8, backtrack_budget=2),
+    "sbt_b2_n16": dict(decoder="self_backtrack", n=16, backtrack_budget=2),
     "sbt_b2_n32": dict(decoder="self_backtrack", n=32, backtrack_budget=2),
     "reference_b1_n32": dict(decoder="reference", n=32, backtrack_budget=1),
 }
@@ -170,6 +176,36 @@ class ExpertIterationConfig(_Config):
     _method = field_validator("method")(lambda v: _known_methods([v])[0])
 
 
+SEARCH_GRID = [f"sbt_b{b}_n{n}" for b in (0, 1, 2) for n in (8, 16, 32)]
+
+
+class AblationConfig(_Config):
+    """`sbt ablate`: the backtracking model retrained on other data mixes, and its search over a b x N grid.
+
+    Each variant changes one field of `build_data` (the others stay the preset's); a variant equal
+    to the preset reuses the pipeline's own backtracking model.
+    """
+
+    error_type_ratios: dict[str, tuple[float, float, float]] = Field(
+        {"1:2:2": (1, 2, 2), "1:1:1": (1, 1, 1), "computation-heavy 1:4:1": (1, 4, 1)},
+        description="Label -> exploration:computational:rule-violation weights.",
+    )
+    backtrack_per_optimal: list[float] = Field(
+        [1.0, 2.0], description="D_back rows per D_op row for the D_op:D_back variants (1.0 is 1:1, 2.0 is 1:2)."
+    )
+    methods: list[str] = Field(["greedy", "sbt_b1_n32"], description="Methods run on every data variant.")
+    search_grid: list[str] = Field(SEARCH_GRID, description="Methods run on the preset's backtracking model.")
+
+    _methods = field_validator("methods", "search_grid")(_known_methods)
+
+    @field_validator("backtrack_per_optimal")
+    @classmethod
+    def _positive(cls, v: list[float]) -> list[float]:
+        if any(x <= 0 for x in v):
+            raise ValueError("every D_back:D_op ratio must be > 0 (the variants train backtracking models)")
+        return v
+
+
 class ExecutionConfig(_Config):
     """Where stages run: all in the pipeline's own process, or heavy ones on a GPU work pool."""
 
@@ -194,6 +230,19 @@ class RunConfig(_Config):
     eval: EvalConfig = EvalConfig()
     expert_iteration: ExpertIterationConfig = ExpertIterationConfig()
     execution: ExecutionConfig = ExecutionConfig()
+    ablations: AblationConfig = AblationConfig()
+
+    def with_seed_offset(self, offset: int) -> RunConfig:
+        """The same preset with every seed (data, model, SFT, sampling, expert iteration) shifted by `offset`."""
+        if offset == 0:
+            return self
+        shift = lambda section: section.model_copy(update={"seed": section.seed + offset})  # noqa: E731
+        ei = self.expert_iteration
+        return self.model_copy(update={
+            "generate": shift(self.generate), "build_data": shift(self.build_data), "model": shift(self.model),
+            "sft": shift(self.sft), "eval": shift(self.eval),
+            "expert_iteration": ei.model_copy(update={"train": shift(ei.train)}),
+        })
 
 
 class ConfigError(ValueError):

@@ -65,18 +65,102 @@ def markdown(rows: dict[str, dict], title: str = "Countdown", notes: list[str] =
         f"Accuracy in % ({VERIFIER_MODE} verifier; paper-mode in brackets), generated tokens per problem, and the "
         "false-claim rate on new targets (final answers that say `Goal Reached!` but fail the verifier).",
         "",
-        "| model | method | seen targets | new targets | tokens/problem | false claims (new) |",
-        "|---|---|---|---|---|---|",
+        "| model | method | seen targets | new targets | tokens/problem | false claims (new) | of which (new) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for key, r in rows.items():
         label = MODEL_LABELS.get(r["model"], f"expert iteration round {r['model'][2:]}")
         lines.append(
             f"| {label} | `{key}` | {_pct(r['accuracy_seen'])} ({_pct(r['accuracy_seen_paper'])}) | "
             f"{_pct(r['accuracy_new'])} ({_pct(r['accuracy_new_paper'])}) | {r['tokens_per_problem']:.0f} | "
-            f"{_pct(r['false_claim_rate_new'])} |"
+            f"{_pct(r['false_claim_rate_new'])} | {_categories(r.get('false_claim_categories_new'))} |"
         )
     lines.append("")
     lines += [f"- {n}" for n in notes]
+    checks = shape_checks(rows)
+    if checks:
+        lines += ["", "## The paper's shape (new targets)", "", "| criterion | measured | holds |", "|---|---|---|"]
+        lines += [f"| {c['criterion']} | {c['measured']} | {'yes' if c['holds'] else '**no**'} |" for c in checks]
+    return "\n".join(lines) + "\n"
+
+
+def _categories(counts: dict[str, int] | None) -> str:
+    """`computation_error 132, rule_violation 4` -> `computation 132 · rule 4`."""
+    if not counts:
+        return "-"
+    return " · ".join(f"{k.split('_')[0]} {v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+def shape_checks(rows: dict[str, dict], search: str = "sbt_b1_n32") -> list[dict]:
+    """The paper's Countdown shape, checked on new-target accuracy; criteria whose rows are missing are left out.
+
+    1. self-backtracking (b=1, N=32) at least 40 points above optimal-path SFT greedy;
+    2. b=1 >= b=0 and 3. N=32 >= N=8 (test-time scaling);
+    4. Best-of-N (log-prob selector) below self-backtracking at equal N;
+    5. expert-iteration round 1 greedy >= 1.4 x round-0 (backtracking model) greedy;
+    6. the last round's greedy >= the round-0 search.
+    """
+    acc = {k: r["accuracy_new"] for k, r in rows.items() if r.get("accuracy_new") is not None}
+    out = []
+
+    def check(criterion: str, keys: list[str], holds, measured) -> None:
+        if all(k in acc for k in keys):
+            vals = [acc[k] for k in keys]
+            out.append({"criterion": criterion, "measured": measured(*vals), "holds": bool(holds(*vals))})
+
+    pts = lambda x: f"{100 * x:.1f}"  # noqa: E731
+    check(f"`{search}` ≥ `sft_greedy` + 40 points", [search, "sft_greedy"], lambda s, g: s - g >= 0.40 - 1e-9,
+          lambda s, g: f"{pts(s)} vs {pts(g)} ({100 * (s - g):+.1f})")
+    check("b=1 ≥ b=0 (N=32)", ["sbt_b1_n32", "sbt_b0_n32"], lambda a, b: a >= b, lambda a, b: f"{pts(a)} vs {pts(b)}")
+    check("N=32 ≥ N=8 (b=1)", ["sbt_b1_n32", "sbt_b1_n8"], lambda a, b: a >= b, lambda a, b: f"{pts(a)} vs {pts(b)}")
+    for n in (8, 16, 32):
+        for b in (1, 0):
+            if f"sbt_b{b}_n{n}" in acc:
+                check(f"`best_of_n_{n}` < `sbt_b{b}_n{n}`", [f"best_of_n_{n}", f"sbt_b{b}_n{n}"], lambda x, y: x < y,
+                      lambda x, y: f"{pts(x)} vs {pts(y)}")
+                break
+    rounds = sorted(int(m.group(1)) for k in acc if (m := re.fullmatch(r"ei(\d+)_greedy", k)))
+    check("`ei1_greedy` ≥ 1.4 × `bt_greedy`", ["ei1_greedy", "bt_greedy"], lambda e, g: e >= 1.4 * g and e > 0,
+          lambda e, g: f"{pts(e)} vs {pts(g)} (×{e / g:.2f})" if g else f"{pts(e)} vs {pts(g)}")
+    if rounds:
+        last = f"ei{rounds[-1]}_greedy"
+        check(f"`{last}` ≥ `{search}` (round 0)", [last, search], lambda e, s: e >= s, lambda e, s: f"{pts(e)} vs {pts(s)}")
+    return out
+
+
+def seeds_markdown(per_seed: dict[int, dict[str, dict]], title: str) -> str:
+    """Mean and spread (sample std, min-max) over seeds of every row's new- and seen-target accuracy."""
+    import statistics
+
+    seeds = sorted(per_seed)
+    keys = [k for k in per_seed[seeds[0]] if all(k in per_seed[s] for s in seeds)]
+
+    def stat(key: str, field: str) -> str:
+        xs = [100 * per_seed[s][key][field] for s in seeds if per_seed[s][key][field] is not None]
+        if not xs:
+            return "-"
+        sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
+        return f"{statistics.mean(xs):.1f} ± {sd:.1f} [{min(xs):.1f}, {max(xs):.1f}]"
+
+    lines = [f"# {title}: {len(seeds)} seeds", "",
+             f"Accuracy in % ({VERIFIER_MODE} verifier): mean ± sample standard deviation [min, max] over seed offsets "
+             f"{', '.join(map(str, seeds))}.", "",
+             "| method | new targets | seen targets | false claims (new) |", "|---|---|---|---|"]
+    lines += [f"| `{k}` | {stat(k, 'accuracy_new')} | {stat(k, 'accuracy_seen')} | {stat(k, 'false_claim_rate_new')} |"
+              for k in keys]
+    mean_rows = {k: {"accuracy_new": sum(per_seed[s][k]["accuracy_new"] for s in seeds) / len(seeds)} for k in keys
+                 if all(per_seed[s][k]["accuracy_new"] is not None for s in seeds)}
+    per_check = {s: {c["criterion"]: c for c in shape_checks(per_seed[s])} for s in seeds}
+    mean_checks = shape_checks(mean_rows)
+    if mean_checks:
+        lines += ["", "## The paper's shape (new targets)", "",
+                  "| criterion | on the means | " + " | ".join(f"seed +{s}" for s in seeds) + " |",
+                  "|---|---|" + "---|" * len(seeds)]
+        for c in mean_checks:
+            cells = [("yes" if per_check[s][c["criterion"]]["holds"] else "no") if c["criterion"] in per_check[s] else "-"
+                     for s in seeds]
+            lines.append(f"| {c['criterion']} | {c['measured']}: {'yes' if c['holds'] else '**no**'} | "
+                         + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -164,4 +248,96 @@ def run(summaries: dict[str, str], out_dir: str, title: str, notes: list[str] = 
     io.write_bytes(outputs["plot_rounds"], rounds_plot(rows, search_method))
     body = markdown(rows, title, notes) + "\n![accuracy against N](accuracy_vs_n.png)\n\n![accuracy against rounds](accuracy_vs_rounds.png)\n"
     io.write_bytes(outputs["report"], body.encode())
+    return outputs
+
+
+def _cell(rows: dict[str, dict], key: str) -> str:
+    r = rows.get(key)
+    return "-" if r is None else f"{_pct(r['accuracy_new'])} ({_pct(r['accuracy_seen'])})"
+
+
+def ablation_markdown(variants: dict[str, dict[str, dict]], grid: dict[str, dict], title: str,
+                      notes: list[str] = ()) -> str:
+    """Two tables: data-mix variants (one backtracking model each) and the b x N search grid on the preset's model.
+
+    `variants`: "group: label" -> report rows (`metrics`) of that variant's model; `grid`: rows of the preset's.
+    """
+    keys = sorted({k for rows in variants.values() for k in rows}, key=lambda k: (k != "bt_greedy", k))
+    lines = [f"# {title}: ablations", "",
+             f"Accuracy in % on new targets (seen targets in brackets), {VERIFIER_MODE} verifier; the false-claim rate "
+             "is that of the last method's answers on new targets.", "",
+             "| ablation | variant | " + " | ".join(f"`{k}`" for k in keys) + " | false claims (new) |",
+             "|---|---|" + "---|" * len(keys) + "---|"]
+    for name, rows in variants.items():
+        group, _, label = name.partition(": ")
+        last = rows.get(keys[-1]) if keys else None
+        lines.append(f"| {group} | {label} | " + " | ".join(_cell(rows, k) for k in keys)
+                     + f" | {_pct(last['false_claim_rate_new']) if last else '-'} |")
+    bs = sorted({int(m.group(1)) for k in grid if (m := re.fullmatch(r"sbt_b(\d+)_n\d+", k))})
+    ns = sorted({int(m.group(1)) for k in grid if (m := re.fullmatch(r"sbt_b\d+_n(\d+)", k))})
+    if bs and ns:
+        lines += ["", "Self-backtracking on the preset's model: backtrack budget b (rows) against samples per "
+                  "expansion N (columns); accuracy new (seen), then generated tokens per problem.", "",
+                  "| b \\ N | " + " | ".join(str(n) for n in ns) + " |", "|---|" + "---|" * len(ns)]
+        for b in bs:
+            lines.append(f"| {b} | " + " | ".join(
+                f"{_cell(grid, f'sbt_b{b}_n{n}')}, {grid[f'sbt_b{b}_n{n}']['tokens_per_problem']:.0f} tok"
+                if f"sbt_b{b}_n{n}" in grid else "-" for n in ns) + " |")
+    lines.append("")
+    lines += [f"- {n}" for n in notes]
+    return "\n".join(lines) + "\n"
+
+
+def ablation_plot(variants: dict[str, dict[str, dict]], grid: dict[str, dict]) -> bytes:
+    """PNG: left, accuracy (new) against N for each b; right, each data variant's accuracy (new) per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4), dpi=110)
+    bs = sorted({int(m.group(1)) for k in grid if (m := re.fullmatch(r"sbt_b(\d+)_n\d+", k))})
+    for b in bs:
+        keys = sorted((k for k in grid if k.startswith(f"sbt_b{b}_n")), key=_n_of)
+        left.plot([_n_of(k) for k in keys], [grid[k]["accuracy_new"] for k in keys], "o-", label=f"b={b}")
+    if "bt_greedy" in grid:
+        left.axhline(grid["bt_greedy"]["accuracy_new"], ls=":", color="grey", label="greedy")
+    left.set_xscale("log", base=2)
+    left.set(xlabel="N (samples per expansion)", ylabel=f"accuracy, new targets ({VERIFIER_MODE})",
+             title="Search budget b and width N")
+    left.legend(fontsize=8)
+    left.grid(alpha=0.3)
+    keys = sorted({k for rows in variants.values() for k in rows}, key=lambda k: (k != "bt_greedy", k))
+    width = 0.8 / max(len(keys), 1)
+    names = list(variants)
+    for i, k in enumerate(keys):
+        vals = [variants[v][k]["accuracy_new"] if k in variants[v] else 0.0 for v in names]
+        right.bar([j + (i - (len(keys) - 1) / 2) * width for j in range(len(names))], vals, width, label=k)
+    right.set_xticks(range(len(names)), [n.replace(": ", "\n") for n in names], fontsize=7)
+    right.set(ylabel="accuracy, new targets", title="Data mix of the backtracking model")
+    right.legend(fontsize=8)
+    right.grid(alpha=0.3, axis="y")
+    return _png(fig)
+
+
+def run_ablations(variant_summaries: dict[str, str], grid_summary: str, out_dir: str, title: str,
+                  notes: list[str] = ()) -> dict[str, str]:
+    """Stage entry: evaluation summaries (variant name -> URI; the preset's grid) -> ablations.md/.json/.png."""
+    variants = {name: metrics({"bt": io.read_json(uri)}) for name, uri in variant_summaries.items()}
+    grid = metrics({"bt": io.read_json(grid_summary)})
+    outputs = {"ablations": io.join(out_dir, "ablations.json"), "ablations_md": io.join(out_dir, "ablations.md"),
+               "plot_ablations": io.join(out_dir, "ablations.png")}
+    io.write_json({"variants": variants, "grid": grid}, outputs["ablations"])
+    io.write_bytes(outputs["plot_ablations"], ablation_plot(variants, grid))
+    body = ablation_markdown(variants, grid, title, list(notes)) + "\n![ablations](ablations.png)\n"
+    io.write_bytes(outputs["ablations_md"], body.encode())
+    return outputs
+
+
+def run_seeds(metrics_uris: dict[int, str], out_dir: str, title: str) -> dict[str, str]:
+    """Stage entry: metrics.json per seed offset -> seeds.md and seeds.json (every seed's rows)."""
+    per_seed = {int(s): io.read_json(uri) for s, uri in metrics_uris.items()}
+    outputs = {"seeds": io.join(out_dir, "seeds.json"), "seeds_md": io.join(out_dir, "seeds.md")}
+    io.write_json({str(s): rows for s, rows in per_seed.items()}, outputs["seeds"])
+    io.write_bytes(outputs["seeds_md"], seeds_markdown(per_seed, title).encode())
     return outputs

@@ -247,7 +247,20 @@ def report(stage_name: str, title: str, evaluations: dict[str, StageResult], out
     return run_stage(stage_name, out_dir, config, list(evaluations.values()), work)
 
 
-TASKS = {t.name: t for t in (generate, build_data, sft, evaluate, search, distill, report)}
+@task(name="ablation-report", task_run_name="{stage_name}", **_opts)
+def ablation_report(stage_name: str, title: str, variants: dict[str, StageResult], grid: StageResult, out_dir: str,
+                    notes: list[str] = ()):
+    """ablations.md, ablations.json and ablations.png in out_dir."""
+    from sbt_core import report as stage
+
+    summaries = {name: ev["outputs"]["summary"] for name, ev in variants.items()}
+    config = {"title": title, "variants": list(variants), "notes": list(notes)}
+    upstream = [grid, *variants.values()]
+    return run_stage(stage_name, out_dir, config, upstream,
+                     lambda: stage.run_ablations(summaries, grid["outputs"]["summary"], out_dir, title, list(notes)))
+
+
+TASKS = {t.name: t for t in (generate, build_data, sft, evaluate, search, distill, report, ablation_report)}
 
 
 def coerce_params(task_name: str, params: dict[str, Any]) -> dict[str, Any]:

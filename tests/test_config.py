@@ -13,7 +13,7 @@ from sbt_core.report import metrics, row_key
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
-@pytest.mark.parametrize("preset", ["smoke", "tiny", "scratch-17m", "paper-1b"])
+@pytest.mark.parametrize("preset", ["smoke", "tiny", "tiny-paper", "scratch-17m", "paper-1b"])
 def test_presets_validate(preset):
     cfg = load_run_config(CONFIGS / f"{preset}.yaml")
     assert cfg.name == preset and isinstance(cfg, RunConfig)
@@ -43,6 +43,9 @@ def test_overrides_are_dotted_and_typed():
         ("model.path=/x", "model: Value error, set exactly one of `size`"),
         ("eval.limit", "is not of the form key.sub=value"),
         ("eval.limit.x=1", "eval.limit: is a value"),
+        ("ablations.backtrack_per_optimal=[1,0]", "ablations.backtrack_per_optimal: Value error, every D_back:D_op"),
+        ("ablations.search_grid=[sbt_b9_n1]", "ablations.search_grid: Value error, unknown method(s) ['sbt_b9_n1']"),
+        ("ablations.error_type_ratios={a: [1, 2]}", "ablations.error_type_ratios.a.2: Field required"),
     ],
 )
 def test_bad_overrides_name_the_field(override, message):
@@ -81,3 +84,16 @@ def test_row_keys_follow_the_contract():
                            "greedy": {"val_seen": split, "val_new": split}}})
     assert list(rows) == ["bt_greedy", "sbt_b1_n32"]  # the configured method order, not alphabetical
     assert rows["sbt_b1_n32"]["accuracy_new"] == 1.0 and rows["sbt_b1_n32"]["accuracy_seen"] == 0.5
+
+
+def test_seed_offset_shifts_every_seed_and_nothing_else():
+    cfg = load_run_config(CONFIGS / "tiny.yaml")
+    assert cfg.with_seed_offset(0) is cfg
+    shifted = cfg.with_seed_offset(2)
+    sections = ["generate", "build_data", "model", "sft", "eval"]
+    for name in sections:
+        assert getattr(shifted, name).seed == getattr(cfg, name).seed + 2
+    assert shifted.expert_iteration.train.seed == cfg.expert_iteration.train.seed + 2
+    back = {n: getattr(shifted, n).model_copy(update={"seed": getattr(cfg, n).seed}) for n in sections}
+    ei = shifted.expert_iteration.model_copy(update={"train": cfg.expert_iteration.train})
+    assert shifted.model_copy(update={**back, "expert_iteration": ei}) == cfg

@@ -137,3 +137,22 @@ def test_import_errors_name_row_and_field(row, message):
         importer.import_rows(json.dumps(good) + "\n" + json.dumps(row))
     with pytest.raises(importer.DatasetFormatError, match="row 2: not valid JSON"):
         importer.import_rows(json.dumps(good) + "\n{oops")
+
+
+def test_computational_errors_at_the_target_bend_the_last_step(data_dir):
+    problems = io.read_parquet(str(data_dir / "train.parquet")).slice(0, 300)
+    rows = build_data.build(problems, BuildDataConfig(error_type_ratio=(0, 1, 0), computational_at_target=1.0)).to_pylist()
+    optimal = {r["problem_id"]: solution_steps(r["response"]) for r in rows if r["kind"] == "optimal"}
+    back = [r for r in rows if r["kind"] == "backtrack"]
+    assert len(back) == 300 and {r["error_type"] for r in back} == {"computational"}
+    for r in back:
+        lines = r["response"].split("\n")
+        assert r["prefix_len"] == len(optimal[r["problem_id"]]) - 1 and lines[:-2] == optimal[r["problem_id"]][:-1]
+        err = parse_step(lines[-2])
+        assert err.result == r["target"]  # lands on the target ...
+        verdict = verify(r["nums"], r["target"], "\n".join(lines[:-1]) + "\nGoal Reached!")
+        assert verdict.category == "computation_error"  # ... with wrong arithmetic
+    half = build_data.build(problems, BuildDataConfig(error_type_ratio=(0, 1, 0), computational_at_target=0.5))
+    last = [r["prefix_len"] == len(optimal[r["problem_id"]]) - 1 and r["response"].split("\n")[-2].endswith(f"={r['target']}")
+            for r in half.to_pylist() if r["kind"] == "backtrack"]
+    assert 0.4 < sum(last) / len(last) < 0.75  # half bent onto the target, plus chance hits of the plain kind

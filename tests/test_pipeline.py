@@ -196,3 +196,46 @@ def test_changed_config_reruns_only_what_depends_on_it(finished):
     assert ran == sorted(["eval-sft-op", "eval-sft-bt", "ei1-evaluate", "report"])
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert all(row["problems_per_split"] == 2 for row in metrics.values())
+
+
+def _studies(api: str, run_dir: Path, *args: str) -> tuple[subprocess.CompletedProcess, dict]:
+    before = flow_run_ids(api)
+    proc = subprocess.run([sys.executable, "-m", "flows.cli", *args, *SMOKE, "--set", "eval.limit=2",
+                           "--run-dir", str(run_dir)], cwd=ROOT, env=_env(api), capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc, new_runs(api, before)
+
+
+def test_ablations_reuse_the_pipelines_model_and_train_one_model_per_variant(finished):
+    api, run_dir = finished["api"], finished["run_dir"]
+    sft_before = (run_dir / "sft-bt" / "stage.json").read_text()
+    proc, runs = _studies(api, run_dir, "ablate", "--set", "ablations.search_grid=[sbt_b0_n8,sbt_b1_n8,sbt_b2_n8]",
+                          "--set", "ablations.error_type_ratios={'1:2:2': [1, 2, 2], '1:1:1': [1, 1, 1]}")
+    tasks = runs["tasks"]
+    assert tasks["generate"] == tasks["build-data-bt"] == tasks["sft-bt"] == ["Cached"], tasks
+    assert (run_dir / "sft-bt" / "stage.json").read_text() == sft_before
+    trained = sorted(name for name in tasks if name.startswith("ablation-") and name.endswith("-sft"))
+    assert trained == ["ablation-d-op-d-back-1-2-sft", "ablation-error-type-ratio-1-1-1-sft"]
+    sft_rows = {tag: pq.read_metadata(run_dir / "ablations" / tag / "data-bt" / "sft.parquet").num_rows
+                for tag in ("d-op-d-back-1-2", "error-type-ratio-1-1-1")}
+    assert sft_rows["d-op-d-back-1-2"] > sft_rows["error-type-ratio-1-1-1"]  # 1:2 has twice the D_back rows
+    md = (run_dir / "ablations" / "ablations.md").read_text()
+    for line in ("| error-type ratio | 1:2:2 |", "| error-type ratio | 1:1:1 |", "| D_op:D_back | 1:1 |",
+                 "| D_op:D_back | 1:2 |", "| b \\ N | 8 |", "| 2 | "):
+        assert line in md, md
+    assert (run_dir / "ablations" / "ablations.png").read_bytes()[:4] == b"\x89PNG"
+    assert "ablations:" in proc.stdout
+
+
+def test_seeds_rerun_the_pipeline_per_offset_and_report_the_spread(finished):
+    api, run_dir = finished["api"], finished["run_dir"]
+    proc, runs = _studies(api, run_dir, "run", "--seeds", "2")
+    flows = sorted(runs["flows"].values())
+    assert flows.count(("sbt-pipeline", "Completed")) == 2 and ("sbt-seeds", "Completed") in flows
+    assert set(runs["tasks"]["sft-bt"]) == {"Cached", "Completed"}  # offset 0 is the finished run itself
+    seed1 = json.loads((run_dir / "seeds" / "seed1" / "data" / "manifest.json").read_text())
+    assert seed1["config"]["seed"] == 1
+    md = (run_dir / "seeds.md").read_text()
+    assert md.startswith("# smoke: 2 seeds") and "| `sbt_b1_n32` |" in md and "## The paper's shape" in md
+    assert "seeds:" in proc.stdout

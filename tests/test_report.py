@@ -1,0 +1,75 @@
+"""The report's shape checks, seed aggregation and ablation tables, on hand-made rows."""
+
+from __future__ import annotations
+
+import pytest
+
+from sbt_core import report
+
+
+def _row(new: float, seen: float | None = None) -> dict:
+    seen = new if seen is None else seen
+    return {"accuracy_new": new, "accuracy_seen": seen, "accuracy_new_paper": new, "accuracy_seen_paper": seen,
+            "false_claim_rate_new": 0.1,
+            "tokens_per_problem": 10.0, "false_claim_categories_new": {"computation_error": 3, "not_reached": 1}}
+
+
+PAPER = {  # the paper's Table 1 shape (new targets), rounded
+    "sft_greedy": 0.29, "best_of_n_8": 0.28, "best_of_n_32": 0.25, "bt_greedy": 0.30, "sbt_b0_n32": 0.60,
+    "sbt_b1_n8": 0.62, "sbt_b1_n32": 0.74, "ei1_greedy": 0.45, "ei3_greedy": 0.75,
+}
+
+
+def _by_criterion(rows: dict) -> dict[str, bool]:
+    return {c["criterion"]: c["holds"] for c in report.shape_checks(rows)}
+
+
+def test_the_papers_numbers_pass_every_check():
+    checks = _by_criterion({k: _row(v) for k, v in PAPER.items()})
+    assert len(checks) == 7 and all(checks.values()), checks
+    assert "`best_of_n_8` < `sbt_b1_n8`" in checks and "`ei3_greedy` ≥ `sbt_b1_n32` (round 0)" in checks
+
+
+@pytest.mark.parametrize("change, failing", [
+    ({"sbt_b1_n32": 0.68}, ["`sbt_b1_n32` ≥ `sft_greedy` + 40 points"]),
+    ({"ei3_greedy": 0.70}, ["`ei3_greedy` ≥ `sbt_b1_n32` (round 0)"]),
+    ({"sbt_b0_n32": 0.80}, ["b=1 ≥ b=0 (N=32)"]),
+    ({"best_of_n_32": 0.74}, ["`best_of_n_32` < `sbt_b1_n32`"]),
+    ({"ei1_greedy": 0.41}, ["`ei1_greedy` ≥ 1.4 × `bt_greedy`"]),
+])
+def test_each_check_fails_on_its_own_violation(change, failing):
+    checks = _by_criterion({k: _row(v) for k, v in {**PAPER, **change}.items()})
+    assert sorted(k for k, ok in checks.items() if not ok) == sorted(failing)
+
+
+def test_checks_whose_rows_are_missing_are_left_out():
+    checks = _by_criterion({"sft_greedy": _row(0.1), "sbt_b1_n32": _row(0.6)})
+    assert checks == {"`sbt_b1_n32` ≥ `sft_greedy` + 40 points": True}
+
+
+def test_report_markdown_shows_categories_and_the_shape():
+    rows = {k: {**_row(v), "model": "sft" if k.startswith(("sft", "best")) else "bt"} for k, v in PAPER.items()
+            if not k.startswith("ei")}
+    md = report.markdown(rows, "t")
+    assert "computation 3 · not 1" in md and "## The paper's shape" in md and "| **no** |" not in md
+
+
+def test_seeds_markdown_gives_mean_spread_and_per_seed_checks():
+    per_seed = {0: {k: _row(v) for k, v in PAPER.items()},
+                1: {k: _row(v) for k, v in {**PAPER, "sbt_b1_n32": 0.64}.items()},
+                2: {k: _row(v) for k, v in {**PAPER, "sbt_b1_n32": 0.84}.items()}}
+    md = report.seeds_markdown(per_seed, "t")
+    assert "| `sbt_b1_n32` | 74.0 ± 10.0 [64.0, 84.0] |" in md
+    line = next(x for x in md.splitlines() if x.startswith("| `sbt_b1_n32` ≥ `sft_greedy` + 40"))
+    assert line.endswith("| yes | no | yes |") and "74.0 vs 29.0 (+45.0): yes" in line
+
+
+def test_ablation_tables_and_plot():
+    grid = {f"sbt_b{b}_n{n}": {**_row(0.1 * b + n / 100), "model": "bt"} for b in (0, 1, 2) for n in (8, 16, 32)}
+    grid["bt_greedy"] = {**_row(0.05), "model": "bt"}
+    variants = {"error-type ratio: 1:2:2": {k: grid[k] for k in ("bt_greedy", "sbt_b1_n32")},
+                "D_op:D_back: 1:2": {"bt_greedy": _row(0.07), "sbt_b1_n32": _row(0.5)}}
+    md = report.ablation_markdown(variants, grid, "t")
+    assert "| D_op:D_back | 1:2 | 7.0 (7.0) | 50.0 (50.0) | 10.0 |" in md
+    assert "| 2 | 28.0 (28.0), 10 tok | 36.0 (36.0), 10 tok | 52.0 (52.0), 10 tok |" in md
+    assert report.ablation_plot(variants, grid)[:4] == b"\x89PNG"
