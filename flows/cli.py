@@ -35,22 +35,32 @@ def resolve_preset(config: str) -> Path:
     return PRESETS / f"{config}.yaml"
 
 
+CONFIG_OPT = typer.Option("tiny", "--config", "-c", help="Preset name (configs/NAME.yaml) or a YAML path.")
+RUN_DIR_OPT = typer.Option(None, help="Artifacts folder (default runs/<preset name>).")
+SET_OPT = typer.Option([], "--set", help="Override a config value: --set eval.limit=50 (repeatable).")
+
+
+def _flow_setup(config: str, set_: list[str], run_dir: str | None):
+    """The validated preset and run dir, with Prefect's environment set (before prefect is imported)."""
+    from sbt_core.config import load_run_config
+
+    cfg = load_run_config(resolve_preset(config), set_)
+    _prefect_env()
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per API call otherwise
+    return cfg, run_dir or f"runs/{cfg.name}"
+
+
 @app.command()
 @_clean_errors
 def run(
-    config: str = typer.Option("tiny", "--config", "-c", help="Preset name (configs/NAME.yaml) or a YAML path."),
-    run_dir: Optional[str] = typer.Option(None, help="Artifacts folder (default runs/<preset name>)."),
-    set_: list[str] = typer.Option([], "--set", help="Override a config value: --set eval.limit=50 (repeatable)."),
+    config: str = CONFIG_OPT,
+    run_dir: Optional[str] = RUN_DIR_OPT,
+    set_: list[str] = SET_OPT,
     seeds: int = typer.Option(1, min=1, help="Run the pipeline at this many seed offsets (0, 1, ...) and write "
                               "seeds.md with mean and spread (offset 0 in --run-dir, the others in seeds/)."),
 ):
     """Run the whole pipeline (data, SFT, evaluation, expert iteration, report) as a Prefect flow."""
-    from sbt_core.config import load_run_config
-
-    cfg = load_run_config(resolve_preset(config), set_)
-    run_dir = run_dir or f"runs/{cfg.name}"
-    _prefect_env()
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per API call otherwise
+    cfg, run_dir = _flow_setup(config, set_, run_dir)
     if seeds > 1:
         from flows.studies import seeds as seeds_flow
 
@@ -70,18 +80,9 @@ def run(
 
 @app.command()
 @_clean_errors
-def ablate(
-    config: str = typer.Option("tiny", "--config", "-c", help="Preset name (configs/NAME.yaml) or a YAML path."),
-    run_dir: Optional[str] = typer.Option(None, help="The preset's run folder (default runs/<preset name>)."),
-    set_: list[str] = typer.Option([], "--set", help="Override a config value (repeatable)."),
-):
+def ablate(config: str = CONFIG_OPT, run_dir: Optional[str] = RUN_DIR_OPT, set_: list[str] = SET_OPT):
     """Ablations of the backtracking model (data mix; b x N grid) as a Prefect flow: run_dir/ablations/."""
-    from sbt_core.config import load_run_config
-
-    cfg = load_run_config(resolve_preset(config), set_)
-    run_dir = run_dir or f"runs/{cfg.name}"
-    _prefect_env()
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    cfg, run_dir = _flow_setup(config, set_, run_dir)
     from flows.studies import ablations
 
     out = ablations(config=cfg, run_dir=run_dir)
