@@ -35,7 +35,7 @@ def summarize(results: pa.Table) -> dict:
     n = len(results)
     rows = results.select(
         ["claims_goal", "correct_strict", "category_strict", "correct_paper", "category_paper",
-         "generated_tokens", "forward_passes", "seconds"]
+         "generated_tokens", "forward_passes", "rounds", "seconds"]
     ).to_pylist()
     false_claims = [r["category_strict"] for r in rows if r["claims_goal"] and not r["correct_strict"]]
     # Where a search loses: among its own candidates, how many verify, and would any have done?
@@ -56,6 +56,7 @@ def summarize(results: pa.Table) -> dict:
         "candidates_per_problem": cand_n / div,
         "candidate_precision_strict": cand_ok / cand_n if cand_n else 0.0,
         "any_candidate_correct_strict": any_ok / div,
+        "rolled_back_share": sum(r["rounds"] > 1 for r in rows) / div,  # searches that took back a step
         "tokens_per_problem": sum(r["generated_tokens"] for r in rows) / div,
         "forward_passes_per_problem": sum(r["forward_passes"] for r in rows) / div,
         "seconds": sum(r["seconds"] for r in rows),

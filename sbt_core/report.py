@@ -45,6 +45,8 @@ def metrics(summaries: dict[str, dict]) -> dict[str, dict]:
                 "tokens_per_problem": sum(s["tokens_per_problem"] for s in splits) / max(len(splits), 1),
                 "false_claim_rate_new": new["false_claim_rate"] if new else None,
                 "false_claim_categories_new": new["false_claim_categories"] if new else None,
+                "any_candidate_correct_new": new.get("any_candidate_correct_strict") if new else None,
+                "rolled_back_share_new": new.get("rolled_back_share") if new else None,
                 "problems_per_split": max((s["problems"] for s in splits), default=0),
             }
     return out
@@ -256,16 +258,38 @@ def _cell(rows: dict[str, dict], key: str) -> str:
     return "-" if r is None else f"{_pct(r['accuracy_new'])} ({_pct(r['accuracy_seen'])})"
 
 
+def _grid_cell(row: dict | None) -> str:
+    if row is None:
+        return "-"
+    cell = f"{_pct(row['accuracy_new'])} ({_pct(row['accuracy_seen'])}), {row['tokens_per_problem']:.0f} tok"
+    if row.get("rolled_back_share_new") is not None:
+        cell += f", {_pct(row['rolled_back_share_new'])}% rolled back"
+    if row.get("any_candidate_correct_new") is not None:
+        cell += f", {_pct(row['any_candidate_correct_new'])}% any"
+    return cell
+
+
+def _variant_methods(variants: dict[str, dict[str, dict]]) -> list[str]:
+    """The methods every variant was evaluated with: greedy first, then by budget b and width N."""
+    shared = set.intersection(*(set(rows) for rows in variants.values())) if variants else set()
+
+    def order(k: str) -> tuple:
+        m = re.fullmatch(r"sbt_b(\d+)_n(\d+)", k)
+        return (k != "bt_greedy", (int(m.group(1)), int(m.group(2))) if m else (-1, -1), k)
+
+    return sorted(shared, key=order)
+
+
 def ablation_markdown(variants: dict[str, dict[str, dict]], grid: dict[str, dict], title: str,
                       notes: list[str] = ()) -> str:
     """Two tables: data-mix variants (one backtracking model each) and the b x N search grid on the preset's model.
 
     `variants`: "group: label" -> report rows (`metrics`) of that variant's model; `grid`: rows of the preset's.
     """
-    keys = sorted({k for rows in variants.values() for k in rows}, key=lambda k: (k != "bt_greedy", k))
+    keys = _variant_methods(variants)
     lines = [f"# {title}: ablations", "",
              f"Accuracy in % on new targets (seen targets in brackets), {VERIFIER_MODE} verifier; the false-claim rate "
-             "is that of the last method's answers on new targets.", "",
+             f"is that of `{keys[-1] if keys else '-'}` on new targets.", "",
              "| ablation | variant | " + " | ".join(f"`{k}`" for k in keys) + " | false claims (new) |",
              "|---|---|" + "---|" * len(keys) + "---|"]
     for name, rows in variants.items():
@@ -277,12 +301,12 @@ def ablation_markdown(variants: dict[str, dict[str, dict]], grid: dict[str, dict
     ns = sorted({int(m.group(1)) for k in grid if (m := re.fullmatch(r"sbt_b\d+_n(\d+)", k))})
     if bs and ns:
         lines += ["", "Self-backtracking on the preset's model: backtrack budget b (rows) against samples per "
-                  "expansion N (columns); accuracy new (seen), then generated tokens per problem.", "",
+                  "expansion N (columns); accuracy new (seen), generated tokens per problem, then on new targets the "
+                  "share of searches that rolled back at least once and the share with a correct answer among "
+                  "their candidates (what a perfect selector would reach).", "",
                   "| b \\ N | " + " | ".join(str(n) for n in ns) + " |", "|---|" + "---|" * len(ns)]
         for b in bs:
-            lines.append(f"| {b} | " + " | ".join(
-                f"{_cell(grid, f'sbt_b{b}_n{n}')}, {grid[f'sbt_b{b}_n{n}']['tokens_per_problem']:.0f} tok"
-                if f"sbt_b{b}_n{n}" in grid else "-" for n in ns) + " |")
+            lines.append(f"| {b} | " + " | ".join(_grid_cell(grid.get(f"sbt_b{b}_n{n}")) for n in ns) + " |")
     lines.append("")
     lines += [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"
@@ -297,9 +321,10 @@ def ablation_plot(variants: dict[str, dict[str, dict]], grid: dict[str, dict]) -
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4), dpi=110)
     bs = sorted({int(m.group(1)) for k in grid if (m := re.fullmatch(r"sbt_b(\d+)_n\d+", k))})
-    for b in bs:
+    for i, b in enumerate(bs):  # distinct markers and dashes: equal budgets often give equal curves
         keys = sorted((k for k in grid if k.startswith(f"sbt_b{b}_n")), key=_n_of)
-        left.plot([_n_of(k) for k in keys], [grid[k]["accuracy_new"] for k in keys], "o-", label=f"b={b}")
+        left.plot([_n_of(k) for k in keys], [grid[k]["accuracy_new"] for k in keys], marker="osd^v"[i % 5],
+                  ls=["-", "--", ":"][i % 3], ms=9 - 2 * (i % 3), label=f"b={b}")
     if "bt_greedy" in grid:
         left.axhline(grid["bt_greedy"]["accuracy_new"], ls=":", color="grey", label="greedy")
     left.set_xscale("log", base=2)
@@ -307,7 +332,7 @@ def ablation_plot(variants: dict[str, dict[str, dict]], grid: dict[str, dict]) -
              title="Search budget b and width N")
     left.legend(fontsize=8)
     left.grid(alpha=0.3)
-    keys = sorted({k for rows in variants.values() for k in rows}, key=lambda k: (k != "bt_greedy", k))
+    keys = _variant_methods(variants)
     width = 0.8 / max(len(keys), 1)
     names = list(variants)
     for i, k in enumerate(keys):

@@ -67,9 +67,35 @@ def test_seeds_markdown_gives_mean_spread_and_per_seed_checks():
 def test_ablation_tables_and_plot():
     grid = {f"sbt_b{b}_n{n}": {**_row(0.1 * b + n / 100), "model": "bt"} for b in (0, 1, 2) for n in (8, 16, 32)}
     grid["bt_greedy"] = {**_row(0.05), "model": "bt"}
-    variants = {"error-type ratio: 1:2:2": {k: grid[k] for k in ("bt_greedy", "sbt_b1_n32")},
+    variants = {"error-type ratio: 1:2:2": grid,  # the preset's model carries the whole grid
                 "D_op:D_back: 1:2": {"bt_greedy": _row(0.07), "sbt_b1_n32": _row(0.5)}}
     md = report.ablation_markdown(variants, grid, "t")
+    assert "| ablation | variant | `bt_greedy` | `sbt_b1_n32` | false claims (new) |" in md
     assert "| D_op:D_back | 1:2 | 7.0 (7.0) | 50.0 (50.0) | 10.0 |" in md
+    assert "| error-type ratio | 1:2:2 | 5.0 (5.0) | 42.0 (42.0) | 10.0 |" in md
     assert "| 2 | 28.0 (28.0), 10 tok | 36.0 (36.0), 10 tok | 52.0 (52.0), 10 tok |" in md
     assert report.ablation_plot(variants, grid)[:4] == b"\x89PNG"
+
+
+def test_summary_counts_false_claims_rollbacks_and_what_a_perfect_selector_would_reach():
+    import pyarrow as pa
+
+    from sbt_core.evaluate import summarize
+    from sbt_core.search.common import Result
+    from sbt_core.search.run import results_table
+
+    problems = pa.table({"id": [0, 1, 2], "nums": [[3, 5], [3, 5], [2, 4]], "target": [8, 8, 6]})
+    right, bent = "3+5=8\nGoal Reached!", "3*5=8\nGoal Reached!"
+    results = [Result(right, [{"response": right, "score": -1.0}], rounds=1),
+               Result(bent, [{"response": bent, "score": -0.5}, {"response": right, "score": -2.0}], rounds=2),
+               Result("2+4=7", [{"response": "2+4=7", "score": -3.0}], rounds=3)]
+    s = summarize(results_table(problems, results, 1.0))
+    assert s["accuracy_strict"] == pytest.approx(1 / 3)
+    assert s["false_claim_rate"] == pytest.approx(1 / 3)  # the bent answer claims the goal; the last one does not
+    assert s["false_claim_categories"] == {"computation_error": 1}
+    assert s["any_candidate_correct_strict"] == pytest.approx(2 / 3)
+    assert s["rolled_back_share"] == pytest.approx(2 / 3)
+    rows = report.metrics({"bt": {"sbt_b1_n32": {"val_new": s}}})
+    assert rows["sbt_b1_n32"]["rolled_back_share_new"] == pytest.approx(2 / 3)
+    cell = report._grid_cell(rows["sbt_b1_n32"])
+    assert cell.endswith("66.7% rolled back, 66.7% any")
