@@ -18,6 +18,13 @@ from sbt_core.config import METHODS
 VERIFIER_MODE = "strict"
 
 
+def _row_order(row: dict) -> tuple:
+    """The report's row order (metrics.json comes back sorted by name): model, then METHODS' order."""
+    model, method = row.get("model", ""), row.get("method", "")
+    rank = {"sft": 0, "bt": 1}.get(model, 2 + int(model[2:]) if re.fullmatch(r"ei\d+", model) else 99)
+    return rank, list(METHODS).index(method) if method in METHODS else len(METHODS), method
+
+
 def row_key(model: str, method: str) -> str:
     """The report's name for `method` run on `model` ("sft", "bt" or "ei{r}")."""
     if model == "sft":
@@ -135,7 +142,8 @@ def seeds_markdown(per_seed: dict[int, dict[str, dict]], title: str) -> str:
     import statistics
 
     seeds = sorted(per_seed)
-    keys = [k for k in per_seed[seeds[0]] if all(k in per_seed[s] for s in seeds)]
+    keys = sorted((k for k in per_seed[seeds[0]] if all(k in per_seed[s] for s in seeds)),
+                  key=lambda k: _row_order(per_seed[seeds[0]][k]))
 
     def stat(key: str, field: str) -> str:
         xs = [100 * per_seed[s][key][field] for s in seeds if per_seed[s][key][field] is not None]

@@ -99,3 +99,12 @@ def test_summary_counts_false_claims_rollbacks_and_what_a_perfect_selector_would
     assert rows["sbt_b1_n32"]["rolled_back_share_new"] == pytest.approx(2 / 3)
     cell = report._grid_cell(rows["sbt_b1_n32"])
     assert cell.endswith("66.7% rolled back, 66.7% any")
+
+
+def test_seeds_rows_follow_the_report_order_not_the_names():
+    rows = {k: {**_row(0.3), "model": m, "method": meth} for k, m, meth in [
+        ("best_of_n_16", "sft", "best_of_n_16"), ("best_of_n_8", "sft", "best_of_n_8"),
+        ("ei1_greedy", "ei1", "greedy"), ("sbt_b1_n32", "bt", "sbt_b1_n32"), ("sft_greedy", "sft", "greedy")]}
+    md = report.seeds_markdown({0: rows, 1: rows}, "t")  # metrics.json comes back sorted by name
+    order = [line.split("`")[1] for line in md.splitlines() if line.startswith("| `") and "≥" not in line]
+    assert order[:5] == ["sft_greedy", "best_of_n_8", "best_of_n_16", "sbt_b1_n32", "ei1_greedy"]
