@@ -117,5 +117,8 @@ def s3(tmp_path_factory):
         else:
             os.environ[k] = v
     proc.terminate()
-    proc.wait(timeout=20)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
     log.close()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -76,7 +77,11 @@ def cluster(prefect_server, s3, tmp_path_factory):
                               start_new_session=True)
     yield {"api": api, "env": env, "home": home, "deploy": deploy.stdout}
     worker.terminate()
-    worker.wait(timeout=30)
+    try:
+        worker.wait(timeout=30)
+    except subprocess.TimeoutExpired:  # Prefect's worker sometimes hangs in its graceful shutdown
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait(timeout=30)
 
 
 def test_deploy_registers_every_deployment_with_a_form(cluster):
