@@ -278,14 +278,12 @@ def _grid_cell(row: dict | None) -> str:
 
 
 def _variant_methods(variants: dict[str, dict[str, dict]]) -> list[str]:
-    """The methods every variant was evaluated with: greedy first, then by budget b and width N."""
-    shared = set.intersection(*(set(rows) for rows in variants.values())) if variants else set()
-
-    def order(k: str) -> tuple:
-        m = re.fullmatch(r"sbt_b(\d+)_n(\d+)", k)
-        return (k != "bt_greedy", (int(m.group(1)), int(m.group(2))) if m else (-1, -1), k)
-
-    return sorted(shared, key=order)
+    """The methods every variant was evaluated with, in the report's order (greedy, then by b and N)."""
+    if not variants:
+        return []
+    first = next(iter(variants.values()))
+    shared = set.intersection(*(set(rows) for rows in variants.values()))
+    return sorted(shared, key=lambda k: _row_order(first[k]))
 
 
 def ablation_markdown(variants: dict[str, dict[str, dict]], grid: dict[str, dict], title: str,

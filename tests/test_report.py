@@ -65,8 +65,9 @@ def test_seeds_markdown_gives_mean_spread_and_per_seed_checks():
 
 
 def test_ablation_tables_and_plot():
-    grid = {f"sbt_b{b}_n{n}": {**_row(0.1 * b + n / 100), "model": "bt"} for b in (0, 1, 2) for n in (8, 16, 32)}
-    grid["bt_greedy"] = {**_row(0.05), "model": "bt"}
+    grid = {f"sbt_b{b}_n{n}": {**_row(0.1 * b + n / 100), "model": "bt", "method": f"sbt_b{b}_n{n}"}
+            for b in (0, 1, 2) for n in (8, 16, 32)}
+    grid["bt_greedy"] = {**_row(0.05), "model": "bt", "method": "greedy"}
     variants = {"error-type ratio: 1:2:2": grid,  # the preset's model carries the whole grid
                 "D_op:D_back: 1:2": {"bt_greedy": _row(0.07), "sbt_b1_n32": _row(0.5)}}
     md = report.ablation_markdown(variants, grid, "t")
