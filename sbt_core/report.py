@@ -261,20 +261,25 @@ def run(summaries: dict[str, str], out_dir: str, title: str, notes: list[str] = 
     return outputs
 
 
-def _cell(rows: dict[str, dict], key: str) -> str:
-    r = rows.get(key)
-    return "-" if r is None else f"{_pct(r['accuracy_new'])} ({_pct(r['accuracy_seen'])})"
+def _cell(row: dict | None) -> str:
+    return "-" if row is None else f"{_pct(row['accuracy_new'])} ({_pct(row['accuracy_seen'])})"
 
 
 def _grid_cell(row: dict | None) -> str:
     if row is None:
         return "-"
-    cell = f"{_pct(row['accuracy_new'])} ({_pct(row['accuracy_seen'])}), {row['tokens_per_problem']:.0f} tok"
+    cell = f"{_cell(row)}, {row['tokens_per_problem']:.0f} tok"
     if row.get("rolled_back_share_new") is not None:
         cell += f", {_pct(row['rolled_back_share_new'])}% rolled back"
     if row.get("any_candidate_correct_new") is not None:
         cell += f", {_pct(row['any_candidate_correct_new'])}% any"
     return cell
+
+
+def _grid_axes(grid: dict[str, dict]) -> tuple[list[int], list[int]]:
+    """The budgets b and widths N of the grid's `sbt_b{b}_n{n}` rows."""
+    bn = [tuple(map(int, m.groups())) for k in grid if (m := re.fullmatch(r"sbt_b(\d+)_n(\d+)", k))]
+    return sorted({b for b, _ in bn}), sorted({n for _, n in bn})
 
 
 def _variant_methods(variants: dict[str, dict[str, dict]]) -> list[str]:
@@ -301,10 +306,9 @@ def ablation_markdown(variants: dict[str, dict[str, dict]], grid: dict[str, dict
     for name, rows in variants.items():
         group, _, label = name.partition(": ")
         last = rows.get(keys[-1]) if keys else None
-        lines.append(f"| {group} | {label} | " + " | ".join(_cell(rows, k) for k in keys)
+        lines.append(f"| {group} | {label} | " + " | ".join(_cell(rows.get(k)) for k in keys)
                      + f" | {_pct(last['false_claim_rate_new']) if last else '-'} |")
-    bs = sorted({int(m.group(1)) for k in grid if (m := re.fullmatch(r"sbt_b(\d+)_n\d+", k))})
-    ns = sorted({int(m.group(1)) for k in grid if (m := re.fullmatch(r"sbt_b\d+_n(\d+)", k))})
+    bs, ns = _grid_axes(grid)
     if bs and ns:
         lines += ["", "Self-backtracking on the preset's model: backtrack budget b (rows) against samples per "
                   "expansion N (columns); accuracy new (seen), generated tokens per problem, then on new targets the "
@@ -326,10 +330,10 @@ def ablation_plot(variants: dict[str, dict[str, dict]], grid: dict[str, dict]) -
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4), dpi=110)
-    bs = sorted({int(m.group(1)) for k in grid if (m := re.fullmatch(r"sbt_b(\d+)_n\d+", k))})
+    bs, ns = _grid_axes(grid)
     for i, b in enumerate(bs):  # distinct markers and dashes: equal budgets often give equal curves
-        keys = sorted((k for k in grid if k.startswith(f"sbt_b{b}_n")), key=_n_of)
-        left.plot([_n_of(k) for k in keys], [grid[k]["accuracy_new"] for k in keys], marker="osd^v"[i % 5],
+        pts = [(n, grid[f"sbt_b{b}_n{n}"]["accuracy_new"]) for n in ns if f"sbt_b{b}_n{n}" in grid]
+        left.plot([n for n, _ in pts], [a for _, a in pts], marker="osd^v"[i % 5],
                   ls=["-", "--", ":"][i % 3], ms=9 - 2 * (i % 3), label=f"b={b}")
     if "bt_greedy" in grid:
         left.axhline(grid["bt_greedy"]["accuracy_new"], ls=":", color="grey", label="greedy")
