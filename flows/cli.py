@@ -101,9 +101,13 @@ def deploy(
     gpu_pool: str = typer.Option("sbt-gpu", help="Pool for the pipeline, GPU stages, rounds and evaluation."),
     cpu_pool: str = typer.Option("sbt-cpu", help="Pool for the light stages."),
     image: Optional[str] = typer.Option(None, help="Worker image (docker and kubernetes pools), e.g. sbt-worker:gpu."),
-    nightly: bool = typer.Option(False, "--nightly", help="Activate the nightly evaluation schedule."),
+    nightly: Optional[bool] = typer.Option(None, "--nightly/--no-nightly", help="Turn the nightly evaluation "
+                                           "schedule on or off. Without either: a new deployment's is on, an "
+                                           "existing one keeps its state."),
     result_storage: Optional[str] = typer.Option(None, help="Prefect result storage, e.g. s3://bucket/prefect-results."),
     storage_block: Optional[str] = typer.Option(None, help="RemoteFileSystem block holding S3 credentials."),
+    write_prefect_yaml: Optional[Path] = typer.Option(None, help="Write the same deployments as a prefect.yaml "
+                                                      "(for `prefect deploy --all`) to this path; register nothing."),
 ):
     """Register the work pools (if missing) and every deployment on the Prefect server in PREFECT_API_URL."""
     from sbt_core.config import load_run_config
@@ -111,12 +115,19 @@ def deploy(
     cfg = load_run_config(resolve_preset(config), set_)
     _prefect_env()
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    from deployments.register import register
+    from deployments.register import prefect_yaml, register
 
-    ids = register(cfg.model_dump(mode="json"), run_dir or f"runs/{cfg.name}", pool_type=pool_type,
-                   gpu_pool=gpu_pool, cpu_pool=cpu_pool, image=image, nightly=nightly,
-                   result_storage=result_storage, storage_block=storage_block)
-    typer.echo("\n".join(f"{name}: {i}" for name, i in ids.items()))
+    if write_prefect_yaml:
+        from sbt_core import io
+
+        io.write_bytes(str(write_prefect_yaml), prefect_yaml(cfg.model_dump(mode="json"), image).encode())
+        typer.echo(f"wrote {write_prefect_yaml}")
+        return
+    made = register(cfg.model_dump(mode="json"), run_dir or f"runs/{cfg.name}", pool_type=pool_type,
+                    gpu_pool=gpu_pool, cpu_pool=cpu_pool, image=image, nightly=nightly,
+                    result_storage=result_storage, storage_block=storage_block)
+    for name, what in made.items():
+        typer.echo(f"{name}: {what['id']}" + (f"  (schedule {what['schedule']})" if "schedule" in what else ""))
 
 
 if __name__ == "__main__":

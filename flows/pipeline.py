@@ -19,36 +19,20 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.states import Completed
 
+from flows import stage_runs
 from sbt_core import io
 from sbt_core.config import ModelConfig, RunConfig
 from tasks import stages
 from tasks.stages import StageResult
 
 
-def _call(task, *args, **kwargs) -> tuple[StageResult, bool]:
-    """Run a stage task here; return its StageResult and whether it was served from cache."""
+def _call(task, *args, **kwargs) -> tuple[StageResult, bool, bool]:
+    """Run a stage task here; return its StageResult, whether it was served from cache, and False
+    (a task run in this process is never reused from an earlier attempt; see `stage_runs.call`)."""
     state = task(*args, return_state=True, **kwargs)
-    return state.result(), state.name == "Cached"
-
-
-def _call_deployment(deployment: str, task, *args, **kwargs) -> tuple[StageResult, bool]:
-    """Run a stage task as a flow run of `deployment` (the `sbt-stage` flow) and wait for it.
-
-    Only JSON crosses: configs as dicts, StageResults as dicts. The result is read back from the
-    stage's `stage.json`, so the run dir must be storage both sides see (s3://, or a shared disk).
-    """
-    import inspect
-
-    from prefect.deployments import run_deployment
-
-    params = inspect.signature(task.fn).bind(*args, **kwargs).arguments
-    params = {k: v.model_dump(mode="json") if hasattr(v, "model_dump") else v for k, v in params.items()}
-    run = run_deployment(deployment, parameters={"task": task.name, "params": params}, timeout=None,
-                         as_subflow=True)
-    if not run.state.is_completed():
-        raise RuntimeError(f"{params['stage_name']}: flow run {run.name} of {deployment} ended {run.state.name}")
-    return io.read_json(io.join(params["out_dir"], stages.RECORD)), run.state.name == "Cached"
+    return state.result(), state.name == "Cached", False
 
 
 class _Ledger:
@@ -63,11 +47,12 @@ class _Ledger:
         ex = self.execution
         target = ex.gpu_deployment if task.name in stages.HEAVY else ex.cpu_deployment
         if ex.mode == "deployments" and target:
-            result, cached = _call_deployment(target, task, name, *args, **kwargs)
+            result, cached, reused = stage_runs.call(target, task, name, *args, **kwargs)
         else:
-            result, cached = _call(task, name, *args, **kwargs)
+            result, cached, reused = _call(task, name, *args, **kwargs)
         self.rows.append({"stage": name, "cached": cached, "wall_seconds": round(time.monotonic() - t0, 3),
-                          "work_seconds": 0.0 if cached else result.get("seconds", 0.0)})
+                          "work_seconds": 0.0 if cached or reused else result.get("seconds", 0.0),
+                          **({"reused_run": True} if reused else {})})
         return result
 
 
@@ -128,8 +113,7 @@ def pipeline(config: RunConfig = RunConfig(), run_dir: str = "runs/tiny") -> dic
     ]
     report = ledger("report", stages.report, config.name, evaluations, io.join(run_dir, "report"),
                     config.expert_iteration.method, notes)
-    rows = io.read_json(report["outputs"]["metrics"])
-    _publish(rows, io.read_bytes(report["outputs"]["report"]).decode())
+    _publish(report)
     wall = time.monotonic() - t0
     ran = [r["stage"] for r in ledger.rows if not r["cached"]]
     work = sum(r["work_seconds"] for r in ledger.rows)
@@ -154,26 +138,31 @@ def pipeline(config: RunConfig = RunConfig(), run_dir: str = "runs/tiny") -> dic
     return summary
 
 
-def _publish(rows: dict[str, dict], report_md: str) -> None:
-    """The report as Prefect artifacts: a table and the markdown."""
-    table = [
-        {"row": k, "accuracy_seen": r["accuracy_seen"], "accuracy_new": r["accuracy_new"],
-         "tokens_per_problem": round(r["tokens_per_problem"], 1), "false_claim_rate_new": r["false_claim_rate_new"],
-         "verifier_mode": r["verifier_mode"]}
-        for k, r in rows.items()
-    ]
-    create_table_artifact(table, key="sbt-metrics", description="Accuracy per method row (strict verifier)")
-    create_markdown_artifact(report_md, key="sbt-report", description="The run's report (Table 1 shape)")
+def _publish(report: StageResult) -> None:
+    """The report as Prefect artifacts: its table (same order and units) and its markdown, plots embedded."""
+    from sbt_core import report as reporting
+
+    out = report["outputs"]
+    rows = io.read_json(out["metrics"])
+    plots = {io.basename(out[k]): io.read_bytes(out[k]) for k in ("plot_scaling", "plot_rounds")}
+    markdown = reporting.embed_images(io.read_bytes(out["report"]).decode(), plots)
+    create_table_artifact(reporting.table(rows), key="sbt-metrics",
+                          description="The report's table: accuracy in % (strict verifier), tokens, false claims")
+    create_markdown_artifact(markdown, key="sbt-report", description="The run's report (Table 1 shape)")
 
 
-@flow(name="sbt-stage")
+@flow(name="sbt-stage", on_completion=[stage_runs.resume_parent])
 def stage_flow(task: str, params: dict[str, Any]):
     """One stage as its own flow run: what `execution.mode: deployments` launches on a work pool.
 
     `task` names a task of `tasks.stages` (generate, build-data, sft, evaluate, search, distill,
-    report); `params` are its arguments as JSON. The flow run ends in the task's own state
-    (`Cached` when its outputs were already there), so a failed one can be retried from the UI.
+    report); `params` are its arguments as JSON. The run ends `Completed`, or `Completed` named
+    `Cached` when the stage's outputs were already there; a failed one can be retried from the UI,
+    and when it completes it sends its failed pipeline run back to retry (`stage_runs`).
     """
     if task not in stages.TASKS:
         raise ValueError(f"unknown stage task {task!r}; choose from {sorted(stages.TASKS)}")
-    return stages.TASKS[task](**stages.coerce_params(task, params), return_state=True)
+    state = stages.TASKS[task](**stages.coerce_params(task, params), return_state=True)
+    result = state.result()  # raises the stage's own error when it failed
+    # A flow that returns a task's state gets a fresh Completed; a new state keeps the name.
+    return Completed(name="Cached", message=state.message, data=result) if state.name == "Cached" else result

@@ -18,7 +18,7 @@ from sbt_core.config import METHODS
 VERIFIER_MODE = "strict"
 
 
-def _row_order(row: dict) -> tuple:
+def row_order(row: dict) -> tuple:
     """The report's row order (metrics.json comes back sorted by name): model, then METHODS' order."""
     model, method = row.get("model", ""), row.get("method", "")
     rank = {"sft": 0, "bt": 1}.get(model, 2 + int(model[2:]) if re.fullmatch(r"ei\d+", model) else 99)
@@ -143,7 +143,7 @@ def seeds_markdown(per_seed: dict[int, dict[str, dict]], title: str) -> str:
 
     seeds = sorted(per_seed)
     keys = sorted((k for k in per_seed[seeds[0]] if all(k in per_seed[s] for s in seeds)),
-                  key=lambda k: _row_order(per_seed[seeds[0]][k]))
+                  key=lambda k: row_order(per_seed[seeds[0]][k]))
 
     def stat(key: str, field: str) -> str:
         xs = [100 * per_seed[s][key][field] for s in seeds if per_seed[s][key][field] is not None]
@@ -244,6 +244,32 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
+def table(rows: dict[str, dict]) -> list[dict]:
+    """The report's table as records (for a Prefect table artifact): its row order, accuracies in %."""
+    def pct(x):
+        return None if x is None else round(100 * x, 1)
+
+    return [
+        {"model": MODEL_LABELS.get(r["model"], f"expert iteration round {r['model'][2:]}"), "row": key,
+         "seen targets %": pct(r["accuracy_seen"]), "new targets %": pct(r["accuracy_new"]),
+         "seen targets % (paper mode)": pct(r["accuracy_seen_paper"]),
+         "new targets % (paper mode)": pct(r["accuracy_new_paper"]),
+         "tokens/problem": round(r["tokens_per_problem"], 1), "false claims (new) %": pct(r["false_claim_rate_new"]),
+         "verifier": r["verifier_mode"]}
+        for key, r in sorted(rows.items(), key=lambda kv: row_order(kv[1]))
+    ]
+
+
+def embed_images(markdown_text: str, images: dict[str, bytes]) -> str:
+    """`![alt](name.png)` -> `![alt](data:image/png;base64,...)` for each named image: a markdown
+    that shows its plots where relative paths mean nothing (a Prefect artifact)."""
+    import base64
+
+    for name, data in images.items():
+        markdown_text = markdown_text.replace(f"]({name})", f"](data:image/png;base64,{base64.b64encode(data).decode()})")
+    return markdown_text
+
+
 def run(summaries: dict[str, str], out_dir: str, title: str, notes: list[str] = (),
         search_method: str = "sbt_b1_n32") -> dict[str, str]:
     """Stage entry: summaries (model -> summary.json URI) -> report.md, metrics.json, two PNGs."""
@@ -288,7 +314,7 @@ def _variant_methods(variants: dict[str, dict[str, dict]]) -> list[str]:
         return []
     first = next(iter(variants.values()))
     shared = set.intersection(*(set(rows) for rows in variants.values()))
-    return sorted(shared, key=lambda k: _row_order(first[k]))
+    return sorted(shared, key=lambda k: row_order(first[k]))
 
 
 def ablation_markdown(variants: dict[str, dict[str, dict]], grid: dict[str, dict], title: str,

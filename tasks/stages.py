@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import time
 from typing import Any, Callable
 
@@ -119,13 +120,19 @@ def _maybe_fail(stage: str) -> None:
         raise InjectedFailure(f"{stage}: failure injected by {FAIL_ENV} / {FAIL_FILE_ENV}")
 
 
-class Progress:
-    """A Prefect progress artifact (and a log line every 10%) fed by sbt_core's progress callbacks."""
+def artifact_key(name: str) -> str:
+    """A Prefect artifact key (lowercase letters, digits and dashes only) for a stage name."""
+    return re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")
 
-    def __init__(self, total: int, description: str):
+
+class Progress:
+    """A stage's progress artifact (key `progress-<stage>`, one per stage on the Artifacts page) and a
+    log line every 10%, fed by sbt_core's progress callbacks."""
+
+    def __init__(self, stage: str, total: int, what: str):
         self.total, self.done, self.shown, self.logged = max(total, 1), 0, 0.0, 0
-        self.description = description
-        self.id = create_progress_artifact(0.0, description=description)
+        self.description = f"{stage}: {what}"
+        self.id = create_progress_artifact(0.0, key=f"progress-{artifact_key(stage)}", description=self.description)
         self.last = time.monotonic()
 
     def __call__(self, *args) -> None:
@@ -161,7 +168,7 @@ def generate(stage_name: str, cfg: GenerateConfig, out_dir: str):
     from sbt_core.countdown import generate as stage
 
     def work():
-        bar = Progress(cfg.num_train + cfg.num_val_seen + cfg.num_val_new, "generate: problems")
+        bar = Progress(stage_name, cfg.num_train + cfg.num_val_seen + cfg.num_val_new, "problems")
         return stage.run(cfg, out_dir, progress=bar)
 
     return run_stage(stage_name, out_dir, cfg.model_dump(mode="json"), [], work)
@@ -186,7 +193,7 @@ def sft(stage_name: str, cfg: TrainConfig, model: ModelConfig, data: StageResult
         if rows == 0:  # nothing verified to distill: the round keeps its base model
             get_run_logger().warning("%s: no training rows; keeping the base model %s", stage_name, model.path)
             return {"model": model.path}
-        bar = Progress(1, f"{stage_name}: optimiser steps")
+        bar = Progress(stage_name, 1, "optimiser steps")
         return stage.train(cfg, model, data["outputs"]["sft"], out_dir, callbacks=[_train_progress(bar)])
 
     config = {"train": cfg.model_dump(mode="json"), "model": model.model_dump(mode="json")}
@@ -200,7 +207,7 @@ def evaluate(stage_name: str, cfg: EvalConfig, methods: list[str], model: StageR
 
     def work():
         per_split = [min(cfg.limit or 10**12, io.parquet_rows(data["outputs"][s])) for s in stage.SPLITS]
-        bar = Progress(len(methods) * sum(per_split), f"{stage_name}: problems searched")
+        bar = Progress(stage_name, len(methods) * sum(per_split), "problems searched")
         configs = {m: cfg.search_config(m) for m in methods}
         return stage.run(model["outputs"]["model"], data["dir"], out_dir, configs, limit=cfg.limit, progress=bar)
 
@@ -214,7 +221,7 @@ def search(stage_name: str, cfg: SearchConfig, model: StageResult, data: StageRe
     from sbt_core.search import run as stage
 
     def work():
-        bar = Progress(min(limit, io.parquet_rows(data["outputs"][split])), f"{stage_name}: problems searched")
+        bar = Progress(stage_name, min(limit, io.parquet_rows(data["outputs"][split])), "problems searched")
         return stage.run(cfg, model["outputs"]["model"], data["outputs"][split], out_dir, limit=limit, progress=bar)
 
     config = {"search": cfg.model_dump(mode="json"), "split": split, "limit": limit}

@@ -33,21 +33,23 @@ def trained(tmp_path_factory, data_dir):
     return root, out["model"], sft
 
 
-@pytest.fixture(scope="session")
-def prefect_server(tmp_path_factory):
-    """One real `prefect server` process for the whole test session; yields its API URL."""
+def start_prefect_server(home, ui: bool = False):
+    """A real `prefect server` process with its home in `home`; returns (process, API URL).
+
+    Its scheduler loops every 2 s (60 s by default) so a test can wait for it to create runs.
+    """
     import socket
     import subprocess
     import sys
     import time
     import urllib.request
 
-    home = tmp_path_factory.mktemp("prefect-home")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "PREFECT_UI_ENABLED": "false", "PREFECT_API_URL": ""}
+           "PREFECT_UI_ENABLED": str(ui).lower(), "PREFECT_API_URL": "",
+           "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2"}
     log = open(home / "server.log", "wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
@@ -59,20 +61,33 @@ def prefect_server(tmp_path_factory):
         try:
             with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
                 if r.status == 200:
-                    break
+                    return proc, url
         except OSError:
             pass
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
             raise RuntimeError(f"prefect server did not start:\n{(home / 'server.log').read_text()[-3000:]}")
         time.sleep(0.5)
-    yield url
+
+
+def stop(proc) -> None:
+    import signal
+    import subprocess
+
     proc.terminate()
     try:
         proc.wait(timeout=20)
     except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=20)
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory):
+    """One real `prefect server` process for the whole test session; yields its API URL."""
+    proc, url = start_prefect_server(tmp_path_factory.mktemp("prefect-home"))
+    yield url
+    stop(proc)
 
 
 @pytest.fixture(scope="session")
@@ -116,9 +131,5 @@ def s3(tmp_path_factory):
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    stop(proc)
     log.close()

@@ -5,6 +5,7 @@ injected and the flow run retried as the UI's Retry does, and every artifact in 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -25,6 +26,15 @@ POOL = "sbt-test-gpu"
 RUN_DIR = "s3://sbt-test/cluster/run"
 BEFORE = ["generate", "build-data-op", "build-data-bt", "sft-op"]
 AFTER = ["sft-bt", "eval-sft-op", "eval-sft-bt", "ei1-search", "ei1-distill", "ei1-sft", "ei1-evaluate", "report"]
+
+
+@contextlib.contextmanager
+def _client(api: str):
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: api}), get_client(sync_client=True) as client:
+        yield client
 
 
 def rest(api: str, method: str, path: str, body: dict | None = None):
@@ -95,6 +105,43 @@ def test_deploy_registers_every_deployment_with_a_form(cluster):
     assert pipeline["parameters"]["run_dir"] == RUN_DIR
     nightly = rest(api, "GET", "/deployments/name/sbt-evaluate-latest/nightly")
     assert nightly["schedules"][0]["schedule"]["cron"] == "0 3 * * *"
+    assert nightly["schedules"][0]["active"]  # a new deployment's nightly schedule is on, as prefect.yaml's
+    assert "sbt-evaluate-latest/nightly" in cluster["deploy"] and "active (new deployment)" in cluster["deploy"]
+
+
+def test_the_scheduler_creates_a_run_and_a_worker_finishes_it(cluster):
+    """What a nightly schedule does, at a 20 s interval: the server's scheduler (not the test) creates
+    the flow run, the worker runs it. SQLAlchemy 2.1 under prefect 3.8.8 broke exactly this."""
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    from deployments.register import create_deployment
+    from sbt_core.config import load_run_config
+
+    cfg = load_run_config(ROOT / "configs" / "smoke.yaml")
+    spec = {"entrypoint": "flows/pipeline.py:stage_flow", "name": "scheduled-test", "pool": POOL,
+            "job_variables": {}, "tags": ["sbt", "test"], "schedule": {"interval": 20, "active": True},
+            "parameters": {"task": "generate", "params": {"stage_name": "generate", "out_dir": f"{RUN_DIR}-scheduled",
+                                                          "cfg": cfg.generate.model_dump(mode="json")}}}
+    with _client(cluster["api"]) as client:
+        _, deployment_id, note = create_deployment(client, spec, str(ROOT))
+        assert note == "every 20 s: active (new deployment)"
+        only_this = DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id]))
+        try:
+            deadline = time.monotonic() + 240
+            while True:
+                runs = client.read_flow_runs(deployment_filter=only_this, limit=50)
+                done = [r for r in runs if r.auto_scheduled and r.state.is_completed()]
+                if done:
+                    break
+                assert time.monotonic() < deadline, ([(r.name, r.auto_scheduled, r.state.name) for r in runs],
+                                                     (cluster["home"] / "worker.log").read_text()[-3000:])
+                time.sleep(1)
+        finally:
+            client.pause_deployment(deployment_id)
+            for run in client.read_flow_runs(deployment_filter=only_this, limit=100):
+                if run.state.is_scheduled():
+                    client.delete_flow_run(run.id)
+    assert io.read_json(f"{RUN_DIR}-scheduled/stage.json")["status"] == "done"
 
 
 def test_rest_trigger_failure_retry_and_s3_artifacts(cluster):
@@ -129,6 +176,25 @@ def test_rest_trigger_failure_retry_and_s3_artifacts(cluster):
     assert io.exists(f"{RUN_DIR}/sft-bt/model/model.safetensors")
     # Prefect's own result storage points at the same bucket (flow results persisted there)
     assert io._fs("s3://sbt-test/prefect-results")[0].ls("sbt-test/prefect-results")
+    check_artifacts(api, [run["id"], *subflow_ids(api, run["id"])], metrics)
+
+
+def check_artifacts(api: str, flow_run_ids: list[str], metrics: dict) -> None:
+    """The report with its plots inside, the table in the report's order and units, one progress bar a stage."""
+    from sbt_core.report import row_order
+
+    arts = rest(api, "POST", "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": flow_run_ids}}, "limit": 200})
+    by_key = {a["key"]: a for a in sorted(arts, key=lambda a: a["created"])}  # newest wins
+    report = by_key["sbt-report"]["data"]
+    assert report.count("](data:image/png;base64,iVBORw0KGgo") == 2 and "](accuracy_vs_n.png)" not in report
+    table = by_key["sbt-metrics"]["data"]
+    table = json.loads(table) if isinstance(table, str) else table
+    assert [r["row"] for r in table] == sorted(metrics, key=lambda k: row_order(metrics[k]))
+    first = table[0]
+    assert first["new targets %"] == round(100 * metrics[first["row"]]["accuracy_new"], 1)
+    progress = {k for k in by_key if k.startswith("progress-")}
+    assert {"progress-generate", "progress-sft-bt", "progress-eval-sft-op", "progress-ei1-search"} <= progress, progress
+    assert by_key["progress-sft-bt"]["data"] == 100
 
 
 def test_python_client_triggers_an_expert_iteration_round(cluster):
@@ -148,26 +214,76 @@ def test_python_client_triggers_an_expert_iteration_round(cluster):
     assert io.exists(f"{RUN_DIR}/eval-latest")
 
 
-def test_pipeline_launches_heavy_stages_as_their_own_flow_runs(cluster):
-    """execution.mode=deployments: SFT, search and evaluation run as `sbt-stage/gpu` flow runs."""
+HEAVY_STAGES = ["sft-op", "sft-bt", "eval-sft-op", "eval-sft-bt", "ei1-search", "ei1-sft", "ei1-evaluate"]
+
+
+def test_per_stage_runs_are_named_honest_and_a_stage_retry_resumes_the_pipeline(cluster):
+    """execution.mode=deployments: SFT, search and evaluation run as `sbt-stage/gpu` flow runs named
+    after their stage. sft-bt fails; the user retries *that stage's run* (the UI's Retry); the
+    pipeline run goes on by itself, reusing the finished stage runs, and finishes."""
     from sbt_core.config import load_run_config
 
-    api, run_dir = cluster["api"], "s3://sbt-test/cluster/deployed"
+    api, home, run_dir = cluster["api"], cluster["home"], "s3://sbt-test/cluster/deployed"
+    fail_file = home / "fail-per-stage"
+    fail_file.write_text("sft-bt")
     cfg = load_run_config(ROOT / "configs" / "smoke.yaml",
                           ["execution.mode=deployments", "execution.cpu_deployment=null", "eval.limit=2"])
     dep = rest(api, "GET", "/deployments/name/sbt-pipeline/pipeline")
     run = rest(api, "POST", f"/deployments/{dep['id']}/create_flow_run",
-               {"parameters": {"config": cfg.model_dump(mode="json"), "run_dir": run_dir}})
-    final = wait_final(api, run["id"], timeout=900)
-    assert final["state"]["type"] == "COMPLETED", (cluster["home"] / "worker.log").read_text()[-3000:]
+               {"parameters": {"config": cfg.model_dump(mode="json"), "run_dir": run_dir},
+                "job_variables": {"env": {FAIL_FILE_ENV: str(fail_file)}}})
+    first = wait_final(api, run["id"], timeout=900)
+    assert first["state"]["type"] == "FAILED", (home / "worker.log").read_text()[-3000:]
     stage_dep = rest(api, "GET", "/deployments/name/sbt-stage/gpu")
-    children = rest(api, "POST", "/flow_runs/filter", {"flow_runs": {"deployment_id": {"any_": [stage_dep["id"]]}},
-                                                        "limit": 100})
-    names = sorted(t["name"] for t in rest(api, "POST", "/task_runs/filter",
-                                            {"flow_runs": {"id": {"any_": [c["id"] for c in children]}}, "limit": 100}))
-    assert names == sorted(["sft-op", "sft-bt", "eval-sft-op", "eval-sft-bt", "ei1-search", "ei1-sft", "ei1-evaluate"])
-    assert all(c["state"]["type"] == "COMPLETED" for c in children)
+
+    def stage_runs(pipeline_run_id: str) -> dict[str, list[dict]]:
+        """The stage runs of one pipeline run, by name (their idempotency key: <root run id>/<stage>@<out_dir>)."""
+        keys = [f"{pipeline_run_id}/{s}@{run_dir}/{d}" for s, d in zip(HEAVY_STAGES, STAGE_DIRS)]
+        children = rest(api, "POST", "/flow_runs/filter", {"flow_runs": {"deployment_id": {"any_": [stage_dep["id"]]},
+                                                                         "idempotency_key": {"any_": keys}},
+                                                           "limit": 100})
+        out: dict[str, list[dict]] = {}
+        for c in children:
+            out.setdefault(c["name"], []).append(c)
+        return out
+
+    failed = stage_runs(run["id"])
+    assert sorted(failed) == ["sft-bt", "sft-op"], sorted(failed)  # named after their stage; nothing after sft-bt
+    assert failed["sft-bt"][0]["state"]["type"] == "FAILED"
+
+    fail_file.unlink()  # the cause is fixed; the user presses Retry on the sft-bt run's page:
+    sft_bt = failed["sft-bt"][0]["id"]
+    rest(api, "POST", f"/flow_runs/{sft_bt}/set_state",
+         {"state": {"type": "SCHEDULED", "name": "AwaitingRetry"}, "force": True})
+    assert wait_final(api, sft_bt)["state"]["type"] == "COMPLETED"
+    final = wait_final(api, run["id"], timeout=900)  # resumed by the stage run's completion hook
+    assert final["state"]["type"] == "COMPLETED", (home / "worker.log").read_text()[-3000:]
+    assert final["run_count"] == 2
+
+    runs = stage_runs(run["id"])
+    assert sorted(runs) == sorted(HEAVY_STAGES)
+    assert all(len(v) == 1 for v in runs.values()), {k: len(v) for k, v in runs.items()}  # one run per stage
+    assert all(v[0]["state"]["type"] == "COMPLETED" for v in runs.values())
+    assert runs["sft-bt"][0]["run_count"] == 2 and runs["sft-op"][0]["run_count"] == 1
+
+    summary = json.loads(io.read_bytes(f"{run_dir}/run.json"))
+    rows = {r["stage"]: r for r in summary["stages"]}
+    assert rows["sft-op"]["reused_run"] and rows["sft-bt"]["reused_run"]  # finished before this attempt
+    assert set(summary["ran"]) >= set(HEAVY_STAGES) and not summary["cached"]
     assert json.loads(io.read_bytes(f"{run_dir}/metrics.json"))["bt_greedy"]["problems_per_split"] == 2
+
+    # The same pipeline again: every stage run ends Cached and run.json says so.
+    again = rest(api, "POST", f"/deployments/{dep['id']}/create_flow_run",
+                 {"parameters": {"config": cfg.model_dump(mode="json"), "run_dir": run_dir}})
+    assert wait_final(api, again["id"], timeout=900)["state"]["type"] == "COMPLETED"
+    runs = stage_runs(again["id"])
+    assert sorted(runs) == sorted(HEAVY_STAGES)
+    assert {v[0]["state"]["name"] for v in runs.values()} == {"Cached"}
+    summary = json.loads(io.read_bytes(f"{run_dir}/run.json"))
+    assert summary["ran"] == [] and len(summary["cached"]) == len(summary["stages"])
+
+
+STAGE_DIRS = ["sft-op", "sft-bt", "eval-sft-op", "eval-sft-bt", "ei1/search", "ei1/sft", "ei1/eval"]
 
 
 def test_storage_credentials_from_a_prefect_block(cluster, monkeypatch):

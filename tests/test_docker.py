@@ -38,3 +38,21 @@ def test_prefect_yaml_names_the_same_deployments_as_sbt_deploy():
     for d in spec["deployments"]:
         path, name = d["entrypoint"].split(":")
         assert f"def {name}(" in (ROOT / path).read_text()
+
+
+def test_image_pins_satisfy_the_projects_requirements():
+    """docker/requirements.txt stays in step with pyproject.toml (e.g. SQLAlchemy < 2.1 for the scheduler)."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    pins = {}
+    for line in (ROOT / "docker" / "requirements.txt").read_text().splitlines():
+        name, version = line.strip().split("==")
+        pins[name.lower().replace("_", "-")] = version
+    deps = [Requirement(d) for d in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]]
+    assert "sqlalchemy" in pins
+    for req in deps:
+        name = req.name.lower().replace("_", "-")
+        if name in pins:
+            assert req.specifier.contains(pins[name], prereleases=True), (req, pins[name])

@@ -1,0 +1,116 @@
+"""The two ways to register sbt's deployments, `sbt deploy` and `prefect deploy --all` from
+deployments/prefect.yaml, give the same deployments on a real server; `sbt deploy` keeps a
+schedule's state unless told otherwise. These tests replace the session server's sbt deployments
+(test_cluster.py registers its own again when it runs).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sbt_core.config import load_run_config
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.integration
+NAMES = ["sbt-pipeline/pipeline", "sbt-stage/gpu", "sbt-stage/cpu", "expert-iteration-round/round",
+         "sbt-evaluate-latest/nightly"]
+POOLS = ["--gpu-pool", "routes-gpu", "--cpu-pool", "routes-cpu"]
+RUN_DIR = "runs/routes"
+
+
+def _env(api: str) -> dict:
+    return {**os.environ, "PREFECT_API_URL": api, "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_CLI_PROMPT": "false", "SBT_WORKDIR": str(ROOT), "SBT_GPU_POOL": "routes-gpu",
+            "SBT_CPU_POOL": "routes-cpu", "SBT_RUN_DIR": RUN_DIR,
+            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+
+
+def sbt_deploy(api: str, *flags: str) -> str:
+    proc = subprocess.run([sys.executable, "-m", "flows.cli", "deploy", "-c", "tiny", "--run-dir", RUN_DIR, *POOLS,
+                           *flags], cwd=ROOT, env=_env(api), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def snapshot(client) -> dict:
+    """What a user sees of each deployment: where it runs, with what, on which schedule."""
+    out = {}
+    for name in NAMES:
+        d = client.read_deployment_by_name(name)
+        out[name] = {
+            "entrypoint": d.entrypoint, "pool": d.work_pool_name, "parameters": d.parameters, "tags": sorted(d.tags),
+            "job_variables": d.job_variables, "pull_steps": d.pull_steps, "description": d.description,
+            "enforce_parameter_schema": d.enforce_parameter_schema,
+            "schedules": [(s.schedule.cron, s.schedule.timezone, s.active) for s in d.schedules],
+        }
+    return out
+
+
+def delete_all(client) -> None:
+    from prefect.exceptions import ObjectNotFound
+
+    for name in NAMES:
+        try:
+            client.delete_deployment(client.read_deployment_by_name(name).id)
+        except ObjectNotFound:
+            pass
+
+
+@pytest.fixture
+def client(prefect_server):
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: prefect_server}), get_client(sync_client=True) as c:
+        yield c
+
+
+def test_sbt_deploy_and_prefect_yaml_register_the_same_deployments(prefect_server, client):
+    delete_all(client)
+    out = sbt_deploy(prefect_server)
+    assert "(schedule cron '0 3 * * *': active (new deployment))" in out, out
+    by_sbt = snapshot(client)
+
+    delete_all(client)
+    proc = subprocess.run([sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all", "--prefect-file",
+                           "deployments/prefect.yaml"], cwd=ROOT, env=_env(prefect_server), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    by_yaml = snapshot(client)
+
+    tiny = load_run_config(ROOT / "configs" / "tiny.yaml").model_dump(mode="json")
+    assert by_sbt["sbt-pipeline/pipeline"]["parameters"] == {"config": tiny, "run_dir": RUN_DIR}
+    assert by_sbt["sbt-evaluate-latest/nightly"]["schedules"] == [("0 3 * * *", "UTC", True)]
+    for name in NAMES:
+        assert by_yaml[name] == by_sbt[name], name
+
+
+def test_sbt_deploy_keeps_a_schedules_state_unless_told(prefect_server, client):
+    from deployments.register import register
+
+    sbt_deploy(prefect_server)
+    nightly = client.read_deployment_by_name("sbt-evaluate-latest/nightly")
+    client.update_deployment_schedule(nightly.id, nightly.schedules[0].id, active=False)  # paused in the UI
+
+    out = sbt_deploy(prefect_server)
+    assert "inactive (kept from the existing deployment)" in out, out
+    assert not client.read_deployment_by_name("sbt-evaluate-latest/nightly").schedules[0].active
+
+    config = load_run_config(ROOT / "configs" / "tiny.yaml").model_dump(mode="json")
+    for asked in (True, False):
+        made = register(config, RUN_DIR, gpu_pool="routes-gpu", cpu_pool="routes-cpu", nightly=asked)
+        assert made["sbt-evaluate-latest/nightly"]["schedule"].endswith(f"{'active' if asked else 'inactive'} (as asked)")
+        assert client.read_deployment_by_name("sbt-evaluate-latest/nightly").schedules[0].active is asked
+
+
+def test_the_committed_prefect_yaml_is_what_sbt_deploy_writes(tmp_path):
+    from deployments.register import prefect_yaml
+
+    tiny = load_run_config(ROOT / "configs" / "tiny.yaml").model_dump(mode="json")
+    assert (ROOT / "deployments" / "prefect.yaml").read_text() == prefect_yaml(tiny), \
+        "regenerate: sbt deploy -c tiny --write-prefect-yaml deployments/prefect.yaml"
