@@ -214,7 +214,8 @@ def create_deployment(client, spec: dict[str, Any], workdir: str, active: bool |
         if "cron" in s:
             schedule, what = CronSchedule(cron=s["cron"], timezone=s.get("timezone")), f"cron {s['cron']!r}"
         else:
-            schedule = IntervalSchedule(interval=timedelta(seconds=s["interval"]), anchor_date=s.get("anchor_date"))
+            anchor = {"anchor_date": s["anchor_date"]} if "anchor_date" in s else {}
+            schedule = IntervalSchedule(interval=timedelta(seconds=s["interval"]), **anchor)
             what = f"every {s['interval']} s"
         try:
             previous = [x.active for x in client.read_deployment_by_name(name).schedules]

@@ -92,13 +92,15 @@ def build_data(
 @app.command("import-dataset")
 @_clean_errors
 def import_dataset(
-    src: str = typer.Option(..., help="The paper's released JSON or JSONL file."),
+    src: str = typer.Option(..., help="The paper's released data: a Parquet/JSON/JSONL/CSV file, a folder, or "
+                            "a dataset name in the local Hugging Face cache (yangxw/countdown-backtracking)."),
     out: str = typer.Option(..., help="Output folder."),
+    split: str = typer.Option("train", help="Split to import (train, validation)."),
 ):
-    """Import the paper's released dataset rows into our Parquet schema."""
+    """Import the paper's released dataset rows into our Parquet schema (through `datasets`)."""
     from sbt_core.countdown import importer
 
-    uris = importer.run(src, out)
+    uris = importer.run(src, out, split)
     typer.echo("\n".join(f"{k}: {v}" for k, v in uris.items()))
 
 

@@ -192,6 +192,54 @@ def parquet_rows(uri: str) -> int:
         return pq.ParquetFile(f).metadata.num_rows
 
 
+def unreadable(folder: str, skip: tuple[str, ...] = ("checkpoints",)) -> list[str]:
+    """The artifacts under `folder` that do not open: Parquet files whose footer does not parse
+    (half-written, truncated) and JSON files that are not JSON, each as `path (reason)`. Subfolders
+    named in `skip` are left out (training checkpoints: resume picks the last complete one)."""
+    fs, path = _fs(folder)
+    if not fs.exists(path):
+        return []
+    bad = []
+    for name in sorted(fs.find(path)):
+        if not name.endswith((".parquet", ".json")) or any(f"/{d}/" in name for d in skip):
+            continue
+        try:
+            with fs.open(name, "rb") as f:
+                if name.endswith(".parquet"):
+                    pq.ParquetFile(f).metadata  # noqa: B018 - reading the footer is the check
+                else:
+                    json.loads(f.read())
+        except Exception as e:  # noqa: BLE001 - pyarrow and json raise many kinds; the reason is reported
+            bad.append(f"{name} ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})")
+    return bad
+
+
+# What differs between two runs of the same config (README, "What is nondeterministic"): wall-clock
+# fields and absolute paths live in these files, in training checkpoints and in search shards.
+NONDETERMINISTIC_FILES = ("stage.json", "run.json", "manifest.json", "train_metrics.json", "summary.json",
+                          "training_args.bin")
+NONDETERMINISTIC_DIRS = ("checkpoints", "shards")
+
+
+def snapshot(run_dir: str | Path) -> dict[str, str]:
+    """Content hashes of a local run's artifacts, relative path -> sha256, without the nondeterministic
+    files above and the `seconds` column of Parquet tables: equal for two runs of the same config."""
+    root = Path(run_dir)
+    out = {}
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root)
+        if not p.is_file() or p.name in NONDETERMINISTIC_FILES or set(rel.parts) & set(NONDETERMINISTIC_DIRS):
+            continue
+        if p.suffix == ".parquet":
+            table = pq.read_table(p)
+            table = table.drop_columns([c for c in ("seconds",) if c in table.column_names])
+            data = json.dumps(table.to_pylist(), sort_keys=True, default=str).encode()
+        else:
+            data = p.read_bytes()
+        out[str(rel)] = hashlib.sha256(data).hexdigest()
+    return out
+
+
 def write_json(obj: Any, uri: str) -> str:
     write_bytes(uri, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
     return str(uri)

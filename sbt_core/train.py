@@ -46,31 +46,58 @@ def masked_char_spans(prompt: str, response: str) -> list[tuple[int, int]]:
     return spans
 
 
+def encode_batch(tokenizer, nums, targets, responses, context_length: int) -> dict[str, list[list[int]]]:
+    """input_ids and labels for a batch of rows (one tokenizer call); a token is masked when it starts
+    in a masked span; EOS ends every row and is supervised."""
+    prompts = [format_prompt(n, t) for n, t in zip(nums, targets)]
+    enc = tokenizer([p + r for p, r in zip(prompts, responses)], return_offsets_mapping=True, add_special_tokens=True)
+    eos = tokenizer.eos_token_id
+    out: dict[str, list[list[int]]] = {"input_ids": [], "labels": []}
+    for prompt, response, ids, offsets in zip(prompts, responses, enc["input_ids"], enc["offset_mapping"]):
+        spans = masked_char_spans(prompt, response)
+        labels = [IGNORE if any(a <= start < b for a, b in spans) else tok for tok, (start, _) in zip(ids, offsets)]
+        out["input_ids"].append((list(ids) + [eos])[:context_length])
+        out["labels"].append((labels + [eos])[:context_length])
+    return out
+
+
 def encode_example(tokenizer, nums, target: int, response: str, context_length: int) -> dict[str, list[int]]:
-    """input_ids and labels for one row; a token is masked when it starts in a masked span."""
-    prompt = format_prompt(nums, target)
-    enc = tokenizer(prompt + response, return_offsets_mapping=True, add_special_tokens=True)
-    spans = masked_char_spans(prompt, response)
-    ids = list(enc["input_ids"]) + [tokenizer.eos_token_id]
-    labels = [
-        IGNORE if any(a <= start < b for a, b in spans) else tok
-        for tok, (start, _) in zip(enc["input_ids"], enc["offset_mapping"])
-    ] + [tokenizer.eos_token_id]
-    return {"input_ids": ids[:context_length], "labels": labels[:context_length]}
+    """`encode_batch` for one row."""
+    out = encode_batch(tokenizer, [nums], [target], [response], context_length)
+    return {k: v[0] for k, v in out.items()}
 
 
-class SFTDataset(torch.utils.data.Dataset):
-    def __init__(self, table, tokenizer, context_length: int):
-        self.rows = [
-            encode_example(tokenizer, n, t, r, context_length)
-            for n, t, r in zip(table["nums"].to_pylist(), table["target"].to_pylist(), table["response"].to_pylist())
-        ]
+def sft_rows(data: str):
+    """SFT rows (nums, target, response) as a `datasets.Dataset`.
 
-    def __len__(self):
-        return len(self.rows)
+    A local Parquet file is read with `Dataset.from_parquet` (an Arrow cache keyed by the file,
+    so `map` below caches too); a remote one (s3://) is read into memory; anything else (a
+    folder, a JSON/JSONL/CSV file, a dataset name in the local Hugging Face cache) is loaded as
+    the released layout. The released `search_path` column is read as `response`.
+    """
+    import datasets
 
-    def __getitem__(self, i):
-        return self.rows[i]
+    if str(data).endswith(".parquet"):
+        rows = datasets.Dataset.from_parquet(str(data)) if io.is_local(data) else datasets.Dataset(io.read_parquet(data))
+    else:
+        from sbt_core.countdown import importer
+
+        rows = importer.load(data)
+    if "response" not in rows.column_names and "search_path" in rows.column_names:
+        rows = rows.rename_column("search_path", "response")
+    return rows
+
+
+def tokenised(rows, tokenizer, context_length: int):
+    """`rows` tokenised with `Dataset.map`, cached under a fingerprint of the rows, the tokenizer's
+    content and the context length (a rerun on the same data reuses the cache file)."""
+    fingerprint = io.config_hash({"rows": rows._fingerprint, "tokenizer": tokenizer.backend_tokenizer.to_str(),
+                                  "eos": tokenizer.eos_token_id, "context_length": context_length, "v": 1})
+    return rows.map(
+        lambda b: encode_batch(tokenizer, b["nums"], b["target"], b["response"], context_length),
+        batched=True, batch_size=1000, remove_columns=rows.column_names, new_fingerprint=fingerprint,
+        desc="tokenise",
+    )
 
 
 class Collator:
@@ -172,8 +199,7 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig, data_uri: str, out_dir: str,
     # fp32 master weights always; `bf16` means bf16 autocast on a GPU. (Loading the weights in
     # bf16 made AdamW update bf16 parameters directly, where small updates round away.)
     model, tokenizer = load(init, dtype=torch.float32)
-    table = io.read_parquet(data_uri)
-    dataset = SFTDataset(table, tokenizer, cfg.context_length)
+    dataset = tokenised(sft_rows(data_uri), tokenizer, cfg.context_length)
     collator = Collator(tokenizer.pad_token_id)
     trainer = Trainer(
         model=model,

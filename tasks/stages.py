@@ -88,7 +88,13 @@ def run_stage(stage: str, out_dir: str, config: Any, upstream: list[StageResult]
     use_storage_block()
     key = stage_key(stage, config, upstream, out_dir)
     record_uri = io.join(out_dir, RECORD)
-    record = io.read_json(record_uri) if io.exists(record_uri) else None
+    record = _read_record(record_uri)
+    if record and (broken := io.unreadable(out_dir)):
+        # A torn write (every write is temp file + rename, so: a disk fault or a hand edit): start over.
+        logger.warning("%s: unreadable artifacts in %s: %s; rerunning the stage from scratch", stage, out_dir,
+                       "; ".join(broken))
+        io.remove(out_dir)
+        record = None
     if record and record.get("key") == key and record.get("status") == "done":
         if all(io.exists(u) for u in record["outputs"].values()):
             logger.info("%s: cached, outputs in %s (key %s)", stage, out_dir, key)
@@ -108,6 +114,17 @@ def run_stage(stage: str, out_dir: str, config: Any, upstream: list[StageResult]
     io.write_json(record, record_uri)
     logger.info("%s: done in %.1f s", stage, record["seconds"])
     return record
+
+
+def _read_record(uri: str) -> dict | None:
+    """The stage record; one that is not JSON reads as {"status": "unreadable"} (then the folder check
+    above names it and the stage reruns)."""
+    if not io.exists(uri):
+        return None
+    try:
+        return io.read_json(uri)
+    except (ValueError, UnicodeDecodeError):
+        return {"status": "unreadable"}
 
 
 def _maybe_fail(stage: str) -> None:

@@ -6,6 +6,9 @@ import os
 
 import pytest
 
+from flows.local_server import start as start_prefect_server
+from flows.local_server import stop
+
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -31,55 +34,6 @@ def trained(tmp_path_factory, data_dir):
     cfg = TrainConfig(max_steps=150, batch_size=32, learning_rate=3e-3, warmup_steps=10, save_steps=1000, logging_steps=50)
     out = train.train(cfg, ModelConfig(size="1m"), sft, str(root / "run"))
     return root, out["model"], sft
-
-
-def start_prefect_server(home, ui: bool = False):
-    """A real `prefect server` process with its home in `home`; returns (process, API URL).
-
-    Its scheduler loops every 2 s (60 s by default) so a test can wait for it to create runs.
-    """
-    import socket
-    import subprocess
-    import sys
-    import time
-    import urllib.request
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "PREFECT_UI_ENABLED": str(ui).lower(), "PREFECT_API_URL": "",
-           "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2"}
-    log = open(home / "server.log", "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}/api"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                if r.status == 200:
-                    return proc, url
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError(f"prefect server did not start:\n{(home / 'server.log').read_text()[-3000:]}")
-        time.sleep(0.5)
-
-
-def stop(proc) -> None:
-    import signal
-    import subprocess
-
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=20)
 
 
 @pytest.fixture(scope="session")

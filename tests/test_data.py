@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from sbt_core import build_data, io
@@ -104,27 +105,89 @@ def test_build_data_is_deterministic_and_ratios_configurable(data_dir):
     assert set(two["error_type"].drop_null().to_pylist()) == {"rule_violation"}
 
 
-def test_import_paper_rows(tmp_path):
-    rows = [
-        {"nums": [90, 11, 37, 95], "target": 55, "search_path": "90+95=185\n11*185=2035\n2035/37=55\nGoal Reached!",
-         "is_find": True, "is_backtrack": False},
-        {"nums": [90, 11, 37, 95], "target": 55, "search_path": "90+95=185\n11*185=2035\n84/5=83\n<backtrack>",
-         "is_find": False, "is_backtrack": True},
-    ]
-    src = tmp_path / "d.jsonl"
-    src.write_text("\n".join(json.dumps(r) for r in rows))
+RELEASED = [  # the released layout (yangxw/countdown-backtracking): rows as its viewer shows them
+    {"nums": [90, 11, 37, 95], "target": 55, "search_path": "90+95=185\n11*185=2035\n2035/37=55\nGoal Reached!",
+     "is_find": True, "is_backtrack": False},
+    {"nums": [90, 11, 37, 95], "target": 55, "search_path": "90+95=185\n11*185=2035\n84/5=83\n<backtrack>",
+     "is_find": False, "is_backtrack": True},
+    {"nums": [45, 39, 10, 2], "target": 62, "search_path": "45-39=6\n10*6=60\n2+60=62\nGoal Reached!",
+     "is_find": True, "is_backtrack": False},
+    {"nums": [45, 39, 10, 2], "target": 62, "search_path": "114-75=39\n<backtrack>",
+     "is_find": False, "is_backtrack": True},
+]
+
+
+def write_released(path, rows, columns):
+    """The released rows with `columns` only, as Parquet, JSONL, JSON (a list) or CSV."""
+    import pyarrow.csv as pcsv
+
+    rows = [{c: r[c] for c in columns} for r in rows]
+    if path.suffix == ".parquet":
+        io.write_parquet(pa.Table.from_pylist(rows), str(path))
+    elif path.suffix == ".jsonl":
+        path.write_text("\n".join(json.dumps(r) for r in rows))
+    elif path.suffix == ".json":
+        path.write_text(json.dumps(rows))
+    else:
+        pcsv.write_csv(pa.Table.from_pylist([{**r, "nums": json.dumps(r["nums"])} for r in rows]), str(path))
+    return path
+
+
+@pytest.mark.parametrize("columns", [("nums", "target", "search_path"),
+                                     ("nums", "target", "search_path", "is_find", "is_backtrack")])
+@pytest.mark.parametrize("suffix", [".parquet", ".jsonl", ".json", ".csv"])
+def test_import_the_released_layout(tmp_path, columns, suffix):
+    src = write_released(tmp_path / f"train{suffix}", RELEASED, columns)
     out = importer.run(str(src), str(tmp_path / "out"))
     sft = io.read_parquet(out["sft"]).to_pylist()
-    assert [r["kind"] for r in sft] == ["optimal", "backtrack"] and sft[1]["prefix_len"] == 2
-    assert io.read_parquet(out["problems"])["solution"].to_pylist() == [rows[0]["search_path"]]
-    (tmp_path / "l.json").write_text(json.dumps(rows))
-    assert len(importer.import_rows((tmp_path / "l.json").read_text())[0]) == 2
+    assert [r["kind"] for r in sft] == ["optimal", "backtrack", "optimal", "backtrack"]
+    assert [r["prefix_len"] for r in sft] == [3, 2, 3, 0] and sft[0]["nums"] == [90, 11, 37, 95]
+    assert io.read_parquet(out["problems"])["solution"].to_pylist() == [RELEASED[0]["search_path"],
+                                                                        RELEASED[2]["search_path"]]
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["config"]["kind_from"] == ("flags" if "is_find" in columns else "search_path ending")
+
+
+def test_import_a_folder_and_a_hub_name_from_the_local_cache(tmp_path, monkeypatch):
+    """The repository's files in a folder, and the dataset's name resolved offline from the hub cache."""
+    folder = tmp_path / "countdown-backtracking"
+    (folder / "data").mkdir(parents=True)
+    write_released(folder / "data" / "train-00000-of-00001.parquet", RELEASED, ("nums", "target", "search_path"))
+    write_released(folder / "data" / "validation-00000-of-00001.parquet", RELEASED[:2], ("nums", "target", "search_path"))
+    assert len(io.read_parquet(importer.run(str(folder), str(tmp_path / "a"))["sft"])) == 4
+    assert len(io.read_parquet(importer.run(str(folder), str(tmp_path / "b"), split="validation")["sft"])) == 2
+    # the hub cache layout huggingface_hub writes: datasets--owner--name/{refs/main, snapshots/<commit>/...}
+    cache = tmp_path / "hub"
+    repo = cache / "datasets--yangxw--countdown-backtracking"
+    commit = "0" * 40
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    import shutil
+
+    shutil.copytree(folder, repo / "snapshots" / commit)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "datasets-cache"))
+    import importlib
+
+    import datasets.config
+    import huggingface_hub.constants
+
+    importlib.reload(huggingface_hub.constants)
+    importlib.reload(datasets.config)
+    try:
+        out = importer.run("yangxw/countdown-backtracking", str(tmp_path / "c"))
+    finally:
+        monkeypatch.undo()
+        importlib.reload(huggingface_hub.constants)
+        importlib.reload(datasets.config)
+    assert [r["kind"] for r in io.read_parquet(out["sft"]).to_pylist()] == ["optimal", "backtrack"] * 2
 
 
 @pytest.mark.parametrize(
     "row,message",
     [
-        ({"target": 5, "search_path": "Goal Reached!", "is_find": True, "is_backtrack": False}, "row 2: field 'nums' is missing"),
+        ({"target": 5, "search_path": "Goal Reached!", "is_find": True, "is_backtrack": False}, "row 2: field 'nums'"),
         ({"nums": [1, "2"], "target": 5, "search_path": "Goal Reached!", "is_find": True, "is_backtrack": False}, "row 2: field 'nums'"),
         ({"nums": [1, 2], "target": "5", "search_path": "Goal Reached!", "is_find": True, "is_backtrack": False}, "row 2: field 'target'"),
         ({"nums": [1, 2], "target": 5, "search_path": "1+2=3", "is_find": True, "is_backtrack": False}, "row 2: field 'search_path'"),
@@ -134,9 +197,19 @@ def test_import_paper_rows(tmp_path):
 def test_import_errors_name_row_and_field(row, message):
     good = {"nums": [1, 2], "target": 3, "search_path": "1+2=3\nGoal Reached!", "is_find": True, "is_backtrack": False}
     with pytest.raises(importer.DatasetFormatError, match=message):
-        importer.import_rows(json.dumps(good) + "\n" + json.dumps(row))
-    with pytest.raises(importer.DatasetFormatError, match="row 2: not valid JSON"):
-        importer.import_rows(json.dumps(good) + "\n{oops")
+        importer.convert([good, row])
+
+
+def test_import_errors_for_unreadable_sources(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"nums": [1, 2], "target": 3, "search_path": "1+2=3\\nGoal Reached!"}\n{oops')
+    with pytest.raises(importer.DatasetFormatError, match="bad.jsonl"):
+        importer.run(str(bad), str(tmp_path / "out"))
+    with pytest.raises(importer.DatasetFormatError, match="search_path"):
+        importer.convert([{"nums": [1, 2], "target": 3, "search_path": "1+2=3"}])  # no flags, no terminator
+    (tmp_path / "x.txt").write_text("hello")
+    with pytest.raises(importer.DatasetFormatError, match="not a Parquet, JSON, JSONL or CSV file"):
+        importer.load(str(tmp_path / "x.txt"))
 
 
 def test_computational_errors_at_the_target_bend_the_last_step(data_dir):

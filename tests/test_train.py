@@ -126,3 +126,34 @@ def test_deepspeed_zero2_two_ranks_launched_by_the_stage(tmp_path, data_dir):
     assert len(shards) == 2, shards  # one ZeRO-2 optimizer shard per rank
     metrics = json.loads((out / "train_metrics.json").read_text())
     assert metrics["train/steps"] == 3 and (out / "model" / "model.safetensors").exists()
+
+
+def test_tokenised_rows_match_one_at_a_time_encoding_and_are_cached(tmp_path, data_dir):
+    """`Dataset.map` in batches gives what encode_example gives row by row; a second call reuses the cache file."""
+    sft = build_data.run(BuildDataConfig(), str(data_dir / "train.parquet"), str(tmp_path / "sft"))["sft"]
+    tok = build_tokenizer()
+    first = train.tokenised(train.sft_rows(sft), tok, 128)
+    table = io.read_parquet(sft)
+    for i in (0, 1, 2, len(table) - 1):
+        r = table.slice(i, 1).to_pylist()[0]
+        assert first[i] == train.encode_example(tok, r["nums"], r["target"], r["response"], 128)
+    again = train.tokenised(train.sft_rows(sft), tok, 128)
+    assert again._fingerprint == first._fingerprint and again.cache_files == first.cache_files
+    assert again.cache_files and os.path.exists(again.cache_files[0]["filename"])
+    assert train.tokenised(train.sft_rows(sft), tok, 64)._fingerprint != first._fingerprint
+
+
+@pytest.mark.parametrize("columns,suffix", [(("nums", "target", "search_path"), ".parquet"),
+                                            (("nums", "target", "search_path", "is_find", "is_backtrack"), ".jsonl")])
+def test_one_step_on_the_released_layout(tmp_path, columns, suffix):
+    """The paper's data, three- or five-column, imported and then trained on; and trained on as it is."""
+    from sbt_core.countdown import importer
+    from tests.test_data import RELEASED, write_released
+
+    src = write_released(tmp_path / f"train{suffix}", RELEASED * 4, columns)
+    imported = importer.run(str(src), str(tmp_path / "imported"))["sft"]
+    cfg = TrainConfig(max_steps=1, batch_size=4, learning_rate=1e-3, warmup_steps=0, save_steps=10, logging_steps=1)
+    for data, out in ((imported, "from-import"), (str(src), "as-released")):
+        run = train.train(cfg, ModelConfig(size="1m"), data, str(tmp_path / out))
+        metrics = json.loads(open(run["metrics"]).read())
+        assert metrics["train/steps"] == 1 and metrics["train/rows"] == 16 and metrics["train/final_loss"] > 0

@@ -69,9 +69,41 @@ def test_paper_mode_reproduces_the_papers_acceptance():
     assert cat("90-35=55\n<backtrack>", strict=False, nums=[90, 35, 4], target=55) == "correct"
 
 
+def test_paper_mode_follows_the_released_checker_where_it_differed():
+    # The released checker strips the step block, splits it on newlines and keeps empty steps.
+    for blank in ("", " ", "\t"):
+        assert cat(f"90-35=55\n{blank}\n55+4=59\nGoal Reached!", strict=False, nums=[90, 35, 4],
+                   target=59) == "format_error"
+    for lead in (" ", "\t", "\n", " \n\t"):
+        assert verify([90, 35], 55, f"{lead}90-35=55\nGoal Reached!", strict=False).correct
+    # Numbers of any length it can parse: 14 characters with zero padding is accepted...
+    assert verify([90, 37], 127, "00000000000090+37=00000000000127\nGoal Reached!", strict=False).correct
+    # ...and so are Unicode digits, as Python's \d and int() read them.
+    assert verify([20, 5], 25, "٢٠+5=25\nGoal Reached!", strict=False).correct
+    # Only blank text before the terminator is an invalid step, as there.
+    assert cat(" \nGoal Reached!", strict=False, nums=[5], target=5) == "format_error"
+
+
+def test_strict_mode_takes_ascii_digits_without_leading_zeros_and_long_results():
+    assert cat("٢٠+5=25\nGoal Reached!", nums=[20, 5], target=25) == "format_error"
+    assert cat("２０+5=25\nGoal Reached!", nums=[20, 5], target=25) == "format_error"  # fullwidth
+    assert cat("020+5=25\nGoal Reached!", nums=[20, 5], target=25) == "format_error"
+    assert cat("20+5=025\nGoal Reached!", nums=[20, 5], target=25) == "format_error"
+    assert cat("5-5=0\n0+7=7\nGoal Reached!", nums=[5, 5, 7], target=7) == "correct"
+    # Intermediate results past 12 digits are legitimate when number_max is large.
+    big = [999999, 999999, 999999, 1]
+    steps = "999999*999999=999998000001\n999998000001*999999=999997000002999999\n"
+    steps += "999997000002999999+1=999997000003000000\nGoal Reached!"
+    assert verify(big, 999997000003000000, steps).correct
+    # Blank lines and leading whitespace stay format errors in strict mode.
+    assert cat("\n90-35=55\nGoal Reached!", nums=[90, 35], target=55) == "format_error"
+    assert cat("90-35=55\n\nGoal Reached!", nums=[90, 35], target=55) == "format_error"
+
+
 def test_huge_numbers_do_not_raise():
     assert cat("9" * 5000 + "+1=1\nGoal Reached!") == "format_error"
     assert cat("9" * 5000 + "+1=1\nGoal Reached!", strict=False) == "format_error"
+    assert cat("9" * 4300 + "+1=1\nGoal Reached!", strict=False) == "format_error"  # where the released code crashes
 
 
 @settings(max_examples=400, deadline=None)

@@ -24,7 +24,10 @@ OPS = ("+", "-", "*", "/")
 
 _PROMPT_RE = re.compile(r"###Question: numbers \[([0-9, ]*)\]->target (\d+)\n###Response:\n")
 # One step: non-negative integers, one of + - * /, no spaces, e.g. `90+95=185`.
-_STEP_RE = re.compile(r"(\d+)([+\-*/])(\d+)=(\d+)")
+# ASCII digits without leading zeros: `\d` would also take Arabic-Indic or fullwidth digits,
+# which int() parses, and `007` is not how any solution is written.
+_NUMBER = r"(0|[1-9][0-9]*)"
+_STEP_RE = re.compile(rf"{_NUMBER}([+\-*/]){_NUMBER}={_NUMBER}")
 
 
 @dataclass(frozen=True)

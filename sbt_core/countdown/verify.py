@@ -5,11 +5,14 @@ Two modes, and every reported figure names the one that produced it:
 - `strict` (default): multiset bookkeeping (one copy removed per use), exact division,
   non-negative results, every number used exactly once, the last value equal to the
   target, and the response must end at the `Goal Reached!` line (only whitespace after it).
+  Numbers are ASCII digits without leading zeros.
 - `paper`: the acceptance rules of the paper's `eval_search.py validate_steps`: steps are
-  the lines before the first `<backtrack>` or `Goal Reached!`; a step need only *start*
-  with `a op b=c`; `/` is floor division; operands must be present in the pool, after
-  which *all* copies of both are removed; the last result must equal the target; not all
-  numbers need be used.
+  the text before the first `<backtrack>` or `Goal Reached!`, stripped, then split on
+  newlines with empty steps kept (so whitespace before the first step is accepted and a
+  blank line between steps is not); a step need only *start* with `a op b=c` (any length,
+  any Unicode digits, as Python's `\d` and `int` take them); `/` is floor division;
+  operands must be present in the pool, after which *all* copies of both are removed; the
+  last result must equal the target; not all numbers need be used.
 """
 
 from __future__ import annotations
@@ -22,9 +25,10 @@ from sbt_core.countdown.format import BACKTRACK, GOAL, parse_step, split_respons
 
 CATEGORIES = ("correct", "format_error", "rule_violation", "computation_error", "not_reached")
 MODES = ("strict", "paper")
-# Numbers longer than this are refused before int(): Python refuses to parse >4300 digits
-# and no Countdown value comes near it (99**4 has 8 digits).
-_MAX_DIGITS = 12
+# Numbers longer than this are refused before int() in both modes: Python refuses to parse
+# more than 4,300 digits (the released checker crashes there). It is far above any Countdown
+# value, large `number_max` included, and far above the 12 characters a padded `000...37` needs.
+_MAX_DIGITS = 1000
 _PAPER_STEP_RE = re.compile(r"(\d+)\s*([+\-*/])\s*(\d+)\s*=\s*(\d+)")
 
 
@@ -117,7 +121,7 @@ def _verify_paper(nums: list[int], target: int, response: str) -> Verdict:
         return fail("format_error", "Invalid output format")
     pool = list(nums)
     value = None
-    lines = [ln for ln in response[: min(cut)].split("\n") if ln.strip()]
+    lines = response[: min(cut)].strip().split("\n")  # as released: strip the block, keep empty steps
     for i, line in enumerate(lines):
         m = _PAPER_STEP_RE.match(line)  # a prefix match, as in the paper's code
         if m is None:
