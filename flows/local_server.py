@@ -25,6 +25,7 @@ def start(home, ui: bool = False, scheduler_loop_seconds: float = 2):
         port = s.getsockname()[1]
     env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
            "PREFECT_UI_ENABLED": str(ui).lower(), "PREFECT_API_URL": "",
+           "PREFECT_UI_API_URL": f"http://127.0.0.1:{port}/api",  # the UI's default is port 4200
            "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": str(scheduler_loop_seconds)}
     log = open(Path(home) / "server.log", "wb")
     proc = subprocess.Popen(
