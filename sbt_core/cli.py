@@ -107,7 +107,8 @@ def import_dataset(
 @app.command()
 @_clean_errors
 def train(
-    data: str = typer.Option(..., help="SFT rows (sft.parquet of build-data, import-dataset or distill-data)."),
+    data: str = typer.Option(..., help="SFT rows (sft.parquet of build-data, import-dataset or distill-data), or "
+                             "the paper's released layout as it is (a file, a folder or a cached dataset name)."),
     out: str = typer.Option(..., help="Run folder: checkpoints/, model/, train_metrics.json."),
     size: Optional[str] = typer.Option("1m", help="Tiny from-scratch model: 1m, 3m or 17m."),
     model_path: Optional[str] = typer.Option(None, help="Local HF model folder (instead of --size)."),

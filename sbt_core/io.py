@@ -99,6 +99,16 @@ def write_bytes(uri: str, data: bytes) -> None:
         _retry(lambda: _put(uri, data), f"write {uri}")
 
 
+def remove_temp_files(folder: str) -> list[str]:
+    """Delete the `.NAME.*.tmp` files a killed `write_bytes` left under a local folder; returns them."""
+    if not is_local(folder) or not Path(folder).is_dir():
+        return []
+    left = sorted(str(p) for p in Path(folder).rglob(".*.tmp") if p.is_file())
+    for p in left:
+        Path(p).unlink(missing_ok=True)
+    return left
+
+
 def _put(uri: str, data: bytes) -> None:
     # One PUT of bytes already in memory: the store publishes the object only when it completes,
     # so a killed or failed write leaves no partial object. (A streamed `fs.open(.., "wb")`

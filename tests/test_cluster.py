@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from flows.local_server import stop
 from sbt_core import io
 from tasks.stages import FAIL_FILE_ENV
 
@@ -87,12 +87,7 @@ def cluster(prefect_server, s3, tmp_path_factory):
                               cwd=home, env=env, stdout=open(home / "worker.log", "wb"), stderr=subprocess.STDOUT,
                               start_new_session=True)
     yield {"api": api, "env": env, "home": home, "deploy": deploy.stdout}
-    worker.terminate()
-    try:
-        worker.wait(timeout=30)
-    except subprocess.TimeoutExpired:  # Prefect's worker sometimes hangs in its graceful shutdown
-        os.killpg(worker.pid, signal.SIGKILL)
-        worker.wait(timeout=30)
+    stop(worker)  # SIGTERM, then SIGKILL to the group: Prefect's worker sometimes hangs in its graceful shutdown
 
 
 def test_deploy_registers_every_deployment_with_a_form(cluster):
