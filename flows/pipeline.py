@@ -86,6 +86,7 @@ def pipeline(config: RunConfig = RunConfig(), run_dir: str = "runs/tiny") -> dic
     logger = get_run_logger()
     stages.use_storage_block()
     t0 = time.monotonic()
+    io.remove_temp_files(run_dir, recursive=False)  # of a kill while copying the report or writing run.json
     ledger = _Ledger(config)
     data = ledger("generate", stages.generate, config.generate, io.join(run_dir, "data"))
     op_cfg = config.build_data.model_copy(update={"backtrack_per_optimal": 0.0})

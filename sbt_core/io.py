@@ -99,11 +99,13 @@ def write_bytes(uri: str, data: bytes) -> None:
         _retry(lambda: _put(uri, data), f"write {uri}")
 
 
-def remove_temp_files(folder: str) -> list[str]:
-    """Delete the `.NAME.*.tmp` files a killed `write_bytes` left under a local folder; returns them."""
+def remove_temp_files(folder: str, recursive: bool = True) -> list[str]:
+    """Delete the `.NAME.*.tmp` files a killed `write_bytes` left in a local folder; returns them.
+    (Object stores need none: a killed PUT leaves no object.)"""
     if not is_local(folder) or not Path(folder).is_dir():
         return []
-    left = sorted(str(p) for p in Path(folder).rglob(".*.tmp") if p.is_file())
+    found = Path(folder).rglob(".*.tmp") if recursive else Path(folder).glob(".*.tmp")
+    left = sorted(str(p) for p in found if p.is_file())
     for p in left:
         Path(p).unlink(missing_ok=True)
     return left

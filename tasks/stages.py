@@ -105,8 +105,8 @@ def run_stage(stage: str, out_dir: str, config: Any, upstream: list[StageResult]
         io.remove(out_dir)
     elif record:
         logger.info("%s: resuming an unfinished attempt in %s", stage, out_dir)
-        if left := io.remove_temp_files(out_dir):  # a kill during a write: temp file, never the artifact
-            logger.info("%s: removed %d temporary file(s) of the killed attempt", stage, len(left))
+    if left := io.remove_temp_files(out_dir):  # a write killed midway leaves its temp file, never the artifact
+        logger.info("%s: removed %d temporary file(s) of a killed attempt", stage, len(left))
     _maybe_fail(stage)
     io.write_json({"stage": stage, "key": key, "dir": str(out_dir), "status": "running"}, record_uri)
     t0 = time.monotonic()

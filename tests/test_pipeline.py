@@ -157,6 +157,9 @@ def test_a_torn_artifact_reruns_its_stage_with_a_clear_message(finished):
     sft = run_dir / "data-op" / "sft.parquet"
     sft.write_bytes(sft.read_bytes()[: sft.stat().st_size // 2])
     (run_dir / "eval-sft-op" / "stage.json").write_text('{"stage": "eval-sft-op", "status": "do')
+    leftovers = [run_dir / "eval-sft-op" / ".summary.json.k1ll3d.tmp", run_dir / ".report.md.k1ll3d.tmp"]
+    for p in leftovers:  # what a write killed midway leaves (temp file + rename)
+        p.write_bytes(b"half")
     before = flow_run_ids(api)
     proc = sbt_run(api, run_dir)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -167,6 +170,7 @@ def test_a_torn_artifact_reruns_its_stage_with_a_clear_message(finished):
     tasks = new_runs(api, before)["tasks"]
     assert tasks["build-data-op"] == ["Completed"] and tasks["eval-sft-op"] == ["Completed"]
     assert tasks["sft-op"] == ["Cached"]  # same key upstream: the rebuilt data is the same bytes
+    assert not any(p.exists() for p in leftovers)
     assert snapshot(run_dir) == finished["snapshot"]
 
 
