@@ -14,11 +14,12 @@ import urllib.request
 from pathlib import Path
 
 
-def start(home, ui: bool = False, scheduler_loop_seconds: float = 2):
+def start(home, ui: bool = False, scheduler_loop_seconds: float = 2, scheduled_runs: int = 3):
     """A real `prefect server` process with its home in `home`; returns (process, API URL).
 
     Its scheduler loops every `scheduler_loop_seconds` (Prefect's default is 60) so a test can
-    wait for it to create runs.
+    wait for it to create runs, and creates at most `scheduled_runs` ahead per deployment (the
+    default, 100, fills SQLite with runs of a short test interval and makes the server answer 503).
     """
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -26,7 +27,9 @@ def start(home, ui: bool = False, scheduler_loop_seconds: float = 2):
     env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
            "PREFECT_UI_ENABLED": str(ui).lower(), "PREFECT_API_URL": "",
            "PREFECT_UI_API_URL": f"http://127.0.0.1:{port}/api",  # the UI's default is port 4200
-           "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": str(scheduler_loop_seconds)}
+           "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": str(scheduler_loop_seconds),
+           "PREFECT_SERVER_SERVICES_SCHEDULER_MAX_RUNS": str(scheduled_runs),
+           "PREFECT_SERVER_SERVICES_SCHEDULER_MIN_RUNS": str(min(3, scheduled_runs))}
     log = open(Path(home) / "server.log", "wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],

@@ -54,13 +54,16 @@ def test_every_stage_from_the_command_line(tmp_path):
         (["build-data", "--data", "missing.parquet", "--out", "X", "--error-ratio", "1:2"], "three weights"),
         (["search", "--model", "nowhere", "--data", "missing.parquet", "--out", "X"], "no such artifact"),
         (["train", "--data", "missing.parquet", "--out", "X", "--lr", "-1"], "learning_rate"),
-        (["import-dataset", "--src", "BAD", "--out", "X"], "row 1"),
+        (["import-dataset", "--src", "BAD.jsonl", "--out", "X"], "row 1: field 'search_path' is missing"),
+        (["import-dataset", "--src", "BAD", "--out", "X"], "not a Parquet, JSON, JSONL or CSV file"),
+        (["import-dataset", "--src", "nobody/no-such-dataset", "--out", "X"], "not in the local Hugging Face cache"),
     ],
 )
 def test_bad_input_fails_with_a_message_not_a_traceback(tmp_path, args, message):
-    (tmp_path / "BAD").write_text('{"nums": [1], "target": 1}\n')
+    for name in ("BAD", "BAD.jsonl"):
+        (tmp_path / name).write_text('{"nums": [1], "target": 1}\n')
     proc = subprocess.run([sys.executable, "-m", "sbt_core.cli", *args], capture_output=True, text=True, cwd=tmp_path)
-    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and message in " ".join(proc.stderr.split()) and "Traceback" not in proc.stderr
     assert not (tmp_path / "X").exists() or not any((tmp_path / "X").rglob("*.parquet"))
 
 

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -38,11 +39,18 @@ def _client(api: str):
 
 
 def rest(api: str, method: str, path: str, body: dict | None = None):
+    """One REST call; a 503 (the server's SQLite busy) is retried with backoff, as Prefect's own client does."""
     req = urllib.request.Request(f"{api}{path}", method=method, data=json.dumps(body).encode() if body else None,
                                  headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=30) as r:
-        text = r.read()
-    return json.loads(text) if text else None
+    for attempt in range(6):
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                text = r.read()
+            return json.loads(text) if text else None
+        except urllib.error.HTTPError as e:
+            if e.code != 503 or attempt == 5:
+                raise
+            time.sleep(0.5 * 2**attempt)
 
 
 def wait_final(api: str, flow_run_id: str, timeout: float = 600) -> dict:

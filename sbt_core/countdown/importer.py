@@ -37,6 +37,7 @@ class DatasetFormatError(ValueError):
 
 def load(source: str, split: str = "train"):
     """The released rows of `split` as a `datasets.Dataset` (see the module docstring for sources)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # names resolve from the local cache only (read at import)
     import datasets
 
     path = Path(source)
@@ -53,7 +54,6 @@ def load(source: str, split: str = "train"):
             return datasets.load_dataset(str(path), split=split)
         # A hub name, from the local caches only (no network here or on most GPU workers): a copy
         # `load_dataset` prepared before, else the repository's files in the hub cache.
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
         try:
             return datasets.load_dataset(source, split=split)
         except Exception as e:  # noqa: BLE001 - not prepared before: look for the downloaded files
