@@ -104,7 +104,7 @@ def prefect_yaml(config: dict, image: str | None = None) -> str:
 
     Pools, run dir and working directory come from the environment (SBT_GPU_POOL, SBT_CPU_POOL,
     SBT_RUN_DIR, SBT_WORKDIR), the preset is written in full as the `config` parameter, so both
-    routes register the same deployments, parameters and schedule state (tests/test_cluster.py).
+    routes register the same deployments, parameters and schedule state (tests/test_deploy_routes.py).
     """
     import yaml
 
@@ -128,6 +128,7 @@ def prefect_yaml(config: dict, image: str | None = None) -> str:
         "#   SBT_WORKDIR=$PWD SBT_GPU_POOL=sbt-gpu SBT_CPU_POOL=sbt-cpu SBT_RUN_DIR=s3://bucket/runs/tiny \\\n"
         "#     prefect deploy --all --prefect-file deployments/prefect.yaml\n"
     )
+
     class Dumper(yaml.SafeDumper):
         def ignore_aliases(self, data):  # the preset in full under each deployment, no &id001 anchors
             return True

@@ -70,7 +70,7 @@ def call(deployment: str, task, *args, **kwargs) -> tuple[stages.StageResult, bo
             run = run_deployment(deployment, parameters={"task": task.name, "params": params}, timeout=0,
                                  flow_run_name=stage, idempotency_key=key, as_subflow=True)
             logger.info("%s: flow run %s of %s", stage, run.id, deployment)
-        elif run.state.type in RESUMABLE or run.state.type == StateType.CANCELLED:
+        elif run.state.type in (*RESUMABLE, StateType.CANCELLED):
             logger.info("%s: retrying its flow run %s (%s in an earlier attempt)", stage, run.id, run.state.name)
             client.set_flow_run_state(run.id, _awaiting_retry(), force=True)
         else:

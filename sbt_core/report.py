@@ -66,6 +66,11 @@ def _pct(x) -> str:
 MODEL_LABELS = {"sft": "SFT on optimal paths (D_op)", "bt": "SFT on D_op ∪ D_back"}
 
 
+def model_label(model: str) -> str:
+    """`sft`, `bt` or `ei{r}` as the report's first column names it."""
+    return MODEL_LABELS.get(model, f"expert iteration round {model[2:]}")
+
+
 def markdown(rows: dict[str, dict], title: str = "Countdown", notes: list[str] = ()) -> str:
     """Table 1's shape: one row per method, grouped by model; seen and new targets."""
     lines = [
@@ -78,7 +83,7 @@ def markdown(rows: dict[str, dict], title: str = "Countdown", notes: list[str] =
         "|---|---|---|---|---|---|---|",
     ]
     for key, r in rows.items():
-        label = MODEL_LABELS.get(r["model"], f"expert iteration round {r['model'][2:]}")
+        label = model_label(r["model"])
         lines.append(
             f"| {label} | `{key}` | {_pct(r['accuracy_seen'])} ({_pct(r['accuracy_seen_paper'])}) | "
             f"{_pct(r['accuracy_new'])} ({_pct(r['accuracy_new_paper'])}) | {r['tokens_per_problem']:.0f} | "
@@ -250,7 +255,7 @@ def table(rows: dict[str, dict]) -> list[dict]:
         return None if x is None else round(100 * x, 1)
 
     return [
-        {"model": MODEL_LABELS.get(r["model"], f"expert iteration round {r['model'][2:]}"), "row": key,
+        {"model": model_label(r["model"]), "row": key,
          "seen targets %": pct(r["accuracy_seen"]), "new targets %": pct(r["accuracy_new"]),
          "seen targets % (paper mode)": pct(r["accuracy_seen_paper"]),
          "new targets % (paper mode)": pct(r["accuracy_new_paper"]),
