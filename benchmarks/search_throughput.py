@@ -19,8 +19,8 @@ import time
 
 import torch
 
-from sbt_core.config import GenerateConfig, SearchConfig
-from sbt_core.countdown import generate, verify
+from sbt_core import domains, io
+from sbt_core.config import SearchConfig
 from sbt_core.models import create_tiny, load
 from sbt_core.search.common import LM
 from sbt_core.search.run import search
@@ -31,7 +31,7 @@ def measure(lm: LM, problems, cfg: SearchConfig) -> dict:
     results = search(lm, problems, cfg)
     seconds = time.perf_counter() - t0
     tokens = sum(r.generated_tokens for r in results)
-    correct = sum(verify(n, t, r.output).correct for (n, t), r in zip(problems, results))
+    correct = sum(lm.domain.verify(p, r.output).correct for p, r in zip(problems, results))
     return {"problems": len(problems), "seconds": seconds, "problems_per_s": len(problems) / seconds,
             "tokens_per_s": tokens / seconds, "accuracy_strict": correct / len(problems)}
 
@@ -51,8 +51,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = args.model or str(create_tiny("1m", f"{tmp}/model", seed=0))
         lm = LM(*load(path, device=args.device))
-        val = generate.generate(GenerateConfig(num_train=1, num_val_seen=0, num_val_new=args.problems, workers=1))["val_new"]
-        problems = list(zip(val["nums"].to_pylist(), val["target"].to_pylist()))
+        countdown = domains.get("countdown")
+        cfg = countdown.GenerateConfig(num_train=1, num_val_seen=0, num_val_new=args.problems, workers=1)
+        countdown.generate(cfg, f"{tmp}/data")
+        problems = io.read_parquet(f"{tmp}/data/val_new.parquet").select(["nums", "target"]).to_pylist()
         common = dict(n=args.n, backtrack_budget=args.b, max_new_tokens=args.max_new_tokens, batch_rows=args.batch_rows)
         ours = measure(lm, problems, SearchConfig(decoder="self_backtrack", **common))
         ref = measure(lm, problems[: args.reference_problems], SearchConfig(decoder="reference", **common))

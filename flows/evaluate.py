@@ -18,9 +18,13 @@ from sbt_core.config import RunConfig
 from tasks import stages
 
 
-def latest_model(run_dir: str, rounds: int) -> stages.StageResult:
-    """The StageResult of the newest finished model stage under run_dir."""
-    candidates = [io.join(run_dir, f"ei{r}", "sft") for r in range(rounds, 0, -1)] + [io.join(run_dir, "sft-bt")]
+def latest_model(run_dir: str, config: RunConfig) -> stages.StageResult:
+    """The StageResult of the newest finished model stage under run_dir: the last expert-iteration round's,
+    else the model expert iteration starts from."""
+    start = config.expert_iteration.model
+    tag = config.models[start].stage or start if start in config.models else start
+    candidates = [io.join(run_dir, f"ei{r}", "sft") for r in range(config.expert_iteration.rounds, 0, -1)]
+    candidates.append(io.join(run_dir, f"sft-{tag}"))
     for folder in candidates:
         record_uri = io.join(folder, stages.RECORD)
         if io.exists(record_uri) and (record := io.read_json(record_uri)).get("status") == "done":
@@ -30,12 +34,12 @@ def latest_model(run_dir: str, rounds: int) -> stages.StageResult:
 
 @flow(name="sbt-evaluate-latest", log_prints=True)
 def evaluate_latest(config: RunConfig = RunConfig(), run_dir: str = "runs/tiny") -> dict[str, Any]:
-    """Evaluate the newest model of `run_dir` on val_seen and val_new."""
+    """Evaluate the newest model of `run_dir` on the domain's evaluation splits."""
     stages.use_storage_block()
-    model = latest_model(run_dir, config.expert_iteration.rounds)
+    model = latest_model(run_dir, config)
     data = stages.generate("generate", config.generate, io.join(run_dir, "data"), return_state=True).result()
     out_dir = io.join(run_dir, "eval-latest", model["key"])
-    state = stages.evaluate("eval-latest", config.eval, config.eval.ei_methods, model, data, out_dir,
+    state = stages.evaluate("eval-latest", config.eval, config.eval.ei_methods, model, data, out_dir, config.domain,
                             return_state=True)
     result = state.result()
     summary = io.read_json(result["outputs"]["summary"])

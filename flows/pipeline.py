@@ -1,14 +1,17 @@
-"""The self-backtracking pipeline as Prefect flows.
+"""The self-backtracking pipeline as Prefect flows, for any domain and any set of models.
 
-    generate → build-data (D_op; D_op ∪ D_back) → SFT (both) → evaluate (both)
+    generate → per model of `config.models`: build-data (its recipe) → SFT → evaluate (its methods)
              → K × expert_iteration_round (search train → distill → SFT → evaluate) → report
+
+The default `models` are the first paper's two: `sft` (recipe `optimal`, stages `*-op`) and `bt`
+(recipe `self_backtrack`, stages `*-bt`); expert iteration starts from `expert_iteration.model`.
 
 Every stage is a task from `tasks.stages` that caches on its key (see there): rerunning a
 flow after a crash, from the CLI or with the UI's Retry, skips finished stages, resumes the
 one that broke and runs what follows. `expert_iteration_round` is a subflow that also runs
 alone, given a model URI and a round number. Artifacts live under `run_dir`:
 
-    data/  data-op/  data-bt/  sft-op/  sft-bt/  eval-sft-op/  eval-sft-bt/
+    data/  data-{m}/  sft-{m}/  eval-sft-{m}/  (m: each model's `stage`, by default op and bt)
     ei{r}/search/  ei{r}/data/  ei{r}/sft/  ei{r}/eval/  report/  report.md  metrics.json
 """
 
@@ -22,7 +25,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.states import Completed
 
 from flows import stage_runs
-from sbt_core import io
+from sbt_core import domains, io
 from sbt_core.config import ModelConfig, RunConfig
 from tasks import stages
 from tasks.stages import StageResult
@@ -65,14 +68,15 @@ def expert_iteration_round(config: RunConfig, run_dir: str, round: int, model_ur
     data = ledger("generate", stages.generate, config.generate, io.join(run_dir, "data"))
     base = stages.external(model_uri)
     here = io.join(run_dir, f"ei{round}")
-    split = "val_new" if ei.transductive else "train"
+    split = domains.get(config.domain).eval_splits[-1] if ei.transductive else "train"
     searched = ledger(f"ei{round}-search", stages.search, config.eval.search_config(ei.method), base, data, split,
-                      ei.train_problems, io.join(here, "search"))
-    distilled = ledger(f"ei{round}-distill", stages.distill, searched, io.join(here, "data"), ei.transductive)
+                      ei.train_problems, io.join(here, "search"), config.domain)
+    distilled = ledger(f"ei{round}-distill", stages.distill, searched, io.join(here, "data"), ei.transductive,
+                       config.domain)
     model = ledger(f"ei{round}-sft", stages.sft, ei.train, ModelConfig(size=None, path=model_uri), distilled,
                    io.join(here, "sft"), base)
     evaluation = ledger(f"ei{round}-evaluate", stages.evaluate, config.eval, config.eval.ei_methods, model, data,
-                        io.join(here, "eval"))
+                        io.join(here, "eval"), config.domain)
     rows = io.parquet_rows(distilled["outputs"]["sft"])
     get_run_logger().info("round %d: %d verified outputs distilled from %d searched problems", round, rows,
                           min(ei.train_problems, io.parquet_rows(data["outputs"][split])))
@@ -82,25 +86,27 @@ def expert_iteration_round(config: RunConfig, run_dir: str, round: int, model_ur
 
 @flow(name="sbt-pipeline", log_prints=True)
 def pipeline(config: RunConfig = RunConfig(), run_dir: str = "runs/tiny") -> dict[str, Any]:
-    """The whole method on Countdown, expert iteration included; writes run_dir/report.md and metrics.json."""
+    """Every model of the config on its domain, expert iteration included; writes run_dir/report.md and
+    metrics.json."""
     logger = get_run_logger()
     stages.use_storage_block()
     t0 = time.monotonic()
     io.remove_temp_files(run_dir, recursive=False)  # of a kill while copying the report or writing run.json
     ledger = _Ledger(config)
     data = ledger("generate", stages.generate, config.generate, io.join(run_dir, "data"))
-    op_cfg = config.build_data.model_copy(update={"backtrack_per_optimal": 0.0})
-    data_op = ledger("build-data-op", stages.build_data, op_cfg, data, io.join(run_dir, "data-op"))
-    data_bt = ledger("build-data-bt", stages.build_data, config.build_data, data, io.join(run_dir, "data-bt"))
-    sft_op = ledger("sft-op", stages.sft, config.sft, config.model, data_op, io.join(run_dir, "sft-op"))
-    sft_bt = ledger("sft-bt", stages.sft, config.sft, config.model, data_bt, io.join(run_dir, "sft-bt"))
-    evaluations = {
-        "sft": ledger("eval-sft-op", stages.evaluate, config.eval, config.eval.sft_methods, sft_op, data,
-                      io.join(run_dir, "eval-sft-op")),
-        "bt": ledger("eval-sft-bt", stages.evaluate, config.eval, config.eval.bt_methods, sft_bt, data,
-                     io.join(run_dir, "eval-sft-bt")),
-    }
-    model_uri = sft_bt["outputs"]["model"]
+    specs = {name: config.model_spec(name) for name in config.models}
+    tag = {name: spec.stage or name for name, (spec, *_) in specs.items()}
+    rows = {name: ledger(f"build-data-{tag[name]}", stages.build_data, data_cfg, data,
+                         io.join(run_dir, f"data-{tag[name]}"), config.domain)
+            for name, (_, _, _, data_cfg) in specs.items()}
+    trained = {name: ledger(f"sft-{tag[name]}", stages.sft, sft_cfg, model_cfg, rows[name],
+                            io.join(run_dir, f"sft-{tag[name]}"))
+               for name, (_, model_cfg, sft_cfg, _) in specs.items()}
+    evaluations = {name: ledger(f"eval-sft-{tag[name]}", stages.evaluate, config.eval, spec.methods, trained[name],
+                                data, io.join(run_dir, f"eval-sft-{tag[name]}"), config.domain)
+                   for name, (spec, *_) in specs.items()}
+    labels = {name: spec.label for name, (spec, *_) in specs.items() if spec.label}
+    model_uri = trained[config.expert_iteration.model]["outputs"]["model"] if config.expert_iteration.rounds else None
     distilled = {}
     for r in range(1, config.expert_iteration.rounds + 1):
         out = expert_iteration_round(config, run_dir, r, model_uri)
@@ -113,7 +119,7 @@ def pipeline(config: RunConfig = RunConfig(), run_dir: str = "runs/tiny") -> dic
         *[f"expert-iteration round {r}: {n} verified outputs distilled" for r, n in distilled.items()],
     ]
     report = ledger("report", stages.report, config.name, evaluations, io.join(run_dir, "report"),
-                    config.expert_iteration.method, notes)
+                    config.expert_iteration.method, notes, labels)
     _publish(report)
     wall = time.monotonic() - t0
     ran = [r["stage"] for r in ledger.rows if not r["cached"]]

@@ -28,8 +28,9 @@ def _slug(name: str) -> str:
 
 
 def ablation_variants(config: RunConfig) -> dict[str, Any]:
-    """Variant name ("group: label") -> its BuildDataConfig; each changes one field of the preset's."""
-    base, ab = config.build_data, config.ablations
+    """Variant name ("group: label") -> its BuildDataConfig; each changes one field of the preset's (as the
+    backtracking model, `expert_iteration.model`, is built)."""
+    base, ab = config.model_spec(config.expert_iteration.model)[3], config.ablations
     out = {f"error-type ratio: {label}": base.model_copy(update={"error_type_ratio": tuple(ratio)})
            for label, ratio in ab.error_type_ratios.items()}
     out |= {f"D_op:D_back: 1:{bpo:g}": base.model_copy(update={"backtrack_per_optimal": bpo})
@@ -44,23 +45,28 @@ def ablations(config: RunConfig = RunConfig(), run_dir: str = "runs/tiny") -> di
     ab = config.ablations
     ledger = _Ledger(config)
     data = ledger("generate", stages.generate, config.generate, io.join(run_dir, "data"))
-    # The preset's own model, exactly as the pipeline builds it (cached after `sbt run`).
-    data_bt = ledger("build-data-bt", stages.build_data, config.build_data, data, io.join(run_dir, "data-bt"))
-    model = ledger("sft-bt", stages.sft, config.sft, config.model, data_bt, io.join(run_dir, "sft-bt"))
+    # The preset's backtracking model, exactly as the pipeline builds it (cached after `sbt run`).
+    name = config.expert_iteration.model
+    spec, model_cfg, sft_cfg, data_cfg = config.model_spec(name)
+    tag = spec.stage or name
+    data_bt = ledger(f"build-data-{tag}", stages.build_data, data_cfg, data, io.join(run_dir, f"data-{tag}"),
+                     config.domain)
+    model = ledger(f"sft-{tag}", stages.sft, sft_cfg, model_cfg, data_bt, io.join(run_dir, f"sft-{tag}"))
     grid_methods = list(dict.fromkeys([*ab.methods, *ab.search_grid]))
     grid = ledger("ablation-grid-evaluate", stages.evaluate, config.eval, grid_methods, model, data,
-                  io.join(run_dir, "ablations", "preset", "eval"))
+                  io.join(run_dir, "ablations", "preset", "eval"), config.domain)
     evaluations: dict[str, Any] = {}
     for name, build_cfg in ablation_variants(config).items():
-        if build_cfg == config.build_data:
+        if build_cfg == data_cfg:
             evaluations[name] = grid
             continue
         tag = _slug(name)
         here = io.join(run_dir, "ablations", tag)
-        d = ledger(f"ablation-{tag}-build-data", stages.build_data, build_cfg, data, io.join(here, "data-bt"))
-        m = ledger(f"ablation-{tag}-sft", stages.sft, config.sft, config.model, d, io.join(here, "sft-bt"))
+        d = ledger(f"ablation-{tag}-build-data", stages.build_data, build_cfg, data, io.join(here, "data-bt"),
+                   config.domain)
+        m = ledger(f"ablation-{tag}-sft", stages.sft, sft_cfg, model_cfg, d, io.join(here, "sft-bt"))
         evaluations[name] = ledger(f"ablation-{tag}-evaluate", stages.evaluate, config.eval, ab.methods, m, data,
-                                   io.join(here, "eval"))
+                                   io.join(here, "eval"), config.domain)
     notes = [f"preset `{config.name}`; {config.eval.limit or 'all'} problems per split; each variant changes one "
              "build_data field of the preset and retrains the backtracking model with the preset's SFT settings",
              "the b x N grid runs on the preset's backtracking model; no row consults the verifier"]

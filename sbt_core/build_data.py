@@ -1,159 +1,141 @@
-"""Build the self-backtracking training set D = D_op ∪ D_back from generated problems.
+"""SFT data from generated problems, by recipe. A recipe is one function plus one line in `RECIPES`.
 
-D_op: each problem's optimal path. D_back (Self-Backtracking, arXiv 2502.04404): a prefix of
-the optimal path of random length (0 to len-1 steps), one erroneous step, then `<backtrack>`.
-The erroneous step is one of three types (default ratio 1:2:2):
+- `optimal`: D_op, each problem's optimal path.
+- `self_backtrack`: D_op ∪ D_back (Self-Backtracking, arXiv 2502.04404). A D_back row is a prefix
+  of the optimal path of random length (0 to len-1 steps), one erroneous step, then `<backtrack>`;
+  the step's type is drawn with `error_type_ratio` over the domain's three error types (Countdown:
+  exploration, computational, rule_violation; Sudoku: exploration, conflict, given).
+  `computational_at_target` (Countdown; default 0, the paper's data) makes that share of the
+  computational errors the false claim a small model makes: the last step bent onto the target.
+- `dfs_trace`, `mix_trace`, `think_trace`: one search trace per problem (arXiv 2504.07052), failed
+  searches kept; `direct`: the optimal path written in the trace vocabulary. The domain writes them
+  (`Domain.trace`); a domain that has no such style refuses the recipe when the config is loaded.
 
-- exploration: a legal step with correct arithmetic after which the target can no longer be
-  reached with the remaining numbers (checked with the exhaustive solver);
-- computational: two available numbers, a wrong result;
-- rule_violation: a number that is not available (absent, or one copy used twice), with
-  correct arithmetic, like the rows visible in the paper's released dataset.
+Rows: id, problem_id, the domain's problem columns, prompt, response, kind, error_type, prefix_len
+(steps before the erroneous one on D_back rows, the number of response lines otherwise). The
+manifest records the token lengths (prompt + response, the tiny tokenizer of the recipe's
+vocabulary) per kind: mean, median, max.
 
-`computational_at_target` (default 0, the paper's data) turns that share of the computational
-errors into the failure a small model actually makes: the last step, with wrong arithmetic whose
-result is the target (`47*2=100`), then `<backtrack>`. The erroneous step stays masked.
-
-Run: `sbt build-data --data data/countdown --out data/sft`.
+Run: `sbt build-data --data data/countdown --out data/sft --recipe self_backtrack`.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import Counter
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import pyarrow as pa
 
-from sbt_core import io
+from sbt_core import domains, io
 from sbt_core.config import BuildDataConfig
-from sbt_core.countdown.format import Step, format_backtrack, parse_step, solution_steps
-from sbt_core.countdown.solver import apply_step, legal_steps, reachable
+from sbt_core.domains import Domain, Example
 
 log = logging.getLogger(__name__)
-ERROR_TYPES = ("exploration", "computational", "rule_violation")
 
 
-def _exploration(pool: list[int], target: int, rng) -> Step | None:
-    dead_ends = [s for s in legal_steps(pool) if not reachable(apply_step(pool, s), target)]
-    return dead_ends[rng.integers(len(dead_ends))] if dead_ends else None
+def optimal(domain: Domain, problem: dict, rng, cfg: BuildDataConfig, stats: dict) -> list[Example]:
+    response = domain.optimal(problem)
+    return [Example(response, "optimal", None, response.count("\n"))]
 
 
-def _computational(pool: list[int], target: int, rng) -> Step | None:
-    steps = legal_steps(pool)
-    if not steps:
-        return None
-    s = steps[rng.integers(len(steps))]
-    deltas = [d for d in range(-10, 11) if d != 0 and s.result + d >= 0]
-    return Step(s.a, s.op, s.b, s.result + deltas[rng.integers(len(deltas))])
-
-
-def _rule_violation(pool: list[int], target: int, rng, number_max: int) -> Step | None:
-    counts = Counter(pool)
-    singles = [n for n, c in counts.items() if c == 1]
-    if singles and rng.random() < 0.25:  # one copy used twice
-        a = b = singles[rng.integers(len(singles))]
-    else:  # a number that is not in the pool
-        a = pool[rng.integers(len(pool))]
-        absent = [n for n in range(1, number_max + 1) if n not in counts]
-        b = absent[rng.integers(len(absent))]
-        if rng.random() < 0.5:
-            a, b = b, a
-    # Correct arithmetic, so that the only fault is the rule.
-    options = [Step(a, "+", b, a + b), Step(a, "*", b, a * b)]
-    if a >= b:
-        options.append(Step(a, "-", b, a - b))
-    if b > 0 and a % b == 0:
-        options.append(Step(a, "/", b, a // b))
-    return options[rng.integers(len(options))]
-
-
-def _at_target(pool: list[int], target: int, rng) -> Step | None:
-    """A step over the pool whose arithmetic is bent so that it lands on the target."""
-    steps = [s for s in legal_steps(pool) if s.result != target]
-    if not steps:
-        return None
-    s = steps[rng.integers(len(steps))]
-    return Step(s.a, s.op, s.b, target)
-
-
-def _pool_after(nums: list[int], steps: list[Step]) -> list[int]:
-    pool = sorted(nums)
-    for s in steps:
-        pool = apply_step(pool, s)
-    return pool
-
-
-def backtrack_example(nums: list[int], target: int, steps: list[Step], error_type: str, rng, number_max: int = 99,
-                      at_target: bool = False):
-    """(response, error type actually used, prefix length) for one D_back row.
-
-    `at_target` (computational errors only): the error is the last step, bent onto the target.
-    """
-    if error_type == "computational" and at_target:
-        err = _at_target(_pool_after(nums, steps[:-1]), target, rng)
-        if err is not None:
-            return format_backtrack(steps[:-1], str(err)), "computational", len(steps) - 1
-    prefix_len = int(rng.integers(len(steps)))
-    pool = _pool_after(nums, steps[:prefix_len])
-    makers = {
-        "exploration": lambda: _exploration(pool, target, rng),
-        "computational": lambda: _computational(pool, target, rng),
-        "rule_violation": lambda: _rule_violation(pool, target, rng, number_max),
-    }
-    # When a type has no instance here (say, every legal step still reaches the target),
-    # fall back to the next type, recording the type actually used.
-    for kind in ERROR_TYPES[ERROR_TYPES.index(error_type) :] + ERROR_TYPES:
-        err = makers[kind]()
-        if err is not None:
-            return format_backtrack(steps[:prefix_len], str(err)), kind, prefix_len
-    raise ValueError(f"no erroneous step possible for {nums} -> {target}")
-
-
-def build(problems: pa.Table, cfg: BuildDataConfig) -> pa.Table:
-    """Rows (problem_id, nums, target, response, kind, error_type, prefix_len)."""
-    rng = np.random.default_rng([cfg.seed, 2])
+def self_backtrack(domain: Domain, problem: dict, rng, cfg: BuildDataConfig, stats: dict) -> list[Example]:
     weights = np.asarray(cfg.error_type_ratio, dtype=float)
     weights /= weights.sum()
-    all_nums = problems["nums"].to_pylist()
-    number_max = max((max(n) for n in all_nums), default=99)
-    rows = {k: [] for k in ("problem_id", "nums", "target", "response", "kind", "error_type", "prefix_len")}
-
-    def add(pid, nums, target, response, kind, error_type, prefix_len):
-        for k, v in zip(rows, (pid, nums, target, response, kind, error_type, prefix_len)):
-            rows[k].append(v)
-
-    for pid, nums, target, solution in zip(
-        problems["id"].to_pylist(), all_nums, problems["target"].to_pylist(), problems["solution"].to_pylist()
-    ):
-        steps = [parse_step(line) for line in solution_steps(solution)]
-        add(pid, nums, target, solution, "optimal", None, len(steps))
-        n_back = int(cfg.backtrack_per_optimal) + int(rng.random() < cfg.backtrack_per_optimal % 1)
-        for _ in range(n_back):
-            kind = ERROR_TYPES[rng.choice(3, p=weights)]
-            # Drawn only when asked for, so the paper's data (share 0) keeps its bytes.
-            at_target = kind == "computational" and cfg.computational_at_target > 0 and (
-                rng.random() < cfg.computational_at_target)
-            response, used, prefix_len = backtrack_example(nums, target, steps, kind, rng, number_max, at_target)
-            add(pid, nums, target, response, "backtrack", used, prefix_len)
-    return pa.table(
-        {
-            "id": pa.array(range(len(rows["kind"])), pa.int64()),
-            "problem_id": pa.array(rows["problem_id"], pa.int64()),
-            "nums": pa.array(rows["nums"], pa.list_(pa.int64())),
-            "target": pa.array(rows["target"], pa.int64()),
-            "response": pa.array(rows["response"], pa.string()),
-            "kind": pa.array(rows["kind"], pa.string()),
-            "error_type": pa.array(rows["error_type"], pa.string()),
-            "prefix_len": pa.array(rows["prefix_len"], pa.int64()),
-        }
-    )
+    rows = optimal(domain, problem, rng, cfg, stats)
+    n_back = int(cfg.backtrack_per_optimal) + int(rng.random() < cfg.backtrack_per_optimal % 1)
+    for _ in range(n_back):
+        kind = domain.error_types[rng.choice(len(domain.error_types), p=weights)]
+        # Drawn only when asked for, so the paper's data (share 0) keeps its bytes.
+        at_target = kind == "computational" and cfg.computational_at_target > 0 and (
+            rng.random() < cfg.computational_at_target)
+        rows.append(domain.backtrack_example(problem, kind, rng, at_target, stats))
+    return rows
 
 
-def run(cfg: BuildDataConfig, problems_uri: str, out_dir: str) -> dict[str, str]:
-    """Stage entry: read the train problems, write `sft.parquet` and the manifest."""
-    table = build(io.read_parquet(problems_uri), cfg)
+def _trace(style: str, kind: str = "trace") -> Callable[..., list[Example]]:
+    def recipe(domain: Domain, problem: dict, rng, cfg: BuildDataConfig, stats: dict) -> list[Example]:
+        response = domain.trace(problem, style, rng)
+        return [Example(response, kind, None, response.count("\n"))]
+
+    recipe.__name__ = f"{style}_trace"
+    return recipe
+
+
+@dataclass(frozen=True)
+class Recipe:
+    build: Callable[..., list[Example]]  # (domain, problem, rng, cfg, stats) -> rows
+    style: str | None = None  # the domain's trace style it needs; None: the step format
+
+    def vocabulary(self, domain: Domain) -> str:
+        """The tiny tokenizer's vocabulary for this recipe's text in `domain`."""
+        traced = f"{domain.name}-trace"
+        return traced if self.style and traced in domain.vocabularies else domain.name
+
+    def check(self, domain: Domain, where: str) -> None:
+        if self.style and self.style not in domain.trace_styles:
+            raise ValueError(f"{where}: {domain.name} has no {self.style!r} traces (it writes {domain.trace_styles})")
+
+
+RECIPES = {
+    "optimal": Recipe(optimal),
+    "self_backtrack": Recipe(self_backtrack),
+    "dfs_trace": Recipe(_trace("dfs"), "dfs"),
+    "mix_trace": Recipe(_trace("mix"), "mix"),
+    "think_trace": Recipe(_trace("think"), "think"),
+    "direct": Recipe(_trace("direct", "direct"), "direct"),
+}
+
+
+def build(problems: pa.Table, cfg: BuildDataConfig, domain: Domain) -> pa.Table:
+    """The recipe's rows for every problem (schema in the module docstring)."""
+    if cfg.recipe not in RECIPES:
+        raise ValueError(f"unknown recipe {cfg.recipe!r}; choose from {sorted(RECIPES)}")
+    recipe = RECIPES[cfg.recipe]
+    recipe.check(domain, "recipe")
+    rng = np.random.default_rng([cfg.seed, 2])
+    stats = domain.data_stats(problems)
+    cols = ("problem_id", *domain.columns, "prompt", "response", "kind", "error_type", "prefix_len")
+    rows: dict[str, list] = {k: [] for k in cols}
+    for problem in problems.to_pylist():
+        prompt = domain.prompt(problem)
+        for ex in recipe.build(domain, problem, rng, cfg, stats):
+            for k, v in zip(cols, (problem["id"], *(problem[c] for c in domain.columns), prompt, ex.response,
+                                   ex.kind, ex.error_type, ex.prefix_len)):
+                rows[k].append(v)
+    table = {"id": pa.array(range(len(rows["kind"])), pa.int64())}
+    for k in cols:
+        kind = problems.schema.field(k).type if k in domain.columns else None
+        table[k] = pa.array(rows[k], kind or (pa.int64() if k in ("problem_id", "prefix_len") else pa.string()))
+    return pa.table(table)
+
+
+def token_lengths(table: pa.Table, vocabulary: str) -> dict[str, dict[str, float]]:
+    """Tokens of prompt + response (+ EOS) per row kind and over all rows: mean, median, max."""
+    from sbt_core.models import build_tokenizer
+
+    tok = build_tokenizer(vocabulary)
+    texts = [p + r for p, r in zip(table["prompt"].to_pylist(), table["response"].to_pylist())]
+    lengths = np.asarray([len(ids) + 1 for ids in tok(texts, add_special_tokens=False)["input_ids"]]) if texts else \
+        np.zeros(0)
+    kinds = np.asarray(table["kind"].to_pylist())
+    out = {}
+    for name in ["all", *sorted(set(kinds.tolist()))]:
+        sel = lengths if name == "all" else lengths[kinds == name]
+        out[name] = {"rows": int(len(sel)), "mean": round(float(sel.mean()), 1) if len(sel) else 0.0,
+                     "median": float(np.median(sel)) if len(sel) else 0.0, "max": int(sel.max()) if len(sel) else 0}
+    return out
+
+
+def run(cfg: BuildDataConfig, problems_uri: str, out_dir: str, domain: str = "countdown") -> dict[str, str]:
+    """Stage entry: read the train problems, write `sft.parquet` and the manifest (with token lengths)."""
+    d = domains.get(domain)
+    table = build(io.read_parquet(problems_uri), cfg, d)
     uri = io.write_parquet(table, io.join(out_dir, "sft.parquet"))
-    io.write_manifest(out_dir, "build_data", cfg.model_dump(mode="json"), [problems_uri], {"sft": uri})
-    log.info("build-data: %d rows", len(table))
+    vocabulary = RECIPES[cfg.recipe].vocabulary(d)
+    lengths = token_lengths(table, vocabulary)
+    config = {**cfg.model_dump(mode="json"), "domain": domain, "vocabulary": vocabulary}
+    io.write_manifest(out_dir, "build_data", config, [problems_uri], {"sft": uri}, {"token_lengths": lengths})
+    log.info("build-data (%s, %s): %d rows, tokens %s", domain, cfg.recipe, len(table), lengths["all"])
     return {"sft": uri}

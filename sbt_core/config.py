@@ -7,43 +7,25 @@ Validators do no I/O.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from sbt_core.domains import DOMAINS
+from sbt_core.domains.base import StrictConfig as _Config
 
-class _Config(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class GenerateConfig(_Config):
-    seed: int = Field(0, description="Seed for every random draw of the generator.")
-    num_numbers: int = Field(4, ge=2, le=6, description="Numbers per problem (the paper: 4).")
-    number_min: int = Field(1, ge=0, description="Smallest number drawn (inclusive).")
-    number_max: int = Field(99, ge=1, le=10_000, description="Largest number drawn (inclusive).")
-    target_min: int = Field(10, ge=0, description="Smallest target (inclusive).")
-    target_max: int = Field(100, ge=1, description="Largest target (inclusive).")
-    held_out_fraction: float = Field(0.1, ge=0, lt=1, description="Share of targets held out for val_new.")
-    num_train: int = Field(500_000, ge=1, description="Problems in the train split.")
-    num_val_seen: int = Field(1000, ge=0, description="Problems in val_seen (seen targets, not in train).")
-    num_val_new: int = Field(1000, ge=0, description="Problems in val_new (held-out targets).")
-    workers: int = Field(0, ge=0, description="Worker processes; 0 = one per CPU core.")
-    chunk_size: int = Field(4096, ge=64, description="Problems per work unit (output does not depend on it).")
-
-    @model_validator(mode="after")
-    def _ranges(self):
-        if self.number_min > self.number_max:
-            raise ValueError("number_min must be <= number_max")
-        if self.target_min > self.target_max:
-            raise ValueError("target_min must be <= target_max")
-        return self
+# `generate:` is the settings of the run's domain, told apart by their `domain` field.
+GenerateConfig = Annotated[Union[tuple(d.GenerateConfig for d in DOMAINS.values())], Field(discriminator="domain")]
 
 
 class BuildDataConfig(_Config):
+    recipe: str = Field("self_backtrack", description="What the SFT rows are (`build_data.RECIPES`): optimal, "
+                        "self_backtrack, dfs_trace, mix_trace, think_trace or direct.")
     seed: int = Field(0, description="Seed for prefix lengths, error types and erroneous steps.")
     error_type_ratio: tuple[float, float, float] = Field(
-        (1, 2, 2), description="Relative weights of exploration : computational : rule-violation errors."
+        (1, 2, 2), description="Relative weights of the domain's three D_back error types, in its order: "
+        "Countdown exploration : computational : rule-violation; Sudoku exploration : conflict : given."
     )
     backtrack_per_optimal: float = Field(
         1.0, ge=0, description="D_back rows per D_op row (1.0 is D_op:D_back = 1:1; 2.0 is 1:2)."
@@ -66,6 +48,8 @@ class ModelConfig(_Config):
     )
     path: str | None = Field(None, description="Local path of a Hugging Face causal LM and tokenizer.")
     seed: int = Field(0, description="Seed for the from-scratch initialisation.")
+    vocabulary: str | None = Field(None, description="The from-scratch tokenizer's vocabulary (a domain's: "
+                                   "countdown, countdown-trace, sudoku); None: countdown.")
 
     @model_validator(mode="after")
     def _one_source(self):
@@ -149,15 +133,13 @@ def _known_methods(names: list[str]) -> list[str]:
 
 class EvalConfig(_Config):
     limit: int | None = Field(200, ge=1, description="Problems per evaluation split (None: all).")
-    sft_methods: list[str] = Field(SFT_METHODS, description="Methods run on the optimal-path SFT model.")
-    bt_methods: list[str] = Field(BT_METHODS, description="Methods run on the D_op ∪ D_back model.")
     ei_methods: list[str] = Field(EI_METHODS, description="Methods run on each expert-iteration model.")
     temperature: float = Field(0.7, ge=0, description="Sampling temperature of every sampling method.")
     max_new_tokens: int = Field(64, ge=1, description="Token limit of one continuation.")
     batch_rows: int = Field(2048, ge=1, description="Sequences decoded together.")
     seed: int = Field(4, description="Sampling seed.")
 
-    _methods = field_validator("sft_methods", "bt_methods", "ei_methods")(_known_methods)
+    _methods = field_validator("ei_methods")(_known_methods)
 
     def search_config(self, method: str) -> SearchConfig:
         return SearchConfig(**{**METHODS[method], "temperature": self.temperature,
@@ -165,8 +147,29 @@ class EvalConfig(_Config):
                                "seed": self.seed})
 
 
+class ModelSpec(_Config):
+    """One model of the run: the data recipe it is trained on, its size and SFT, and how it is evaluated."""
+
+    recipe: str = Field("optimal", description="Data recipe (`build_data.RECIPES`).")
+    stage: str | None = Field(None, description="Suffix of its stages and folders (build-data-X, sft-X, "
+                              "eval-sft-X); None: the model's name.")
+    label: str | None = Field(None, description="Its name in the report's first column; None: from the recipe.")
+    model: ModelConfig | None = Field(None, description="Size / path; None: the run's `model`.")
+    sft: TrainConfig | None = Field(None, description="SFT settings; None: the run's `sft`.")
+    methods: list[str] = Field(["greedy"], description="Methods evaluated on it (`config.METHODS`).")
+
+    _methods = field_validator("methods")(_known_methods)
+
+
+DEFAULT_MODELS = {
+    "sft": ModelSpec(recipe="optimal", stage="op", methods=SFT_METHODS),
+    "bt": ModelSpec(recipe="self_backtrack", stage="bt", methods=BT_METHODS),
+}
+
+
 class ExpertIterationConfig(_Config):
     rounds: int = Field(3, ge=0, description="Expert-iteration rounds (the paper: 3).")
+    model: str = Field("bt", description="The model of `models` that round 1 starts from.")
     method: str = Field("sbt_b1_n32", description="The slow search whose verified outputs are distilled.")
     train_problems: int = Field(2000, ge=1, description="Train problems searched per round.")
     transductive: bool = Field(False, description="Search an evaluation split instead of train (the paper's code).")
@@ -223,14 +226,61 @@ class RunConfig(_Config):
     """The whole pipeline: one preset in configs/*.yaml, overridable with dotted keys."""
 
     name: str = Field("tiny", description="Preset name (runs/<name>/ by default).")
-    generate: GenerateConfig = GenerateConfig()
-    build_data: BuildDataConfig = BuildDataConfig()
+    domain: str = Field("countdown", description=f"The task domain: one of {sorted(DOMAINS)}.")
+    generate: GenerateConfig = Field(DOMAINS["countdown"].GenerateConfig(), description="The domain's generator.")
+    build_data: BuildDataConfig = Field(BuildDataConfig(), description="Data recipes' shared settings (each model "
+                                        "sets its own `recipe`).")
+    models: dict[str, ModelSpec] = Field(DEFAULT_MODELS, description="The models trained and evaluated, by name.")
     model: ModelConfig = ModelConfig()
     sft: TrainConfig = Field(TrainConfig(), description="SFT of both the optimal-path and the backtracking model.")
     eval: EvalConfig = EvalConfig()
     expert_iteration: ExpertIterationConfig = ExpertIterationConfig()
     execution: ExecutionConfig = ExecutionConfig()
     ablations: AblationConfig = AblationConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _generate_domain(cls, tree: Any) -> Any:
+        """`generate:` takes the run's domain when it names none."""
+        if isinstance(tree, dict):
+            domain = tree.get("domain", "countdown")
+            gen = tree.get("generate")
+            if domain not in DOMAINS:
+                raise ValueError(f"domain: unknown domain {domain!r}; choose one of {sorted(DOMAINS)}")
+            if gen is None:
+                tree = {**tree, "generate": {"domain": domain}}
+            elif isinstance(gen, dict) and "domain" not in gen:
+                tree = {**tree, "generate": {**gen, "domain": domain}}
+        return tree
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        from sbt_core.build_data import RECIPES
+
+        if self.generate.domain != self.domain:
+            raise ValueError(f"generate.domain is {self.generate.domain!r} but domain is {self.domain!r}")
+        for name, spec in self.models.items():
+            if spec.recipe not in RECIPES:
+                raise ValueError(f"models.{name}.recipe: unknown recipe {spec.recipe!r}; choose from {sorted(RECIPES)}")
+            RECIPES[spec.recipe].check(DOMAINS[self.domain], f"models.{name}.recipe")
+        if self.expert_iteration.rounds and self.expert_iteration.model not in self.models:
+            raise ValueError(f"expert_iteration.model: {self.expert_iteration.model!r} is not one of models "
+                             f"({', '.join(self.models)})")
+        stages = [spec.stage or name for name, spec in self.models.items()]
+        if len(set(stages)) != len(stages):
+            raise ValueError(f"models: two models share a stage name ({stages})")
+        return self
+
+    def model_spec(self, name: str) -> tuple[ModelSpec, ModelConfig, TrainConfig, BuildDataConfig]:
+        """A model's spec with the run's defaults filled in: (spec, model, sft, build_data)."""
+        from sbt_core.build_data import RECIPES
+
+        spec = self.models[name]
+        recipe = RECIPES[spec.recipe]
+        model = spec.model or self.model
+        if model.size and model.vocabulary is None:
+            model = model.model_copy(update={"vocabulary": recipe.vocabulary(DOMAINS[self.domain])})
+        return spec, model, spec.sft or self.sft, self.build_data.model_copy(update={"recipe": spec.recipe})
 
     def with_seed_offset(self, offset: int) -> RunConfig:
         """The same preset with every seed (data, model, SFT, sampling, expert iteration) shifted by `offset`."""
@@ -273,6 +323,8 @@ def load_run_config(path: str | Path | None = None, overrides: list[str] = ()) -
             raise ConfigError(f"{path}: not valid YAML: {e}") from None
         if not isinstance(tree, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    if any(item.strip().startswith("models.") for item in overrides) and "models" not in tree:
+        tree["models"] = {k: v.model_dump(mode="json", exclude_defaults=True) for k, v in DEFAULT_MODELS.items()}
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
@@ -289,6 +341,9 @@ def format_validation_error(err: ValidationError, prefix: str = "") -> str:
     """One line per problem, each naming the dotted field path."""
     lines = []
     for e in err.errors():
-        path = ".".join(str(p) for p in (prefix, *e["loc"]) if p != "")
+        loc = e["loc"]
+        if len(loc) > 1 and loc[0] == "generate" and loc[1] in DOMAINS:  # the union's tag: not a field
+            loc = (loc[0], *loc[2:])
+        path = ".".join(str(p) for p in (prefix, *loc) if p != "")
         lines.append(f"{path or '<root>'}: {e['msg']}")
     return "\n".join(lines)

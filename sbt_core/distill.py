@@ -1,7 +1,7 @@
 """Expert-iteration data: verified-correct search outputs become a new SFT set.
 
-Each kept row is the prompt's problem plus the final path up to `Goal Reached!` (rolled-back
-text never appears in a search's final output). Rows come from the **train** split by
+Each kept row is the problem, its prompt, and the output cut after its goal line (`Domain.final`;
+rolled-back text never appears in a search's final output). Rows come from the **train** split by
 default; taking them from an evaluation split is self-training on the test set, which the
 paper's `train_self_improvement.py` does, and needs `transductive=True`.
 
@@ -14,8 +14,8 @@ import logging
 
 import pyarrow as pa
 
-from sbt_core import io
-from sbt_core.countdown.format import GOAL
+from sbt_core import domains, io
+from sbt_core.domains import Domain
 
 log = logging.getLogger(__name__)
 
@@ -31,16 +31,17 @@ def source_split(results_uri: str) -> str:
     return io.basename(inputs[0]["uri"]).removesuffix(".parquet")
 
 
-def distill(results: pa.Table) -> pa.Table:
+def distill(results: pa.Table, domain: Domain) -> pa.Table:
     """SFT rows (the schema of build_data) from strictly verified outputs."""
-    keep = [r for r in results.select(["id", "nums", "target", "output", "correct_strict"]).to_pylist() if r["correct_strict"]]
-    responses = [r["output"][: r["output"].index(GOAL) + len(GOAL)] for r in keep]
+    keep = results.filter(results["correct_strict"])
+    problems = keep.select(list(domain.columns)).to_pylist()
+    responses = [domain.final(r) for r in keep["output"].to_pylist()]
     return pa.table(
         {
             "id": pa.array(range(len(keep)), pa.int64()),
-            "problem_id": pa.array([r["id"] for r in keep], pa.int64()),
-            "nums": pa.array([r["nums"] for r in keep], pa.list_(pa.int64())),
-            "target": pa.array([r["target"] for r in keep], pa.int64()),
+            "problem_id": keep["id"],
+            **{c: keep[c] for c in domain.columns},
+            "prompt": pa.array([domain.prompt(p) for p in problems], pa.string()),
             "response": pa.array(responses, pa.string()),
             "kind": pa.array(["optimal"] * len(keep), pa.string()),
             "error_type": pa.array([None] * len(keep), pa.string()),
@@ -49,7 +50,7 @@ def distill(results: pa.Table) -> pa.Table:
     )
 
 
-def run(results_uri: str, out_dir: str, *, transductive: bool = False) -> dict[str, str]:
+def run(results_uri: str, out_dir: str, *, domain: str = "countdown", transductive: bool = False) -> dict[str, str]:
     """Stage entry: write `sft.parquet` of verified outputs; refuses eval splits unless transductive."""
     split = source_split(results_uri)
     if split != "train" and not transductive:
@@ -57,8 +58,8 @@ def run(results_uri: str, out_dir: str, *, transductive: bool = False) -> dict[s
             f"the search read split {split!r}, not 'train': self-training on an evaluation split is "
             "transductive; pass transductive=True (--transductive) to do it anyway"
         )
-    table = distill(io.read_parquet(results_uri))
+    table = distill(io.read_parquet(results_uri), domains.get(domain))
     uri = io.write_parquet(table, io.join(out_dir, "sft.parquet"))
-    io.write_manifest(out_dir, "distill", {"transductive": transductive, "split": split}, [results_uri], {"sft": uri})
+    io.write_manifest(out_dir, "distill", {"domain": domain, "transductive": transductive, "split": split}, [results_uri], {"sft": uri})
     log.info("distill: kept %d verified outputs", len(table))
     return {"sft": uri}

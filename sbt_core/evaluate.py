@@ -1,7 +1,9 @@
-"""Evaluation: run decoders on val_seen and val_new, summarise accuracy in both verifier modes.
+"""Evaluation: run decoders on the domain's evaluation splits (Countdown: val_seen and val_new;
+Sudoku: val), summarise accuracy in both verifier modes.
 
 Every figure says which verifier mode produced it (`strict` or `paper`). The false-claim
-rate is the share of final answers that claim `Goal Reached!` but fail the strict verifier.
+rate is the share of final answers that claim the goal but fail the strict verifier. A domain's
+own per-answer figures (Sudoku: `cell_accuracy`) are averaged beside them.
 
 Run: `sbt evaluate --model runs/sft/model --data data/countdown --out runs/eval`.
 """
@@ -14,15 +16,14 @@ from collections import Counter
 import pyarrow as pa
 import torch
 
-from sbt_core import io
+from sbt_core import domains, io
 from sbt_core.config import METHODS, SearchConfig
-from sbt_core.countdown.verify import verify
+from sbt_core.domains import Domain
 from sbt_core.models import load
 from sbt_core.search import run as search_stage
 from sbt_core.search.common import LM
 
 log = logging.getLogger(__name__)
-SPLITS = ("val_seen", "val_new")
 
 def method_config(name: str, **overrides) -> SearchConfig:
     if name not in METHODS:
@@ -30,7 +31,7 @@ def method_config(name: str, **overrides) -> SearchConfig:
     return SearchConfig(**{**METHODS[name], **overrides})
 
 
-def summarize(results: pa.Table) -> dict:
+def summarize(results: pa.Table, domain: Domain) -> dict:
     """Accuracy (strict and paper modes), categories, false claims, cost per problem."""
     n = len(results)
     rows = results.select(
@@ -40,11 +41,16 @@ def summarize(results: pa.Table) -> dict:
     false_claims = [r["category_strict"] for r in rows if r["claims_goal"] and not r["correct_strict"]]
     # Where a search loses: among its own candidates, how many verify, and would any have done?
     cand_ok, cand_n, any_ok = 0, 0, 0
-    for nums, target, cands in zip(results["nums"].to_pylist(), results["target"].to_pylist(),
-                                   results["candidates"].to_pylist()):
-        ok = [verify(nums, target, c["response"]).correct for c in cands]
+    problems = results.select(list(domain.columns)).to_pylist()
+    for problem, cands in zip(problems, results["candidates"].to_pylist()):
+        ok = [domain.verify(problem, c["response"]).correct for c in cands]
         cand_ok, cand_n, any_ok = cand_ok + sum(ok), cand_n + len(ok), any_ok + any(ok)
     div = max(n, 1)
+    extra: dict[str, float] = {}
+    if hasattr(domain, "extra_metrics"):
+        for problem, output in zip(problems, results["output"].to_pylist()):
+            for k, v in domain.extra_metrics(problem, output).items():
+                extra[k] = extra.get(k, 0.0) + v / div
     return {
         "problems": n,
         "accuracy_strict": sum(r["correct_strict"] for r in rows) / div,
@@ -60,18 +66,19 @@ def summarize(results: pa.Table) -> dict:
         "tokens_per_problem": sum(r["generated_tokens"] for r in rows) / div,
         "forward_passes_per_problem": sum(r["forward_passes"] for r in rows) / div,
         "seconds": sum(r["seconds"] for r in rows),
+        **extra,
     }
 
 
-def markdown_table(summary: dict) -> str:
+def markdown_table(summary: dict, splits=("val_seen", "val_new")) -> str:
     """Methods as rows; strict and paper accuracy per split, tokens/problem, false claims."""
     head = "| method | " + " | ".join(
-        f"{s} strict | {s} paper | {s} false-claim | {s} tokens/problem" for s in SPLITS
+        f"{s} strict | {s} paper | {s} false-claim | {s} tokens/problem" for s in splits
     ) + " |"
-    lines = [head, "|" + "---|" * (1 + 4 * len(SPLITS))]
+    lines = [head, "|" + "---|" * (1 + 4 * len(splits))]
     for name, per_split in summary.items():
         cells = []
-        for s in SPLITS:
+        for s in splits:
             m = per_split.get(s)
             cells += (
                 [f"{m['accuracy_strict']:.1%}", f"{m['accuracy_paper']:.1%}", f"{m['false_claim_rate']:.1%}",
@@ -83,10 +90,12 @@ def markdown_table(summary: dict) -> str:
 
 def run(
     model_path: str, data_dir: str, out_dir: str, methods: dict[str, SearchConfig], *,
-    splits=SPLITS, limit: int | None = None, progress=None,
+    domain: str = "countdown", splits=None, limit: int | None = None, progress=None,
 ) -> dict[str, str]:
     """Stage entry: one search per (method, split); writes summary.json and summary.md."""
-    lm = LM(*load(model_path, device="cuda" if torch.cuda.is_available() else "cpu"))
+    d = domains.get(domain)
+    splits = tuple(splits or d.eval_splits)
+    lm = LM(*load(model_path, device="cuda" if torch.cuda.is_available() else "cpu"), d)
     summary = {}
     for name, cfg in methods.items():
         summary[name] = {}
@@ -94,14 +103,14 @@ def run(
             data_uri = io.join(data_dir, f"{split}.parquet")
             out = search_stage.run(cfg, model_path, data_uri, io.join(out_dir, name, split), limit=limit, lm=lm,
                                    progress=progress)
-            summary[name][split] = summarize(io.read_parquet(out["results"]))
+            summary[name][split] = summarize(io.read_parquet(out["results"]), d)
             log.info("%s %s: strict %.3f paper %.3f", name, split, summary[name][split]["accuracy_strict"],
                      summary[name][split]["accuracy_paper"])
     uri = io.write_json(summary, io.join(out_dir, "summary.json"))
     md = io.join(out_dir, "summary.md")
-    io.write_bytes(md, markdown_table(summary).encode())
+    io.write_bytes(md, markdown_table(summary, splits).encode())
     config = {"methods": {k: v.model_dump(mode="json") for k, v in methods.items()}, "model": str(model_path),
-              "splits": list(splits), "limit": limit}
+              "domain": domain, "splits": list(splits), "limit": limit}
     io.write_manifest(out_dir, "evaluate", config, [io.join(data_dir, f"{s}.parquet") for s in splits],
                       {"summary": uri, "summary_md": md})
     return {"summary": uri, "summary_md": md}

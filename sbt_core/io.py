@@ -280,8 +280,10 @@ def code_version() -> str:
     return f"{sbt_core.__version__}+{h.hexdigest()[:12]}"
 
 
-def write_manifest(out_dir: str, stage: str, config: dict, inputs: list[str], outputs: dict[str, str]) -> str:
-    """The provenance record written beside a stage's outputs (outputs: name -> uri)."""
+def write_manifest(out_dir: str, stage: str, config: dict, inputs: list[str], outputs: dict[str, str],
+                   stats: dict | None = None) -> str:
+    """The provenance record written beside a stage's outputs (outputs: name -> uri; stats: figures measured
+    on them)."""
     files = {}
     for name, uri in outputs.items():
         entry = {"uri": str(uri), "content_hash": content_hash(uri)}
@@ -295,6 +297,7 @@ def write_manifest(out_dir: str, stage: str, config: dict, inputs: list[str], ou
         "code_version": code_version(),
         "inputs": [_input_entry(u) for u in inputs if exists(u)],
         "outputs": files,
+        **({"stats": stats} if stats else {}),
     }
     return write_json(manifest, join(out_dir, MANIFEST))
 

@@ -17,14 +17,13 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from sbt_core import io
-from sbt_core.countdown.format import BACKTRACK, GOAL
+from sbt_core.domains import BACKTRACK, DOMAINS
 
 log = logging.getLogger(__name__)
 
 PAD, EOS, BOS, UNK = "<pad>", "</s>", "<s>", "<unk>"
-# The format's fixed phrases are single tokens; digits are one token each.
-PHRASES = ["###Question:", "###Response:", GOAL, "->target", "numbers"]
-CHARS = list("0123456789+-*/=[], \n")
+# Every domain's vocabularies by name: (fixed phrases, one token each; characters, one token each).
+VOCABULARIES = {name: v for d in DOMAINS.values() for name, v in d.vocabularies.items()}
 # Sizes after arXiv 2504.07052's Qwen2 configs (3M, 17M), plus a ~1M model for laptops.
 SIZES = {
     "1m": dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4, intermediate_size=512),
@@ -33,11 +32,14 @@ SIZES = {
 }
 
 
-def build_tokenizer() -> PreTrainedTokenizerFast:
-    """A word-level tokenizer whose decode is the exact inverse of encode on the format."""
+def build_tokenizer(vocabulary: str = "countdown") -> PreTrainedTokenizerFast:
+    """A word-level tokenizer whose decode is the exact inverse of encode on a domain's format."""
+    if vocabulary not in VOCABULARIES:
+        raise ValueError(f"unknown vocabulary {vocabulary!r}; choose one of {sorted(VOCABULARIES)}")
+    phrases, chars = VOCABULARIES[vocabulary]
     specials = [PAD, EOS, BOS, UNK, BACKTRACK]
-    vocab = {tok: i for i, tok in enumerate(specials + PHRASES + CHARS)}
-    pattern = "|".join(re.escape(p) for p in PHRASES) + r"|\d|[+\-*/=\[\], \n]"
+    vocab = {tok: i for i, tok in enumerate(specials + list(phrases) + list(chars))}
+    pattern = "|".join(re.escape(p) for p in (*phrases, *chars))
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
     tok.pre_tokenizer = pre_tokenizers.Split(Regex(pattern), behavior="isolated")
     tok.decoder = decoders.Fuse()
@@ -62,10 +64,11 @@ def build_tiny(size: str, tokenizer: PreTrainedTokenizerFast, seed: int = 0, max
     return LlamaForCausalLM(cfg)
 
 
-def create_tiny(size: str, out_dir: str | Path, seed: int = 0) -> Path:
+def create_tiny(size: str, out_dir: str | Path, seed: int = 0, vocabulary: str | None = None,
+                max_positions: int = 256) -> Path:
     """Build and save a tiny model with its tokenizer; load it back with `load`."""
-    tokenizer = build_tokenizer()
-    model = build_tiny(size, tokenizer, seed)
+    tokenizer = build_tokenizer(vocabulary or "countdown")
+    model = build_tiny(size, tokenizer, seed, max_positions)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return Path(out_dir)

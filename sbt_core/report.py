@@ -13,7 +13,7 @@ import io as _io
 import re
 
 from sbt_core import io
-from sbt_core.config import METHODS
+from sbt_core.config import METHODS, SearchConfig
 
 VERIFIER_MODE = "strict"
 
@@ -39,7 +39,7 @@ def metrics(summaries: dict[str, dict]) -> dict[str, dict]:
     out = {}
     for model, summary in summaries.items():
         for method, per_split in sorted(summary.items(), key=lambda kv: list(METHODS).index(kv[0])):
-            seen, new = per_split.get("val_seen"), per_split.get("val_new")
+            seen, new = per_split.get("val_seen"), per_split.get("val_new", per_split.get("val"))  # Sudoku: val
             splits = [s for s in (seen, new) if s]
             out[row_key(model, method)] = {
                 "model": model,
@@ -66,26 +66,37 @@ def _pct(x) -> str:
 MODEL_LABELS = {"sft": "SFT on optimal paths (D_op)", "bt": "SFT on D_op ∪ D_back"}
 
 
-def model_label(model: str) -> str:
-    """`sft`, `bt` or `ei{r}` as the report's first column names it."""
-    return MODEL_LABELS.get(model, f"expert iteration round {model[2:]}")
+def model_label(model: str, labels: dict[str, str] | None = None) -> str:
+    """A model as the report's first column names it: its configured label, the first paper's two models'
+    names, `expert iteration round r`, or the model's own name."""
+    if labels and model in labels:
+        return labels[model]
+    if model in MODEL_LABELS:
+        return MODEL_LABELS[model]
+    return f"expert iteration round {model[2:]}" if re.fullmatch(r"ei\d+", model) else model
 
 
-def markdown(rows: dict[str, dict], title: str = "Countdown", notes: list[str] = ()) -> str:
-    """Table 1's shape: one row per method, grouped by model; seen and new targets."""
+def markdown(rows: dict[str, dict], title: str = "Countdown", notes: list[str] = (),
+             labels: dict[str, str] | None = None) -> str:
+    """Table 1's shape: one row per method, grouped by model; seen and new targets (one held-out split, `val`,
+    where the domain has no seen/new split, as in Sudoku)."""
+    seen = any(r["accuracy_seen"] is not None for r in rows.values())
+    held, short = ("new targets", "new") if seen else ("held-out (val)", "val")
     lines = [
         f"# {title}",
         "",
         f"Accuracy in % ({VERIFIER_MODE} verifier; paper-mode in brackets), generated tokens per problem, and the "
-        "false-claim rate on new targets (final answers that say `Goal Reached!` but fail the verifier).",
+        f"false-claim rate on {held} (final answers that say `Goal Reached!` but fail the verifier).",
         "",
-        "| model | method | seen targets | new targets | tokens/problem | false claims (new) | of which (new) |",
-        "|---|---|---|---|---|---|---|",
+        f"| model | method |{' seen targets |' if seen else ''} {held} | tokens/problem | false claims ({short}) | "
+        f"of which ({short}) |",
+        "|---|---|---|---|---|---|" + ("---|" if seen else ""),
     ]
     for key, r in rows.items():
-        label = model_label(r["model"])
+        label = model_label(r["model"], labels)
+        seen_cell = f" {_pct(r['accuracy_seen'])} ({_pct(r['accuracy_seen_paper'])}) |" if seen else ""
         lines.append(
-            f"| {label} | `{key}` | {_pct(r['accuracy_seen'])} ({_pct(r['accuracy_seen_paper'])}) | "
+            f"| {label} | `{key}` |{seen_cell} "
             f"{_pct(r['accuracy_new'])} ({_pct(r['accuracy_new_paper'])}) | {r['tokens_per_problem']:.0f} | "
             f"{_pct(r['false_claim_rate_new'])} | {_categories(r.get('false_claim_categories_new'))} |"
         )
@@ -93,7 +104,7 @@ def markdown(rows: dict[str, dict], title: str = "Countdown", notes: list[str] =
     lines += [f"- {n}" for n in notes]
     checks = shape_checks(rows)
     if checks:
-        lines += ["", "## The paper's shape (new targets)", "", "| criterion | measured | holds |", "|---|---|---|"]
+        lines += ["", f"## The paper's shape ({held})", "", "| criterion | measured | holds |", "|---|---|---|"]
         lines += [f"| {c['criterion']} | {c['measured']} | {'yes' if c['holds'] else '**no**'} |" for c in checks]
     return "\n".join(lines) + "\n"
 
@@ -179,9 +190,24 @@ def seeds_markdown(per_seed: dict[int, dict[str, dict]], title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _n_of(key: str) -> int | None:
-    m = re.search(r"n_?(\d+)$", key)
-    return int(m.group(1)) if m else None
+def method(row: dict) -> SearchConfig | None:
+    """The search settings of a row's method (decoder, N, b, selector), from `config.METHODS`."""
+    return SearchConfig(**METHODS[row["method"]]) if row.get("method") in METHODS else None
+
+
+def _families(rows: dict[str, dict]) -> dict[str, list[str]]:
+    """Curves of the scaling plot: Best-of-N (log-prob selector) and self-backtracking per b, per model."""
+    out: dict[str, list[str]] = {}
+    for key, r in sorted(rows.items(), key=lambda kv: row_order(kv[1])):
+        m = method(r)
+        if m is None or r["model"].startswith("ei"):
+            continue
+        if m.decoder == "best_of_n" and m.selector == "logprob":
+            out.setdefault(f"Best-of-N (log-prob), {model_label(r['model'])}", []).append(key)
+        elif m.decoder == "self_backtrack":
+            out.setdefault(f"self-backtracking b={m.backtrack_budget}" + (
+                "" if r["model"] == "bt" else f", {model_label(r['model'])}"), []).append(key)
+    return out
 
 
 def scaling_plot(rows: dict[str, dict]) -> bytes:
@@ -191,16 +217,10 @@ def scaling_plot(rows: dict[str, dict]) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    families = {
-        "Best-of-N (log-prob), D_op model": [k for k in rows if k.startswith("best_of_n_")],
-        "self-backtracking b=0": [k for k in rows if k.startswith("sbt_b0_n")],
-        "self-backtracking b=1": [k for k in rows if k.startswith("sbt_b1_n")],
-        "self-backtracking b=2": [k for k in rows if k.startswith("sbt_b2_n")],
-    }
     fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
-    for i, (label, keys) in enumerate((f, k) for f, k in families.items() if k):
-        keys = sorted(keys, key=_n_of)
-        xs = [_n_of(k) for k in keys]
+    for i, (label, keys) in enumerate(_families(rows).items()):
+        keys = sorted(keys, key=lambda k: method(rows[k]).n)
+        xs = [method(rows[k]).n for k in keys]
         color = f"C{i}"
         ax.plot(xs, [rows[k]["accuracy_new"] for k in keys], "o-", color=color, label=f"{label} (new)")
         ax.plot(xs, [rows[k]["accuracy_seen"] for k in keys], "s--", color=color, alpha=0.6, label=f"{label} (seen)")
@@ -223,7 +243,8 @@ def rounds_plot(rows: dict[str, dict], search_method: str = "sbt_b1_n32") -> byt
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rounds = sorted(int(m.group(1)) for k in rows if (m := re.fullmatch(r"ei(\d+)_greedy", k)))
+    rounds = sorted(int(r["model"][2:]) for r in rows.values()
+                    if re.fullmatch(r"ei\d+", r["model"]) and r["method"] == "greedy")
     fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
     for label, key0, fmt in (("greedy", "bt_greedy", "ei{}_greedy"), (search_method, search_method, "ei{}_" + search_method)):
         keys = [key0] + [fmt.format(r) for r in rounds]
@@ -276,7 +297,7 @@ def embed_images(markdown_text: str, images: dict[str, bytes]) -> str:
 
 
 def run(summaries: dict[str, str], out_dir: str, title: str, notes: list[str] = (),
-        search_method: str = "sbt_b1_n32") -> dict[str, str]:
+        search_method: str = "sbt_b1_n32", labels: dict[str, str] | None = None) -> dict[str, str]:
     """Stage entry: summaries (model -> summary.json URI) -> report.md, metrics.json, two PNGs."""
     rows = metrics({model: io.read_json(uri) for model, uri in summaries.items()})
     outputs = {
@@ -287,7 +308,7 @@ def run(summaries: dict[str, str], out_dir: str, title: str, notes: list[str] = 
     }
     io.write_bytes(outputs["plot_scaling"], scaling_plot(rows))
     io.write_bytes(outputs["plot_rounds"], rounds_plot(rows, search_method))
-    body = markdown(rows, title, notes) + "\n![accuracy against N](accuracy_vs_n.png)\n\n![accuracy against rounds](accuracy_vs_rounds.png)\n"
+    body = markdown(rows, title, notes, labels) + "\n![accuracy against N](accuracy_vs_n.png)\n\n![accuracy against rounds](accuracy_vs_rounds.png)\n"
     io.write_bytes(outputs["report"], body.encode())
     return outputs
 
@@ -309,7 +330,8 @@ def _grid_cell(row: dict | None) -> str:
 
 def _grid_axes(grid: dict[str, dict]) -> tuple[list[int], list[int]]:
     """The budgets b and widths N of the grid's `sbt_b{b}_n{n}` rows."""
-    bn = [tuple(map(int, m.groups())) for k in grid if (m := re.fullmatch(r"sbt_b(\d+)_n(\d+)", k))]
+    searches = [m for r in grid.values() if (m := method(r)) and m.decoder == "self_backtrack"]
+    bn = [(m.backtrack_budget, m.n) for m in searches]
     return sorted({b for b, _ in bn}), sorted({n for _, n in bn})
 
 

@@ -28,7 +28,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from sbt_core import io
 from sbt_core.config import ModelConfig, TrainConfig
-from sbt_core.countdown.format import BACKTRACK, format_prompt
+from sbt_core.domains import BACKTRACK
 from sbt_core.models import create_tiny, load
 
 log = logging.getLogger(__name__)
@@ -46,10 +46,9 @@ def masked_char_spans(prompt: str, response: str) -> list[tuple[int, int]]:
     return spans
 
 
-def encode_batch(tokenizer, nums, targets, responses, context_length: int) -> dict[str, list[list[int]]]:
+def encode_batch(tokenizer, prompts, responses, context_length: int) -> dict[str, list[list[int]]]:
     """input_ids and labels for a batch of rows (one tokenizer call); a token is masked when it starts
     in a masked span; EOS ends every row and is supervised."""
-    prompts = [format_prompt(n, t) for n, t in zip(nums, targets)]
     enc = tokenizer([p + r for p, r in zip(prompts, responses)], return_offsets_mapping=True, add_special_tokens=True)
     eos = tokenizer.eos_token_id
     out: dict[str, list[list[int]]] = {"input_ids": [], "labels": []}
@@ -61,40 +60,41 @@ def encode_batch(tokenizer, nums, targets, responses, context_length: int) -> di
     return out
 
 
-def encode_example(tokenizer, nums, target: int, response: str, context_length: int) -> dict[str, list[int]]:
+def encode_example(tokenizer, prompt: str, response: str, context_length: int) -> dict[str, list[int]]:
     """`encode_batch` for one row."""
-    out = encode_batch(tokenizer, [nums], [target], [response], context_length)
+    out = encode_batch(tokenizer, [prompt], [response], context_length)
     return {k: v[0] for k, v in out.items()}
 
 
 def sft_rows(data: str):
-    """SFT rows (nums, target, response) as a `datasets.Dataset`.
+    """SFT rows (prompt, response) as a `datasets.Dataset`.
 
     A local Parquet file is read with `Dataset.from_parquet` (an Arrow cache keyed by the file,
     so `map` below caches too); a remote one (s3://) is read into memory; anything else (a
     folder, a JSON/JSONL/CSV file, a dataset name in the local Hugging Face cache) is loaded as
-    the released layout. The released `search_path` column is read as `response`.
+    the first paper's released Countdown layout (its `search_path` read as `response`).
     """
     import datasets
 
+    from sbt_core import domains
+
     if str(data).endswith(".parquet"):
         rows = datasets.Dataset.from_parquet(str(data)) if io.is_local(data) else datasets.Dataset(io.read_parquet(data))
-    else:
-        from sbt_core.countdown import importer
-
-        rows = importer.load(data)
-    if "response" not in rows.column_names and "search_path" in rows.column_names:
-        rows = rows.rename_column("search_path", "response")
-    return rows
+        if "prompt" in rows.column_names:
+            return rows
+        if "search_path" not in rows.column_names or not io.is_local(data):
+            raise ValueError(f"{data}: SFT rows need `prompt` and `response` columns (build-data, distill-data and "
+                             "import-dataset write them), or the released layout (nums, target, search_path) locally")
+    return domains.get("countdown").load_released(data)
 
 
 def tokenised(rows, tokenizer, context_length: int):
     """`rows` tokenised with `Dataset.map`, cached under a fingerprint of the rows, the tokenizer's
     content and the context length (a rerun on the same data reuses the cache file)."""
     fingerprint = io.config_hash({"rows": rows._fingerprint, "tokenizer": tokenizer.backend_tokenizer.to_str(),
-                                  "eos": tokenizer.eos_token_id, "context_length": context_length, "v": 1})
+                                  "eos": tokenizer.eos_token_id, "context_length": context_length, "v": 2})
     return rows.map(
-        lambda b: encode_batch(tokenizer, b["nums"], b["target"], b["response"], context_length),
+        lambda b: encode_batch(tokenizer, b["prompt"], b["response"], context_length),
         batched=True, batch_size=1000, remove_columns=rows.column_names, new_fingerprint=fingerprint,
         desc="tokenise",
     )
@@ -181,7 +181,7 @@ def training_args(cfg: TrainConfig, out_dir: Path) -> TrainingArguments:
 
 
 def train(cfg: TrainConfig, model_cfg: ModelConfig, data_uri: str, out_dir: str, callbacks=()) -> dict[str, str]:
-    """Stage entry: SFT on `data_uri` (rows with nums, target, response); writes out_dir/model.
+    """Stage entry: SFT on `data_uri` (rows with prompt and response); writes out_dir/model.
 
     A remote `out_dir` (s3://...) trains in a local staging folder (checkpoints stay on this
     machine, so a rerun here resumes) and uploads the model, metrics and manifest at the end.
@@ -192,7 +192,7 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig, data_uri: str, out_dir: str,
     final = out / "model"
     init = model_cfg.path or str(out / "init")
     if model_cfg.size and not (out / "init").exists():
-        create_tiny(model_cfg.size, out / "init.tmp", seed=model_cfg.seed)
+        create_tiny(model_cfg.size, out / "init.tmp", seed=model_cfg.seed, vocabulary=model_cfg.vocabulary)
         os.replace(out / "init.tmp", out / "init")
     if cfg.num_processes > 1 and "LOCAL_RANK" not in os.environ:
         return _launch(cfg, model_cfg, data_uri, out_dir, out)

@@ -31,7 +31,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed
 
-from sbt_core import io
+from sbt_core import domains, io
 from sbt_core.config import BuildDataConfig, EvalConfig, GenerateConfig, ModelConfig, SearchConfig, TrainConfig
 
 StageResult = dict[str, Any]
@@ -184,21 +184,21 @@ _opts = dict(cache_policy=NO_CACHE, persist_result=False)
 
 @task(name="generate", task_run_name="{stage_name}", **_opts)
 def generate(stage_name: str, cfg: GenerateConfig, out_dir: str):
-    from sbt_core.countdown import generate as stage
+    """The problems of `cfg.domain` (its generator's settings)."""
 
     def work():
-        bar = Progress(stage_name, cfg.num_train + cfg.num_val_seen + cfg.num_val_new, "problems")
-        return stage.run(cfg, out_dir, progress=bar)
+        bar = Progress(stage_name, cfg.total, "problems")
+        return domains.get(cfg.domain).generate(cfg, out_dir, progress=bar)
 
     return run_stage(stage_name, out_dir, cfg.model_dump(mode="json"), [], work)
 
 
 @task(name="build-data", task_run_name="{stage_name}", **_opts)
-def build_data(stage_name: str, cfg: BuildDataConfig, data: StageResult, out_dir: str):
+def build_data(stage_name: str, cfg: BuildDataConfig, data: StageResult, out_dir: str, domain: str = "countdown"):
     from sbt_core import build_data as stage
 
-    return run_stage(stage_name, out_dir, cfg.model_dump(mode="json"), [data],
-                     lambda: stage.run(cfg, data["outputs"]["train"], out_dir))
+    return run_stage(stage_name, out_dir, {**cfg.model_dump(mode="json"), "domain": domain}, [data],
+                     lambda: stage.run(cfg, data["outputs"]["train"], out_dir, domain))
 
 
 @task(name="sft", task_run_name="{stage_name}", **_opts)
@@ -221,52 +221,58 @@ def sft(stage_name: str, cfg: TrainConfig, model: ModelConfig, data: StageResult
 
 @task(name="evaluate", task_run_name="{stage_name}", **_opts)
 def evaluate(stage_name: str, cfg: EvalConfig, methods: list[str], model: StageResult, data: StageResult,
-             out_dir: str):
+             out_dir: str, domain: str = "countdown"):
     from sbt_core import evaluate as stage
 
     def work():
-        per_split = [min(cfg.limit or 10**12, io.parquet_rows(data["outputs"][s])) for s in stage.SPLITS]
+        splits = domains.get(domain).eval_splits
+        per_split = [min(cfg.limit or 10**12, io.parquet_rows(data["outputs"][s])) for s in splits]
         bar = Progress(stage_name, len(methods) * sum(per_split), "problems searched")
         configs = {m: cfg.search_config(m) for m in methods}
-        return stage.run(model["outputs"]["model"], data["dir"], out_dir, configs, limit=cfg.limit, progress=bar)
+        return stage.run(model["outputs"]["model"], data["dir"], out_dir, configs, domain=domain, limit=cfg.limit,
+                         progress=bar)
 
-    config = {"eval": cfg.model_dump(mode="json"), "methods": methods}
+    config = {"eval": cfg.model_dump(mode="json"), "methods": methods, "domain": domain}
     return run_stage(stage_name, out_dir, config, [model, data], work)
 
 
 @task(name="search", task_run_name="{stage_name}", **_opts)
 def search(stage_name: str, cfg: SearchConfig, model: StageResult, data: StageResult, split: str, limit: int,
-           out_dir: str):
+           out_dir: str, domain: str = "countdown"):
     from sbt_core.search import run as stage
 
     def work():
         bar = Progress(stage_name, min(limit, io.parquet_rows(data["outputs"][split])), "problems searched")
-        return stage.run(cfg, model["outputs"]["model"], data["outputs"][split], out_dir, limit=limit, progress=bar)
+        return stage.run(cfg, model["outputs"]["model"], data["outputs"][split], out_dir, domain=domain, limit=limit,
+                         progress=bar)
 
-    config = {"search": cfg.model_dump(mode="json"), "split": split, "limit": limit}
+    config = {"search": cfg.model_dump(mode="json"), "split": split, "limit": limit, "domain": domain}
     return run_stage(stage_name, out_dir, config, [model, data], work)
 
 
 @task(name="distill", task_run_name="{stage_name}", **_opts)
-def distill(stage_name: str, results: StageResult, out_dir: str, transductive: bool = False):
+def distill(stage_name: str, results: StageResult, out_dir: str, transductive: bool = False,
+            domain: str = "countdown"):
     from sbt_core import distill as stage
 
-    return run_stage(stage_name, out_dir, {"transductive": transductive}, [results],
-                     lambda: stage.run(results["outputs"]["results"], out_dir, transductive=transductive))
+    return run_stage(stage_name, out_dir, {"transductive": transductive, "domain": domain}, [results],
+                     lambda: stage.run(results["outputs"]["results"], out_dir, domain=domain,
+                                       transductive=transductive))
 
 
 @task(name="report", task_run_name="{stage_name}", **_opts)
 def report(stage_name: str, title: str, evaluations: dict[str, StageResult], out_dir: str, search_method: str,
-           notes: list[str] = ()):
+           notes: list[str] = (), labels: dict[str, str] | None = None):
     """report.md, metrics.json and plots in out_dir, with copies one level up (the run folder)."""
     from sbt_core import report as stage
 
     summaries = {model: ev["outputs"]["summary"] for model, ev in evaluations.items()}
-    config = {"title": title, "models": list(evaluations), "search_method": search_method, "notes": list(notes)}
+    config = {"title": title, "models": list(evaluations), "search_method": search_method, "notes": list(notes),
+              **({"labels": labels} if labels else {})}
     run_dir = io.parent(out_dir)
 
     def work():
-        made = stage.run(summaries, out_dir, title, list(notes), search_method)
+        made = stage.run(summaries, out_dir, title, list(notes), search_method, labels)
         tops = {f"{name}_top": io.copy(uri, io.join(run_dir, io.basename(uri))) for name, uri in made.items()}
         return {**made, **tops}
 
@@ -293,11 +299,8 @@ def coerce_params(task_name: str, params: dict[str, Any]) -> dict[str, Any]:
     """JSON parameters (as sent through a deployment) back into the task's config models."""
     import typing
 
-    from pydantic import BaseModel
+    from pydantic import TypeAdapter
 
-    hints = typing.get_type_hints(TASKS[task_name].fn)
-    out = {}
-    for name, value in params.items():
-        hint = hints.get(name)
-        out[name] = hint.model_validate(value) if isinstance(hint, type) and issubclass(hint, BaseModel) else value
-    return out
+    hints = typing.get_type_hints(TASKS[task_name].fn, include_extras=True)
+    return {name: TypeAdapter(hints[name]).validate_python(value) if name in hints else value
+            for name, value in params.items()}

@@ -15,8 +15,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory):
-    from sbt_core.config import GenerateConfig
-    from sbt_core.countdown import generate
+    from sbt_core.domains.countdown.config import GenerateConfig
+    from sbt_core.domains.countdown import generate
 
     out = tmp_path_factory.mktemp("data")
     generate.run(GenerateConfig(num_train=3000, num_val_seen=40, num_val_new=40, seed=1, workers=1), str(out))

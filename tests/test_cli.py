@@ -77,7 +77,8 @@ def test_the_core_never_imports_the_orchestrator():
 def test_configs_name_the_field_path():
     from pydantic import ValidationError
 
-    from sbt_core.config import GenerateConfig, ModelConfig, SearchConfig, format_validation_error
+    from sbt_core.config import ModelConfig, SearchConfig, format_validation_error
+    from sbt_core.domains.countdown.config import GenerateConfig
 
     with pytest.raises(ValidationError) as e:
         SearchConfig(n=0, decoder="nope", extra_key=1)

@@ -13,7 +13,7 @@ from sbt_core.report import metrics, row_key
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
-@pytest.mark.parametrize("preset", ["smoke", "tiny", "tiny-paper", "scratch-17m", "paper-1b"])
+@pytest.mark.parametrize("preset", sorted(p.stem for p in CONFIGS.glob("*.yaml")))
 def test_presets_validate(preset):
     cfg = load_run_config(CONFIGS / f"{preset}.yaml")
     assert cfg.name == preset and isinstance(cfg, RunConfig)
@@ -38,7 +38,10 @@ def test_overrides_are_dotted_and_typed():
     [
         ("eval.limt=3", "eval.limt: Extra inputs are not permitted"),
         ("sft.batch_size=0", "sft.batch_size: Input should be greater than or equal to 1"),
-        ("eval.bt_methods=[greedy,nope]", "eval.bt_methods: Value error, unknown method(s) ['nope']"),
+        ("models.bt.methods=[greedy,nope]", "models.bt.methods: Value error, unknown method(s) ['nope']"),
+        ("models.bt.recipe=bfs", "unknown recipe 'bfs'"),
+        ("domain=chess", "domain: unknown domain 'chess'"),
+        ("domain=sudoku", "generate.num_numbers: Extra inputs are not permitted"),
         ("expert_iteration.train.epochs=abc", "expert_iteration.train.epochs: Input should be a valid number"),
         ("model.path=/x", "model: Value error, set exactly one of `size`"),
         ("eval.limit", "is not of the form key.sub=value"),
@@ -97,3 +100,12 @@ def test_seed_offset_shifts_every_seed_and_nothing_else():
     back = {n: getattr(shifted, n).model_copy(update={"seed": getattr(cfg, n).seed}) for n in sections}
     ei = shifted.expert_iteration.model_copy(update={"train": cfg.expert_iteration.train})
     assert shifted.model_copy(update={**back, "expert_iteration": ei}) == cfg
+
+
+def test_generate_settings_must_be_the_runs_domain():
+    with pytest.raises(ConfigError, match="generate.domain is 'sudoku' but domain is 'countdown'"):
+        load_run_config(None, ["generate.domain=sudoku"])
+    cfg = load_run_config(None, ["domain=sudoku", "generate.size=4", "models.bt.recipe=dfs_trace"])
+    assert cfg.generate.size == 4 and cfg.models["bt"].recipe == "dfs_trace" and cfg.models["sft"].recipe == "optimal"
+    with pytest.raises(ConfigError, match="models.bt.recipe: sudoku has no 'think' traces"):
+        load_run_config(None, ["domain=sudoku", "models.bt.recipe=think_trace"])

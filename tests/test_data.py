@@ -7,10 +7,14 @@ import pyarrow as pa
 import pytest
 
 from sbt_core import build_data, io
-from sbt_core.config import BuildDataConfig, GenerateConfig
-from sbt_core.countdown import generate, importer, verify
-from sbt_core.countdown.format import BACKTRACK, parse_step, solution_steps
-from sbt_core.countdown.solver import apply_step, decode_program, pick_programs, reachable, solve_batch
+from sbt_core.config import BuildDataConfig
+from sbt_core.domains import DOMAINS
+from sbt_core.domains.countdown.config import GenerateConfig
+from sbt_core.domains.countdown import generate, importer, verify
+from sbt_core.domains.countdown.format import BACKTRACK, parse_step, solution_steps
+from sbt_core.domains.countdown.solver import apply_step, decode_program, pick_programs, reachable, solve_batch
+
+COUNTDOWN = DOMAINS["countdown"]
 
 
 @pytest.mark.parametrize("count", [2, 3, 4])
@@ -66,12 +70,12 @@ def test_other_number_counts_and_ranges(tmp_path):
 
 def test_backtrack_rows_follow_the_definition(data_dir):
     problems = io.read_parquet(str(data_dir / "train.parquet")).slice(0, 600)
-    table = build_data.build(problems, BuildDataConfig(seed=3))
+    table = build_data.build(problems, BuildDataConfig(seed=3), COUNTDOWN)
     rows = table.to_pylist()
     assert sum(r["kind"] == "optimal" for r in rows) == 600
     assert sum(r["kind"] == "backtrack" for r in rows) == 600  # D_op:D_back = 1:1
     kinds = [r["error_type"] for r in rows if r["kind"] == "backtrack"]
-    share = {k: kinds.count(k) / len(kinds) for k in build_data.ERROR_TYPES}
+    share = {k: kinds.count(k) / len(kinds) for k in COUNTDOWN.error_types}
     assert abs(share["exploration"] - 0.2) < 0.06 and abs(share["computational"] - 0.4) < 0.07
     optimal = {r["problem_id"]: solution_steps(r["response"]) for r in rows if r["kind"] == "optimal"}
     for r in rows:
@@ -98,9 +102,9 @@ def test_backtrack_rows_follow_the_definition(data_dir):
 
 def test_build_data_is_deterministic_and_ratios_configurable(data_dir):
     problems = io.read_parquet(str(data_dir / "train.parquet")).slice(0, 200)
-    a = build_data.build(problems, BuildDataConfig(seed=1))
-    assert a.equals(build_data.build(problems, BuildDataConfig(seed=1)))
-    two = build_data.build(problems, BuildDataConfig(backtrack_per_optimal=2.0, error_type_ratio=(0, 0, 1)))
+    a = build_data.build(problems, BuildDataConfig(seed=1), COUNTDOWN)
+    assert a.equals(build_data.build(problems, BuildDataConfig(seed=1), COUNTDOWN))
+    two = build_data.build(problems, BuildDataConfig(backtrack_per_optimal=2.0, error_type_ratio=(0, 0, 1)), COUNTDOWN)
     assert two["kind"].to_pylist().count("backtrack") == 400
     assert set(two["error_type"].drop_null().to_pylist()) == {"rule_violation"}
 
@@ -214,7 +218,7 @@ def test_import_errors_for_unreadable_sources(tmp_path):
 
 def test_computational_errors_at_the_target_bend_the_last_step(data_dir):
     problems = io.read_parquet(str(data_dir / "train.parquet")).slice(0, 300)
-    rows = build_data.build(problems, BuildDataConfig(error_type_ratio=(0, 1, 0), computational_at_target=1.0)).to_pylist()
+    rows = build_data.build(problems, BuildDataConfig(error_type_ratio=(0, 1, 0), computational_at_target=1.0), COUNTDOWN).to_pylist()
     optimal = {r["problem_id"]: solution_steps(r["response"]) for r in rows if r["kind"] == "optimal"}
     back = [r for r in rows if r["kind"] == "backtrack"]
     assert len(back) == 300 and {r["error_type"] for r in back} == {"computational"}
@@ -225,7 +229,7 @@ def test_computational_errors_at_the_target_bend_the_last_step(data_dir):
         assert err.result == r["target"]  # lands on the target ...
         verdict = verify(r["nums"], r["target"], "\n".join(lines[:-1]) + "\nGoal Reached!")
         assert verdict.category == "computation_error"  # ... with wrong arithmetic
-    half = build_data.build(problems, BuildDataConfig(error_type_ratio=(0, 1, 0), computational_at_target=0.5))
+    half = build_data.build(problems, BuildDataConfig(error_type_ratio=(0, 1, 0), computational_at_target=0.5), COUNTDOWN)
     last = [r["prefix_len"] == len(optimal[r["problem_id"]]) - 1 and r["response"].split("\n")[-2].endswith(f"={r['target']}")
             for r in half.to_pylist() if r["kind"] == "backtrack"]
     assert 0.4 < sum(last) / len(last) < 0.75  # half bent onto the target, plus chance hits of the plain kind

@@ -5,7 +5,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from sbt_core.config import SearchConfig
-from sbt_core.countdown.format import BACKTRACK, format_prompt
+from sbt_core.domains.countdown.format import BACKTRACK, format_prompt
 from sbt_core.models import SIZES, build_tiny, build_tokenizer, create_tiny, load, num_parameters
 from sbt_core.search.common import LM
 from sbt_core.search.run import search
@@ -58,8 +58,8 @@ def test_any_local_hf_model_gets_backtrack_and_resized_embeddings(tmp_path):
     assert model.get_input_embeddings().num_embeddings >= len(tok)
     assert tok.pad_token == tok.eos_token  # as in the paper: eos doubles as pad
     # Masking works from character offsets, whatever the tokenizer's pieces are.
-    ex = encode_example(tok, [3, 4, 7, 9], 24, "3+4=7\n7*9=63\n<backtrack>", 128)
+    ex = encode_example(tok, format_prompt([3, 4, 7, 9], 24), "3+4=7\n7*9=63\n<backtrack>", 128)
     kept = tok.decode([i for i, l in zip(ex["input_ids"], ex["labels"]) if l != -100]).replace(" ", "")
     assert "7*9=63" not in kept and kept.startswith("3+4=7") and BACKTRACK in kept
-    results = search(LM(model, tok), [([3, 4, 7, 9], 24)], SearchConfig(decoder="self_backtrack", n=2, max_new_tokens=8))
+    results = search(LM(model, tok), [{"nums": [3, 4, 7, 9], "target": 24}], SearchConfig(decoder="self_backtrack", n=2, max_new_tokens=8))
     assert isinstance(results[0].output, str)

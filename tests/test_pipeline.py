@@ -247,3 +247,54 @@ def test_seeds_rerun_the_pipeline_per_offset_and_report_the_spread(finished):
     md = (run_dir / "seeds.md").read_text()
     assert md.startswith("# smoke: 2 seeds") and "| `sbt_b1_n32` |" in md and "## The paper's shape" in md
     assert "seeds:" in proc.stdout
+
+
+SUDOKU_STAGES = ["generate", "build-data-op", "build-data-bt", "sft-op", "sft-bt", "eval-sft-op", "eval-sft-bt",
+                 "ei1-search", "ei1-distill", "ei1-sft", "ei1-evaluate", "report"]
+
+
+def test_the_sudoku_smoke_preset_runs_the_whole_pipeline(prefect_server, tmp_path):
+    run_dir = tmp_path / "sudoku"
+    cmd = [sys.executable, "-m", "flows.cli", "run", "-c", "smoke-sudoku", "--run-dir", str(run_dir)]
+    out = subprocess.run(cmd, cwd=ROOT, env=_env(prefect_server), capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    run = json.loads((run_dir / "run.json").read_text())
+    assert [r["stage"] for r in run["stages"]] == SUDOKU_STAGES and run["cached"] == []
+    rows = json.loads((run_dir / "metrics.json").read_text())
+    assert set(rows) == set(CONTRACT_ROWS)
+    assert all(r["accuracy_seen"] is None and 0 <= r["accuracy_new"] <= 1 for r in rows.values())  # one split: val
+    summary = json.loads((run_dir / "eval-sft-bt" / "summary.json").read_text())
+    assert set(summary["greedy"]) == {"val"} and 0 <= summary["greedy"]["val"]["cell_accuracy"] <= 1
+    data = io.read_parquet(str(run_dir / "data" / "val.parquet"))
+    assert data.column_names == ["id", "puzzle", "solution", "givens"] and len(data) == 8
+    sft = io.read_parquet(str(run_dir / "data-bt" / "sft.parquet")).to_pylist()
+    assert {r["kind"] for r in sft} == {"optimal", "backtrack"} and sft[0]["prompt"].startswith("###Question: sudoku ")
+    lengths = json.loads((run_dir / "data-bt" / "manifest.json").read_text())["stats"]["token_lengths"]
+    assert lengths["optimal"]["max"] <= 80 and lengths["backtrack"]["mean"] < lengths["optimal"]["mean"]
+    model = json.loads((run_dir / "sft-op" / "model" / "tokenizer.json").read_text())["model"]["vocab"]
+    assert "(4,4)" in model and "###Question:" in model  # the Sudoku vocabulary
+
+
+def test_a_models_mapping_trains_evaluates_and_reports_each_model(prefect_server, tmp_path):
+    """Three Countdown models of the second paper (direct, DFS trace, think trace), no expert iteration."""
+    run_dir = tmp_path / "models"
+    models = ("{direct: {recipe: direct, label: direct solution, methods: [greedy, best_of_n_8]}, "
+              "dfs: {recipe: dfs_trace, methods: [greedy]}, think: {recipe: think_trace, methods: [greedy]}}")
+    cmd = [sys.executable, "-m", "flows.cli", "run", "-c", "smoke", "--run-dir", str(run_dir),
+           "--set", f"models={models}", "--set", "expert_iteration.rounds=0", "--set", "generate.num_numbers=3",
+           "--set", "generate.number_max=20", "--set", "sft.context_length=256", "--set", "eval.max_new_tokens=96"]
+    out = subprocess.run(cmd, cwd=ROOT, env=_env(prefect_server), capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    run = json.loads((run_dir / "run.json").read_text())
+    assert [r["stage"] for r in run["stages"]] == [
+        "generate", "build-data-direct", "build-data-dfs", "build-data-think", "sft-direct", "sft-dfs", "sft-think",
+        "eval-sft-direct", "eval-sft-dfs", "eval-sft-think", "report"]
+    rows = json.loads((run_dir / "metrics.json").read_text())
+    assert set(rows) == {"direct_greedy", "direct_best_of_n_8", "dfs_greedy", "think_greedy"}
+    report = (run_dir / "report.md").read_text()
+    assert "| direct solution | `direct_greedy` |" in report and "| dfs | `dfs_greedy` |" in report
+    for tag, kind in (("direct", "direct"), ("dfs", "trace")):
+        sft = io.read_parquet(str(run_dir / f"data-{tag}" / "sft.parquet")).to_pylist()
+        assert {r["kind"] for r in sft} == {kind} and sft[0]["response"].startswith("Current State: ")
+        vocab = json.loads((run_dir / f"sft-{tag}" / "model" / "tokenizer.json").read_text())["model"]["vocab"]
+        assert "Exploring Operation:" in vocab

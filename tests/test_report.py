@@ -81,6 +81,7 @@ def test_ablation_tables_and_plot():
 def test_summary_counts_false_claims_rollbacks_and_what_a_perfect_selector_would_reach():
     import pyarrow as pa
 
+    from sbt_core.domains import DOMAINS
     from sbt_core.evaluate import summarize
     from sbt_core.search.common import Result
     from sbt_core.search.run import results_table
@@ -90,7 +91,8 @@ def test_summary_counts_false_claims_rollbacks_and_what_a_perfect_selector_would
     results = [Result(right, [{"response": right, "score": -1.0}], rounds=1),
                Result(bent, [{"response": bent, "score": -0.5}, {"response": right, "score": -2.0}], rounds=2),
                Result("2+4=7", [{"response": "2+4=7", "score": -3.0}], rounds=3)]
-    s = summarize(results_table(problems, results, 1.0))
+    countdown = DOMAINS["countdown"]
+    s = summarize(results_table(problems, results, 1.0, countdown), countdown)
     assert s["accuracy_strict"] == pytest.approx(1 / 3)
     assert s["false_claim_rate"] == pytest.approx(1 / 3)  # the bent answer claims the goal; the last one does not
     assert s["false_claim_categories"] == {"computation_error": 1}

@@ -5,7 +5,8 @@ import torch
 
 from sbt_core import io
 from sbt_core.config import SearchConfig
-from sbt_core.countdown import verify
+from sbt_core.domains import DOMAINS
+from sbt_core.domains.countdown import CATEGORIES, verify
 from sbt_core.models import load
 from sbt_core.search import run as search_stage
 from sbt_core.search.backtrack import rollback, self_backtrack
@@ -25,7 +26,9 @@ class ScriptedLM:
         self.script = script  # state text -> list of (continuation text, per-token log-prob)
         self.calls = []
 
-    def prompt_ids(self, nums, target):
+    domain = DOMAINS["countdown"]
+
+    def prompt_ids(self, problem):
         return [ord("P")]
 
     def encode(self, text):
@@ -70,13 +73,13 @@ def test_rollback_removes_the_last_step_before_backtrack():
 
 def test_b0_picks_the_best_candidate_without_reexpanding():
     lm = ScriptedLM(SCRIPT)
-    (res,) = self_backtrack(lm, [([1, 2, 4], 12)], SearchConfig(n=4, backtrack_budget=0), None)
+    (res,) = self_backtrack(lm, [{"nums": [1, 2, 4], "target": 12}], SearchConfig(n=4, backtrack_budget=0), None)
     assert res.output == "9+9=18\nGoal Reached!" and res.rounds == 1 and len(lm.calls) == 1
 
 
 def test_b1_reexpands_each_new_state_once_with_its_rolled_back_samples():
     lm = ScriptedLM(SCRIPT)
-    (res,) = self_backtrack(lm, [([1, 2, 4], 12)], SearchConfig(n=4, backtrack_budget=1), None)
+    (res,) = self_backtrack(lm, [{"nums": [1, 2, 4], "target": 12}], SearchConfig(n=4, backtrack_budget=1), None)
     # Round 2 expands only "1+2=3\n" (the root was visited), with the 2 samples that rolled back to it.
     assert lm.calls[1] == ["1+2=3\n", "1+2=3\n"] and res.rounds == 2
     assert res.output == "1+2=3\n3*4=12\nGoal Reached!"
@@ -89,7 +92,7 @@ def test_b1_reexpands_each_new_state_once_with_its_rolled_back_samples():
 
 def test_no_candidate_falls_back_to_the_best_continuation():
     lm = ScriptedLM({"": [("1*2=2\n<backtrack>", -0.3), ("5+5=10\n", -0.2)]})
-    (res,) = self_backtrack(lm, [([1, 2], 3)], SearchConfig(n=2, backtrack_budget=2), None)
+    (res,) = self_backtrack(lm, [{"nums": [1, 2], "target": 3}], SearchConfig(n=2, backtrack_budget=2), None)
     assert res.output == "5+5=10\n" and res.candidates == [] and res.rounds == 1
 
 
@@ -101,7 +104,7 @@ def lm(trained):
 
 def test_batched_greedy_equals_one_at_a_time_and_logprobs_match_a_full_forward(lm, data_dir):
     t = io.read_parquet(str(data_dir / "val_new.parquet")).slice(0, 6)
-    prompts = [lm.prompt_ids(n, tg) for n, tg in zip(t["nums"].to_pylist(), t["target"].to_pylist())]
+    prompts = [lm.prompt_ids(p) for p in t.select(["nums", "target"]).to_pylist()]
     kw = dict(max_new_tokens=40, temperature=0.0, stop_ids=lm.stop_ids, pad_id=lm.pad_id)
     batched = sample(lm.model, prompts, **kw)
     for p, toks, lps in zip(prompts, batched.tokens, batched.logprobs):
@@ -116,14 +119,14 @@ def test_batched_greedy_equals_one_at_a_time_and_logprobs_match_a_full_forward(l
 @pytest.mark.parametrize("decoder", ["greedy", "beam", "sample", "best_of_n", "majority", "self_backtrack", "reference"])
 def test_every_decoder_runs_and_records_its_work(lm, data_dir, decoder):
     t = io.read_parquet(str(data_dir / "val_new.parquet")).slice(0, 6 if decoder == "reference" else 12)
-    problems = list(zip(t["nums"].to_pylist(), t["target"].to_pylist()))
+    problems = t.select(["nums", "target"]).to_pylist()
     cfg = SearchConfig(decoder=decoder, n=4, backtrack_budget=1, max_new_tokens=40, batch_rows=16)
     results = search_stage.search(lm, problems, cfg)
     again = search_stage.search(lm, problems, cfg)
     assert [r.output for r in results] == [r.output for r in again]  # seeded
-    for (nums, target), r in zip(problems, results):
+    for problem, r in zip(problems, results):
         assert isinstance(r.output, str) and r.generated_tokens > 0 and r.forward_passes > 0 and r.rounds >= 1
-        verify(nums, target, r.output)
+        assert verify(problem["nums"], problem["target"], r.output).category in CATEGORIES
         if decoder == "self_backtrack":
             assert all("Goal Reached!" in c["response"] for c in r.candidates) and r.rounds <= 2
         if decoder == "reference":
@@ -132,11 +135,11 @@ def test_every_decoder_runs_and_records_its_work(lm, data_dir, decoder):
 
 def test_oracle_selector_is_at_least_the_logprob_selector(lm, data_dir):
     t = io.read_parquet(str(data_dir / "val_seen.parquet")).slice(0, 20)
-    problems = list(zip(t["nums"].to_pylist(), t["target"].to_pylist()))
+    problems = t.select(["nums", "target"]).to_pylist()
 
     def acc(selector):
         res = search_stage.search(lm, problems, SearchConfig(decoder="best_of_n", n=8, selector=selector, max_new_tokens=40))
-        return sum(verify(n, tg, r.output).correct for (n, tg), r in zip(problems, res))
+        return sum(verify(p["nums"], p["target"], r.output).correct for p, r in zip(problems, res))
 
     assert acc("oracle") >= acc("logprob")
 

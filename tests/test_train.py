@@ -12,6 +12,8 @@ from safetensors.torch import load_file
 
 from sbt_core import build_data, io, train
 from sbt_core.config import BuildDataConfig, ModelConfig, TrainConfig
+from sbt_core.domains import DOMAINS
+from sbt_core.domains.countdown.format import format_prompt
 from sbt_core.models import build_tokenizer
 
 IGNORE = train.IGNORE
@@ -23,7 +25,7 @@ def supervised(example, tok):
 
 def test_masking_on_a_hand_checked_backtrack_example():
     tok = build_tokenizer()
-    ex = train.encode_example(tok, [90, 11, 37, 95], 55, "90+95=185\n84/5=83\n<backtrack>", 128)
+    ex = train.encode_example(tok, format_prompt([90, 11, 37, 95], 55), "90+95=185\n84/5=83\n<backtrack>", 128)
     marks = supervised(ex, tok)
     prompt_len = len(tok("###Question: numbers [90, 11, 37, 95]->target 55\n###Response:\n")["input_ids"])
     assert prompt_len == 27 and not any(s for _, s in marks[:prompt_len])  # prompt masked
@@ -40,17 +42,17 @@ def test_masking_on_a_hand_checked_backtrack_example():
 
 def test_masking_of_an_optimal_row_and_an_empty_prefix():
     tok = build_tokenizer()
-    ex = train.encode_example(tok, [1, 2], 3, "1+2=3\nGoal Reached!", 128)
+    ex = train.encode_example(tok, format_prompt([1, 2], 3), "1+2=3\nGoal Reached!", 128)
     marks = supervised(ex, tok)
     assert [t for t, s in marks if s] == ["1", "+", "2", "=", "3", "\n", "Goal Reached!", "</s>"]
-    ex = train.encode_example(tok, [1, 2], 3, "1*5=5\n<backtrack>", 128)
+    ex = train.encode_example(tok, format_prompt([1, 2], 3), "1*5=5\n<backtrack>", 128)
     assert [t for t, s in supervised(ex, tok) if s] == ["<backtrack>", "</s>"]
 
 
 def test_collator_never_supervises_padding():
     tok = build_tokenizer()
-    rows = [train.encode_example(tok, [1, 2], 3, "1+2=3\nGoal Reached!", 128),
-            train.encode_example(tok, [10, 20, 30], 60, "10+20=30\n30+30=60\nGoal Reached!", 128)]
+    rows = [train.encode_example(tok, format_prompt([1, 2], 3), "1+2=3\nGoal Reached!", 128),
+            train.encode_example(tok, format_prompt([10, 20, 30], 60), "10+20=30\n30+30=60\nGoal Reached!", 128)]
     batch = train.Collator(tok.pad_token_id)(rows)
     pad = batch["input_ids"] == tok.pad_token_id
     assert pad.any() and (batch["labels"][pad] == IGNORE).all() and (batch["attention_mask"][pad] == 0).all()
@@ -58,7 +60,7 @@ def test_collator_never_supervises_padding():
 
 def _tiny_sft(tmp_path, data_dir, n=64):
     problems = io.read_parquet(str(data_dir / "train.parquet")).slice(0, n)
-    return io.write_parquet(build_data.build(problems, BuildDataConfig()), str(tmp_path / "sft.parquet"))
+    return io.write_parquet(build_data.build(problems, BuildDataConfig(), DOMAINS["countdown"]), str(tmp_path / "sft.parquet"))
 
 
 CFG = dict(batch_size=8, learning_rate=1e-3, warmup_steps=0, logging_steps=1, seed=0)
@@ -136,7 +138,7 @@ def test_tokenised_rows_match_one_at_a_time_encoding_and_are_cached(tmp_path, da
     table = io.read_parquet(sft)
     for i in (0, 1, 2, len(table) - 1):
         r = table.slice(i, 1).to_pylist()[0]
-        assert first[i] == train.encode_example(tok, r["nums"], r["target"], r["response"], 128)
+        assert first[i] == train.encode_example(tok, r["prompt"], r["response"], 128)
     again = train.tokenised(train.sft_rows(sft), tok, 128)
     assert again._fingerprint == first._fingerprint and again.cache_files == first.cache_files
     assert again.cache_files and os.path.exists(again.cache_files[0]["filename"])
@@ -147,7 +149,7 @@ def test_tokenised_rows_match_one_at_a_time_encoding_and_are_cached(tmp_path, da
                                             (("nums", "target", "search_path", "is_find", "is_backtrack"), ".jsonl")])
 def test_one_step_on_the_released_layout(tmp_path, columns, suffix):
     """The paper's data, three- or five-column, imported and then trained on; and trained on as it is."""
-    from sbt_core.countdown import importer
+    from sbt_core.domains.countdown import importer
     from tests.test_data import RELEASED, write_released
 
     src = write_released(tmp_path / f"train{suffix}", RELEASED * 4, columns)

@@ -3,8 +3,8 @@
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sbt_core.countdown import CATEGORIES, verify
-from sbt_core.countdown.format import format_prompt, parse_prompt
+from sbt_core.domains.countdown import CATEGORIES, verify
+from sbt_core.domains.countdown.format import format_prompt, parse_prompt
 
 NUMS, TARGET = [90, 11, 37, 95], 55
 GOOD = "90+95=185\n11*185=2035\n2035/37=55\nGoal Reached!"

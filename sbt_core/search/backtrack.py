@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from sbt_core.config import SearchConfig
-from sbt_core.search.common import LM, Result, claims_goal, mean
+from sbt_core.search.common import LM, Result, mean
 
 
 def rollback(tokens: list[int], newline_ids: set[int]) -> list[int]:
@@ -42,7 +42,7 @@ def rollback(tokens: list[int], newline_ids: set[int]) -> list[int]:
 
 def self_backtrack(lm: LM, problems, cfg: SearchConfig, generator) -> list[Result]:
     n_problems = len(problems)
-    prompts = [lm.prompt_ids(nums, target) for nums, target in problems]
+    prompts = [lm.prompt_ids(problem) for problem in problems]
     # A state is a partial response: (tokens, their log-probs); width = samples to draw.
     frontier = [{(): ([], [], cfg.n)} for _ in range(n_problems)]
     visited = [{()} for _ in range(n_problems)]
@@ -66,7 +66,7 @@ def self_backtrack(lm: LM, problems, cfg: SearchConfig, generator) -> list[Resul
             continuations[p].append(entry)
             results[p].generated_tokens += len(out.tokens[r])
             seen_passes[p].add((r // cfg.batch_rows, passes[r]))
-            if claims_goal(text):
+            if lm.domain.claims_goal(text):
                 candidates[p].append(entry)
             elif out.tokens[r] and out.tokens[r][-1] == lm.backtrack_id:
                 state = rollback(tokens, lm.newline_ids)

@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from sbt_core.countdown.format import BACKTRACK, GOAL, format_prompt
+from sbt_core import domains
+from sbt_core.domains import BACKTRACK, Domain
 from sbt_core.search.sampling import Sampled, sample
 
 
@@ -27,11 +28,12 @@ def mean(xs) -> float:
 
 
 class LM:
-    """A causal LM with its tokenizer, seen as token ids in and token ids out."""
+    """A causal LM with its tokenizer and the domain whose text it writes: token ids in, token ids out."""
 
-    def __init__(self, model, tokenizer):
+    def __init__(self, model, tokenizer, domain: str | Domain = "countdown"):
         self.model = model.eval()
         self.tokenizer = tokenizer
+        self.domain = domains.get(domain) if isinstance(domain, str) else domain
         self.eos_id = tokenizer.eos_token_id
         self.pad_id = tokenizer.pad_token_id
         self.backtrack_id = tokenizer.convert_tokens_to_ids(BACKTRACK)
@@ -40,8 +42,11 @@ class LM:
         self.newline_ids = {i for i in range(len(tokenizer)) if "\n" in tokenizer.decode([i])}
         self._drop = {self.eos_id, self.pad_id}
 
-    def prompt_ids(self, nums, target) -> list[int]:
-        return self.tokenizer(format_prompt(nums, target), add_special_tokens=True)["input_ids"]
+    def prompt_ids(self, problem: dict) -> list[int]:
+        return self.encode(self.domain.prompt(problem))
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=True)["input_ids"]
 
     def text(self, ids: list[int]) -> str:
         """Response text; EOS and pad dropped, `<backtrack>` kept."""
@@ -60,10 +65,6 @@ class LM:
             passes += [out.forward_passes] * len(out.tokens)
             total += out.forward_passes
         return Sampled(tokens, logprobs, total), passes
-
-
-def claims_goal(text: str) -> bool:
-    return GOAL in text
 
 
 def make_generator(seed: int, device) -> torch.Generator:

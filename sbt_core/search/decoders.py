@@ -1,7 +1,7 @@
 """Baseline decoders over a batch of problems: greedy, beam, sampling, Best-of-N, majority.
 
 Each is a function `(lm, problems, cfg, generator) -> list[Result]`; `problems` is a list of
-(nums, target). Best-of-N's `oracle` selector consults the verifier (that is pass@N); every
+problem dicts of `lm.domain`. Best-of-N's `oracle` selector consults the verifier (that is pass@N); every
 other selector ranks by the model's own mean token log-probability.
 """
 
@@ -12,15 +12,13 @@ from collections import defaultdict
 import torch
 
 from sbt_core.config import SearchConfig
-from sbt_core.countdown.format import solution_steps
-from sbt_core.countdown.verify import verify
-from sbt_core.search.common import LM, Result, claims_goal, mean
+from sbt_core.search.common import LM, Result, mean
 from sbt_core.search.sampling import left_pad
 
 
 def _sample_n(lm: LM, problems, cfg: SearchConfig, n: int, temperature: float, generator):
     """n continuations per problem: lists of (text, score, tokens) and per-problem model calls."""
-    prompts = [lm.prompt_ids(nums, target) for nums, target in problems for _ in range(n)]
+    prompts = [lm.prompt_ids(problem) for problem in problems for _ in range(n)]
     out, passes = lm.sample(
         prompts, temperature=temperature, max_new_tokens=cfg.max_new_tokens, batch_rows=cfg.batch_rows,
         generator=generator,
@@ -53,9 +51,9 @@ def sample(lm: LM, problems, cfg: SearchConfig, generator) -> list[Result]:
 
 def best_of_n(lm: LM, problems, cfg: SearchConfig, generator) -> list[Result]:
     results = []
-    for (nums, target), (samples, passes) in zip(problems, _sample_n(lm, problems, cfg, cfg.n, cfg.temperature, generator)):
+    for problem, (samples, passes) in zip(problems, _sample_n(lm, problems, cfg, cfg.n, cfg.temperature, generator)):
         if cfg.selector == "oracle":  # pass@N: any verified sample counts
-            right = [t for t, _, _ in samples if verify(nums, target, t).correct]
+            right = [t for t, _, _ in samples if lm.domain.verify(problem, t).correct]
             best = right[0] if right else max(samples, key=lambda x: x[1])[0]
         else:
             best = max(samples, key=lambda x: x[1])[0]
@@ -64,17 +62,17 @@ def best_of_n(lm: LM, problems, cfg: SearchConfig, generator) -> list[Result]:
 
 
 def majority(lm: LM, problems, cfg: SearchConfig, generator) -> list[Result]:
-    """The most frequent final answer among samples that claim `Goal Reached!`.
-
-    In Countdown every right answer ends at the target, so the answer compared is the
-    solution itself: its multiset of step lines. Ties go to the higher mean log-prob.
+    """The most frequent final answer among samples that claim the goal (`Domain.answer_key`: in
+    Countdown the path's multiset of steps, since every right answer ends at the target; in Sudoku
+    the filled grid). Ties go to the higher mean log-prob.
     """
     results = []
     for samples, passes in _sample_n(lm, problems, cfg, cfg.n, cfg.temperature, generator):
         votes = defaultdict(list)
         for text, score, _ in samples:
-            if claims_goal(text):
-                votes[tuple(sorted(solution_steps(text)))].append((score, text))
+            key = lm.domain.answer_key(text)
+            if key is not None:
+                votes[key].append((score, text))
         if votes:
             best = max(votes.values(), key=lambda v: (len(v), max(v)[0]))
             results.append(_result(samples, passes, max(best)[1]))
@@ -91,7 +89,7 @@ def beam(lm: LM, problems, cfg: SearchConfig, generator) -> list[Result]:
     device = next(lm.model.parameters()).device
     for s in range(0, len(problems), per_batch):
         chunk = problems[s : s + per_batch]
-        ids, mask = left_pad([lm.prompt_ids(n, t) for n, t in chunk], lm.pad_id, device)
+        ids, mask = left_pad([lm.prompt_ids(problem) for problem in chunk], lm.pad_id, device)
         out = lm.model.generate(
             input_ids=ids, attention_mask=mask, num_beams=cfg.n, num_return_sequences=1, do_sample=False, max_new_tokens=cfg.max_new_tokens,
             eos_token_id=lm.stop_ids, pad_token_id=lm.pad_id, return_dict_in_generate=True, output_scores=True,

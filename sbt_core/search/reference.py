@@ -22,7 +22,8 @@ from collections import defaultdict
 import torch
 
 from sbt_core.config import SearchConfig
-from sbt_core.countdown.format import BACKTRACK, GOAL, RESPONSE_HEADER, format_prompt
+from sbt_core.domains import BACKTRACK
+from sbt_core.domains.base import RESPONSE_HEADER
 from sbt_core.search.common import LM, Result
 
 
@@ -44,8 +45,8 @@ def _expand(lm: LM, state: str, total_length: int, prompt_len: int, cfg: SearchC
     return seqs, scores, steps
 
 
-def _solve_one(lm: LM, nums, target, cfg: SearchConfig) -> Result:
-    prompt = format_prompt(nums, target)
+def _solve_one(lm: LM, problem: dict, cfg: SearchConfig) -> Result:
+    prompt = lm.domain.prompt(problem)
     prompt_len = len(lm.tokenizer(prompt, add_special_tokens=True)["input_ids"])
     total_length = prompt_len + cfg.max_new_tokens
     frontier, visited, candidates = [prompt], {prompt}, []
@@ -60,7 +61,7 @@ def _solve_one(lm: LM, nums, target, cfg: SearchConfig) -> Result:
             texts = [t.replace(lm.tokenizer.pad_token, "").replace(lm.tokenizer.eos_token, "") for t in texts]
             last_first = texts[0]
             for seq, text, score in zip(seqs.tolist(), texts, scores):
-                if GOAL in text:
+                if lm.domain.claims_goal(text):
                     candidates.append((text, score))
                 if BACKTRACK in text and len(new_frontier) < math.isqrt(cfg.backtrack_budget):
                     plain = lm.tokenizer.decode(seq, skip_special_tokens=True)
@@ -81,7 +82,7 @@ def _solve_one(lm: LM, nums, target, cfg: SearchConfig) -> Result:
 
     groups = defaultdict(list)
     for text, score in candidates:
-        groups[response(text).split(GOAL)[0]].append((text, score))
+        groups[lm.domain.final(response(text))].append((text, score))
     result.candidates = [{"response": response(t), "score": s} for t, s in candidates]
     if groups:
         best = max(groups.values(), key=lambda g: sum(s for _, s in g))
@@ -93,4 +94,4 @@ def _solve_one(lm: LM, nums, target, cfg: SearchConfig) -> Result:
 
 def reference(lm: LM, problems, cfg: SearchConfig, generator) -> list[Result]:
     """One problem per call, as the paper's evaluation runs it."""
-    return [_solve_one(lm, nums, target, cfg) for nums, target in problems]
+    return [_solve_one(lm, problem, cfg) for problem in problems]

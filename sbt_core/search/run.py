@@ -17,10 +17,10 @@ import torch
 
 from sbt_core import io
 from sbt_core.config import SearchConfig
-from sbt_core.countdown.verify import verify
+from sbt_core.domains import Domain
 from sbt_core.models import load
 from sbt_core.search.backtrack import self_backtrack
-from sbt_core.search.common import LM, Result, claims_goal, make_generator
+from sbt_core.search.common import LM, Result, make_generator
 from sbt_core.search.decoders import beam, best_of_n, greedy, majority, sample
 from sbt_core.search.reference import reference
 
@@ -36,11 +36,9 @@ DECODERS = {
     "reference": reference,
 }
 
-RESULT_SCHEMA = pa.schema(
+# After `id` and the domain's problem columns (`results_schema`):
+RESULT_FIELDS = pa.schema(
     [
-        ("id", pa.int64()),
-        ("nums", pa.list_(pa.int64())),
-        ("target", pa.int64()),
         ("output", pa.string()),
         ("claims_goal", pa.bool_()),
         ("correct_strict", pa.bool_()),
@@ -56,26 +54,30 @@ RESULT_SCHEMA = pa.schema(
 )
 
 
-def search(lm: LM, problems: list[tuple[list[int], int]], cfg: SearchConfig, seed: int | None = None) -> list[Result]:
-    """Run the configured decoder on (nums, target) problems, in memory."""
+def results_schema(problems: pa.Schema, domain: Domain) -> pa.Schema:
+    """id, the problem columns as the problems table types them, then RESULT_FIELDS."""
+    return pa.schema([problems.field("id"), *(problems.field(c) for c in domain.columns), *RESULT_FIELDS])
+
+
+def search(lm: LM, problems: list[dict], cfg: SearchConfig, seed: int | None = None) -> list[Result]:
+    """Run the configured decoder on problems (dicts of `lm.domain`'s columns), in memory."""
     seed = cfg.seed if seed is None else seed
     torch.manual_seed(seed)  # HF generate (beam, reference) draws from the global generator
     return DECODERS[cfg.decoder](lm, problems, cfg, make_generator(seed, next(lm.model.parameters()).device))
 
 
-def results_table(problems: pa.Table, results: list[Result], seconds: float) -> pa.Table:
+def results_table(problems: pa.Table, results: list[Result], seconds: float, domain: Domain) -> pa.Table:
     """One row per problem with both verifier modes' verdicts."""
-    nums, targets = problems["nums"].to_pylist(), problems["target"].to_pylist()
-    strict = [verify(n, t, r.output, strict=True) for n, t, r in zip(nums, targets, results)]
-    paper = [verify(n, t, r.output, strict=False) for n, t, r in zip(nums, targets, results)]
+    rows = problems.to_pylist()
+    strict = [domain.verify(p, r.output, strict=True) for p, r in zip(rows, results)]
+    paper = [domain.verify(p, r.output, strict=False) for p, r in zip(rows, results)]
     per = seconds / max(1, len(results))
     return pa.table(
         {
             "id": problems["id"],
-            "nums": problems["nums"],
-            "target": problems["target"],
+            **{c: problems[c] for c in domain.columns},
             "output": [r.output for r in results],
-            "claims_goal": [claims_goal(r.output) for r in results],
+            "claims_goal": [domain.claims_goal(r.output) for r in results],
             "correct_strict": [v.correct for v in strict],
             "category_strict": [v.category for v in strict],
             "correct_paper": [v.correct for v in paper],
@@ -86,19 +88,19 @@ def results_table(problems: pa.Table, results: list[Result], seconds: float) -> 
             "rounds": [r.rounds for r in results],
             "seconds": [per] * len(results),
         },
-        schema=RESULT_SCHEMA,
+        schema=results_schema(problems.schema, domain),
     )
 
 
 def run(
-    cfg: SearchConfig, model_path: str, data_uri: str, out_dir: str, *, limit: int | None = None,
-    shard_size: int = 256, lm: LM | None = None, progress=None,
+    cfg: SearchConfig, model_path: str, data_uri: str, out_dir: str, *, domain: str = "countdown",
+    limit: int | None = None, shard_size: int = 256, lm: LM | None = None, progress=None,
 ) -> dict[str, str]:
     """Stage entry: writes `results.parquet` (+ shards/ and the manifest); returns its URI."""
     problems = io.read_parquet(data_uri)
     if limit is not None:
         problems = problems.slice(0, limit)
-    lm = lm or LM(*load(model_path, device="cuda" if torch.cuda.is_available() else "cpu"))
+    lm = lm or LM(*load(model_path, device="cuda" if torch.cuda.is_available() else "cpu"), domain)
     parts = []
     for k, start in enumerate(range(0, len(problems), shard_size)):
         shard_uri = io.join(out_dir, "shards", f"shard-{k:05d}.parquet")
@@ -107,14 +109,15 @@ def run(
         else:
             chunk = problems.slice(start, shard_size)
             t0 = time.perf_counter()
-            res = search(lm, list(zip(chunk["nums"].to_pylist(), chunk["target"].to_pylist())), cfg, seed=cfg.seed + k)
-            table = results_table(chunk, res, time.perf_counter() - t0)
+            res = search(lm, chunk.select(list(lm.domain.columns)).to_pylist(), cfg, seed=cfg.seed + k)
+            table = results_table(chunk, res, time.perf_counter() - t0, lm.domain)
             io.write_parquet(table, shard_uri)
             parts.append(table)
         if progress:
             progress(len(parts[-1]))
-    table = pa.concat_tables(parts) if parts else results_table(problems.slice(0, 0), [], 0.0)
+    table = pa.concat_tables(parts) if parts else results_table(problems.slice(0, 0), [], 0.0, lm.domain)
     uri = io.write_parquet(table, io.join(out_dir, "results.parquet"))
-    config = {"search": cfg.model_dump(mode="json"), "model": str(model_path), "limit": limit, "shard_size": shard_size}
+    config = {"search": cfg.model_dump(mode="json"), "model": str(model_path), "domain": lm.domain.name,
+              "limit": limit, "shard_size": shard_size}
     io.write_manifest(out_dir, "search", config, [data_uri], {"results": uri})
     return {"results": uri}

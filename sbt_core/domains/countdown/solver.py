@@ -15,7 +15,7 @@ from itertools import combinations
 
 import numpy as np
 
-from sbt_core.countdown.format import Step
+from sbt_core.domains.countdown.format import Step
 
 N_OUTCOMES = 5  # +, *, |a-b|, a/b, b/a
 

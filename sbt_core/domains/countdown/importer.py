@@ -24,7 +24,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from sbt_core import io
-from sbt_core.countdown.format import BACKTRACK, GOAL
+from sbt_core.domains.countdown.format import BACKTRACK, GOAL, format_prompt
 
 REQUIRED = ("nums", "target", "search_path")
 FLAGS = ("is_find", "is_backtrack")
@@ -128,6 +128,7 @@ def convert(rows) -> tuple[pa.Table, pa.Table]:
         "problem_id": pa.array([-1] * len(paths), pa.int64()),
         "nums": pa.array(nums, pa.list_(pa.int64())),
         "target": pa.array(targets, pa.int64()),
+        "prompt": pa.array([format_prompt(n, t) for n, t in zip(nums, targets)], pa.string()),
         "response": pa.array(paths, pa.string()),
         "kind": pa.array(kinds, pa.string()),
         "error_type": pa.array([None] * len(paths), pa.string()),
@@ -141,6 +142,17 @@ def convert(rows) -> tuple[pa.Table, pa.Table]:
         "solution": pa.array([paths[i] for i in found], pa.string()),
     })
     return sft, problems
+
+
+def sft_dataset(source: str, split: str = "train"):
+    """The released rows as SFT rows for `train` (a `datasets.Dataset`): `search_path` read as `response`,
+    plus the `prompt` each row's numbers and target give."""
+    rows = load(source, split)
+    if "response" not in rows.column_names and "search_path" in rows.column_names:
+        rows = rows.rename_column("search_path", "response")
+    return rows.map(lambda b, idx: {"prompt": [format_prompt(_nums(i + 1, n), t)
+                                               for i, n, t in zip(idx, b["nums"], b["target"])]},
+                    batched=True, with_indices=True, desc="prompts")
 
 
 def run(source: str, out_dir: str, split: str = "train") -> dict[str, str]:

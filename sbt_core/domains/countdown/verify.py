@@ -19,9 +19,8 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from dataclasses import dataclass
-
-from sbt_core.countdown.format import BACKTRACK, GOAL, parse_step, split_response
+from sbt_core.domains.base import Verdict
+from sbt_core.domains.countdown.format import BACKTRACK, GOAL, parse_step, split_response
 
 CATEGORIES = ("correct", "format_error", "rule_violation", "computation_error", "not_reached")
 MODES = ("strict", "paper")
@@ -30,15 +29,6 @@ MODES = ("strict", "paper")
 # value, large `number_max` included, and far above the 12 characters a padded `000...37` needs.
 _MAX_DIGITS = 1000
 _PAPER_STEP_RE = re.compile(r"(\d+)\s*([+\-*/])\s*(\d+)\s*=\s*(\d+)")
-
-
-@dataclass(frozen=True)
-class Verdict:
-    correct: bool
-    category: str
-    detail: str = ""
-    step: int = -1  # index of the failing step line, -1 when not about one step
-    mode: str = "strict"
 
 
 def verify(nums, target: int, response: str, strict: bool = True) -> Verdict:

@@ -17,9 +17,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-GOAL = "Goal Reached!"
-BACKTRACK = "<backtrack>"
-RESPONSE_HEADER = "###Response:\n"
+from sbt_core.domains.base import BACKTRACK, GOAL, RESPONSE_HEADER
 OPS = ("+", "-", "*", "/")
 
 _PROMPT_RE = re.compile(r"###Question: numbers \[([0-9, ]*)\]->target (\d+)\n###Response:\n")

@@ -21,9 +21,9 @@ import numpy as np
 import pyarrow as pa
 
 from sbt_core import io
-from sbt_core.config import GenerateConfig
-from sbt_core.countdown.format import format_solution
-from sbt_core.countdown.solver import decode_program, pick_programs, solve_batch
+from sbt_core.domains.countdown.config import GenerateConfig
+from sbt_core.domains.countdown.format import format_solution
+from sbt_core.domains.countdown.solver import decode_program, pick_programs, solve_batch
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val_seen", "val_new")

@@ -1,0 +1,70 @@
+"""What every domain provides, and the pieces domains share.
+
+A domain is one folder under `sbt_core/domains/` whose `domain.py` defines an object with the
+attributes and methods of `Domain`, plus one line in `DOMAINS` (`sbt_core/domains/__init__.py`).
+Nothing outside `sbt_core/domains/` imports a domain's modules: the pipeline, the search, the
+trainer and the report reach a domain only through the registry, by name.
+
+Problems are dicts (rows of the domain's `train.parquet` / eval splits); a response is the text
+after the prompt. Every response format is line-based: one step per line, which is what the
+self-backtracking decoder rolls back and what the loss masks on a `<backtrack>` row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Protocol
+
+from pydantic import BaseModel, ConfigDict
+
+GOAL = "Goal Reached!"
+BACKTRACK = "<backtrack>"
+RESPONSE_HEADER = "###Response:\n"
+
+
+class StrictConfig(BaseModel):
+    """Base of every config model: unknown keys refused, frozen."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    correct: bool
+    category: str
+    detail: str = ""
+    step: int = -1  # index of the failing step line, -1 when not about one step
+    mode: str = "strict"
+
+
+@dataclass(frozen=True)
+class Example:
+    """One SFT row a recipe writes for a problem."""
+
+    response: str
+    kind: str  # optimal | backtrack | trace | direct
+    error_type: str | None = None
+    prefix_len: int = 0
+
+
+class Domain(Protocol):
+    name: ClassVar[str]
+    GenerateConfig: ClassVar[type[StrictConfig]]  # its `domain` field is the registry name
+    columns: ClassVar[tuple[str, ...]]  # problem columns the data splits carry (besides `id`)
+    eval_splits: ClassVar[tuple[str, ...]]  # splits an evaluation reads, the held-out one last
+    categories: ClassVar[tuple[str, ...]]  # verdict categories, "correct" first
+    error_types: ClassVar[tuple[str, ...]]  # D_back error types, in the order of build_data's ratio
+    # Tokenizer vocabularies by name: fixed phrases (one token each) and single characters.
+    vocabularies: ClassVar[dict[str, tuple[tuple[str, ...], tuple[str, ...]]]]
+    # Trace styles this domain writes (`trace(problem, style, rng)`), e.g. dfs, mix, think, direct.
+    trace_styles: ClassVar[tuple[str, ...]]
+
+    def generate(self, cfg: Any, out_dir: str, progress: Callable | None = None) -> dict[str, str]: ...
+    def prompt(self, problem: dict) -> str: ...
+    def verify(self, problem: dict, response: str, strict: bool = True) -> Verdict: ...
+    def claims_goal(self, response: str) -> bool: ...
+    def answer_key(self, response: str) -> Any: ...  # what majority vote counts; None: no answer
+    def final(self, response: str) -> str: ...  # the response cut after its goal line (distillation)
+    def optimal(self, problem: dict) -> str: ...  # D_op's response
+    def backtrack_example(self, problem: dict, error_type: str, rng, at_target: bool = False) -> Example: ...
+    def trace(self, problem: dict, style: str, rng) -> str: ...  # a search trace (or the direct path)

@@ -1,0 +1,106 @@
+"""Countdown as a `Domain` (see `sbt_core/domains/base.py`): the registry's `countdown` entry."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import pyarrow as pa
+
+from sbt_core.domains.base import Example, Verdict
+from sbt_core.domains.countdown import backtrack, generate, trace
+from sbt_core.domains.countdown.config import GenerateConfig
+from sbt_core.domains.countdown.format import (BACKTRACK, GOAL, format_prompt, parse_step, solution_steps,
+                                               split_response)
+from sbt_core.domains.countdown.verify import CATEGORIES, verify
+
+# The step format's phrases and characters, as the tiny tokenizer has always had them (ids unchanged).
+_STEP_PHRASES = ("###Question:", "###Response:", GOAL, "->target", "numbers")
+_STEP_CHARS = tuple("0123456789+-*/=[], \n")
+
+
+class Countdown:
+    """Reach the target with + - * / using every number once (arXiv 2502.04404 and 2504.07052)."""
+
+    name = "countdown"
+    GenerateConfig = GenerateConfig
+    columns = ("nums", "target")
+    eval_splits = ("val_seen", "val_new")
+    categories = CATEGORIES
+    error_types = backtrack.ERROR_TYPES
+    trace_styles = trace.STYLES
+    vocabularies = {
+        "countdown": (_STEP_PHRASES, _STEP_CHARS),
+        "countdown-trace": (_STEP_PHRASES + trace.PHRASES, _STEP_CHARS + trace.CHARS),
+    }
+
+    def generate(self, cfg: GenerateConfig, out_dir: str, progress: Callable | None = None) -> dict[str, str]:
+        return generate.run(cfg, out_dir, progress)
+
+    def prompt(self, problem: dict) -> str:
+        return format_prompt(problem["nums"], problem["target"])
+
+    def verify(self, problem: dict, response: str, strict: bool = True) -> Verdict:
+        """Step responses as they are; a search trace by the path it claims (see `trace`)."""
+        if isinstance(response, str) and trace.is_trace(response):
+            claimed = trace.as_solution(response)
+            if claimed is None:
+                return Verdict(False, "not_reached", "the trace claims no goal", mode="strict" if strict else "paper")
+            response = claimed
+        return verify(problem["nums"], problem["target"], response, strict=strict)
+
+    def claims_goal(self, response: str) -> bool:
+        return trace.REACHED in response  # `Goal Reached!` and a trace's `equal: Goal Reached`
+
+    def steps(self, response: str) -> list[str]:
+        if trace.is_trace(response):
+            return trace.final_steps(response) or []
+        return solution_steps(response)
+
+    def answer_key(self, response: str):
+        """A right Countdown answer always ends at the target, so the answer is the path: its steps as a multiset."""
+        return tuple(sorted(self.steps(response))) if self.claims_goal(response) else None
+
+    def final(self, response: str) -> str:
+        if trace.is_trace(response):
+            lines = response.split("\n")
+            end = next(i for i, line in enumerate(lines) if line.endswith(f" equal: {trace.REACHED}"))
+            return "\n".join(lines[: end + 1])
+        return response[: response.index(GOAL) + len(GOAL)]
+
+    def optimal(self, problem: dict) -> str:
+        return problem["solution"]
+
+    def data_stats(self, problems: pa.Table) -> dict:
+        """Dataset-wide figures the error builders use: the largest number (for absent numbers)."""
+        return {"number_max": max((max(n) for n in problems["nums"].to_pylist()), default=99)}
+
+    def backtrack_example(self, problem: dict, error_type: str, rng, at_target: bool = False,
+                          stats: dict | None = None) -> Example:
+        steps = [parse_step(line) for line in solution_steps(problem["solution"])]
+        response, used, prefix_len = backtrack.backtrack_example(
+            problem["nums"], problem["target"], steps, error_type, rng, (stats or {}).get("number_max", 99), at_target)
+        return Example(response, "backtrack", used, prefix_len)
+
+    def trace(self, problem: dict, style: str, rng) -> str:
+        steps = [parse_step(line) for line in solution_steps(problem["solution"])]
+        return trace.write(problem["nums"], problem["target"], style, rng, steps)
+
+    def terminated(self, response: str) -> bool:
+        """Whether the response ended by itself (goal, backtrack or a failed search's last line)."""
+        return split_response(response)[1] is not None or response.rstrip().endswith(
+            (trace.FAILED, f"equal: {trace.REACHED}")) or response.endswith(BACKTRACK)
+
+    def load_released(self, source: str, split: str = "train"):
+        """The first paper's released SFT rows (`sbt import-dataset`'s sources) as a `datasets.Dataset` with
+        `prompt` and `response` columns."""
+        from sbt_core.domains.countdown import importer
+
+        return importer.sft_dataset(source, split)
+
+    def import_released(self, source: str, out_dir: str, split: str = "train") -> dict[str, str]:
+        from sbt_core.domains.countdown import importer
+
+        return importer.run(source, out_dir, split)
+
+
+COUNTDOWN = Countdown()
