@@ -47,10 +47,9 @@ def summarize(results: pa.Table, domain: Domain) -> dict:
         cand_ok, cand_n, any_ok = cand_ok + sum(ok), cand_n + len(ok), any_ok + any(ok)
     div = max(n, 1)
     extra: dict[str, float] = {}
-    if hasattr(domain, "extra_metrics"):
-        for problem, output in zip(problems, results["output"].to_pylist()):
-            for k, v in domain.extra_metrics(problem, output).items():
-                extra[k] = extra.get(k, 0.0) + v / div
+    for problem, output in zip(problems, results["output"].to_pylist()):
+        for k, v in domain.extra_metrics(problem, output).items():
+            extra[k] = extra.get(k, 0.0) + v / div
     return {
         "problems": n,
         "accuracy_strict": sum(r["correct_strict"] for r in rows) / div,

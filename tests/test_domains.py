@@ -44,7 +44,7 @@ def test_every_domain_has_the_protocols_parts():
         assert d.name == name and d.GenerateConfig().domain == name
         assert d.categories[0] == "correct" and len(d.error_types) == 3 and d.eval_splits
         for attr in ("generate", "prompt", "verify", "claims_goal", "answer_key", "final", "optimal",
-                     "backtrack_example", "trace", "data_stats"):
+                     "backtrack_example", "trace", "data_stats", "extra_metrics"):
             assert callable(getattr(d, attr)), (name, attr)
 
 
@@ -74,19 +74,19 @@ def test_the_countdown_vocabulary_keeps_its_token_ids():
 
 def _count(cells: list[int], size: int, limit: int = 2) -> int:
     """An independent plain backtracking count of solutions (not the generator's compiled solver)."""
-    units, peers = solver.geometry(size)
-    try:
-        i = cells.index(0)
-    except ValueError:
+    _, peers = solver.geometry(size)
+    options = {i: [v for v in range(1, size + 1) if all(cells[p] != v for p in peers[i])]
+               for i, x in enumerate(cells) if not x}
+    if not options:
         return 1
+    i = min(options, key=lambda k: len(options[k]))
     found = 0
-    for v in range(1, size + 1):
-        if all(cells[p] != v for p in peers[i]):
-            cells[i] = v
-            found += _count(cells, size, limit - found)
-            cells[i] = 0
-            if found >= limit:
-                break
+    for v in options[i]:
+        cells[i] = v
+        found += _count(cells, size, limit - found)
+        cells[i] = 0
+        if found >= limit:
+            break
     return found
 
 

@@ -12,10 +12,16 @@ self-backtracking decoder rolls back and what the loss masks on a `<backtrack>` 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Protocol
 
+import pyarrow as pa
 from pydantic import BaseModel, ConfigDict
+
+from sbt_core import io
+
+log = logging.getLogger(__name__)
 
 GOAL = "Goal Reached!"
 BACKTRACK = "<backtrack>"
@@ -68,3 +74,13 @@ class Domain(Protocol):
     def optimal(self, problem: dict) -> str: ...  # D_op's response
     def backtrack_example(self, problem: dict, error_type: str, rng, at_target: bool = False) -> Example: ...
     def trace(self, problem: dict, style: str, rng) -> str: ...  # a search trace (or the direct path)
+    def data_stats(self, problems: pa.Table) -> dict: ...  # dataset-wide figures the error builders use
+    def extra_metrics(self, problem: dict, response: str) -> dict[str, float]: ...  # averaged in evaluations
+
+
+def write_splits(tables: dict[str, pa.Table], cfg: StrictConfig, out_dir: str) -> dict[str, str]:
+    """A generator's stage output: one `<split>.parquet` per table and the manifest; returns their URIs."""
+    uris = {name: io.write_parquet(t, io.join(out_dir, f"{name}.parquet")) for name, t in tables.items()}
+    io.write_manifest(out_dir, "generate", cfg.model_dump(mode="json"), [], uris)
+    log.info("generate: %s", {k: len(v) for k, v in tables.items()})
+    return uris

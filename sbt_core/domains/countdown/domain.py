@@ -48,6 +48,9 @@ class Countdown:
             response = claimed
         return verify(problem["nums"], problem["target"], response, strict=strict)
 
+    def extra_metrics(self, problem: dict, response: str) -> dict[str, float]:
+        return {}
+
     def claims_goal(self, response: str) -> bool:
         return trace.REACHED in response  # `Goal Reached!` and a trace's `equal: Goal Reached`
 

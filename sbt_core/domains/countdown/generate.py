@@ -12,7 +12,6 @@ Run: `sbt generate --out data/countdown --num-train 500000 --seed 0`.
 
 from __future__ import annotations
 
-import logging
 import multiprocessing as mp
 import os
 from dataclasses import dataclass
@@ -20,12 +19,11 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from sbt_core import io
+from sbt_core.domains.base import write_splits
 from sbt_core.domains.countdown.config import GenerateConfig
 from sbt_core.domains.countdown.format import format_solution
 from sbt_core.domains.countdown.solver import decode_program, pick_programs, solve_batch
 
-log = logging.getLogger(__name__)
 SPLITS = ("train", "val_seen", "val_new")
 _CANDIDATES_PER_SLOT = 4
 _SOLVE_ROWS = 2048
@@ -138,8 +136,4 @@ def generate(cfg: GenerateConfig, progress=None) -> dict[str, pa.Table]:
 
 def run(cfg: GenerateConfig, out_dir: str, progress=None) -> dict[str, str]:
     """Stage entry: write `train/val_seen/val_new.parquet` and the manifest; return their URIs."""
-    tables = generate(cfg, progress)
-    uris = {name: io.write_parquet(t, io.join(out_dir, f"{name}.parquet")) for name, t in tables.items()}
-    io.write_manifest(out_dir, "generate", cfg.model_dump(mode="json"), [], uris)
-    log.info("generate: %s", {k: len(v) for k, v in tables.items()})
-    return uris
+    return write_splits(generate(cfg, progress), cfg, out_dir)

@@ -10,7 +10,6 @@ Run: `sbt generate --domain sudoku --size 9 --out data/sudoku --num-train 100000
 
 from __future__ import annotations
 
-import logging
 import multiprocessing as mp
 import os
 from dataclasses import dataclass
@@ -18,11 +17,10 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from sbt_core import io
+from sbt_core.domains.base import write_splits
 from sbt_core.domains.sudoku import grid
 from sbt_core.domains.sudoku.config import GenerateConfig
 
-log = logging.getLogger(__name__)
 SPLITS = ("train", "val")
 
 
@@ -87,8 +85,4 @@ def generate(cfg: GenerateConfig, progress=None) -> dict[str, pa.Table]:
 
 def run(cfg: GenerateConfig, out_dir: str, progress=None) -> dict[str, str]:
     """Stage entry: write `train.parquet`, `val.parquet` and the manifest; return their URIs."""
-    tables = generate(cfg, progress)
-    uris = {name: io.write_parquet(t, io.join(out_dir, f"{name}.parquet")) for name, t in tables.items()}
-    io.write_manifest(out_dir, "generate", cfg.model_dump(mode="json"), [], uris)
-    log.info("generate: %s", {k: len(v) for k, v in tables.items()})
-    return uris
+    return write_splits(generate(cfg, progress), cfg, out_dir)

@@ -53,7 +53,7 @@ def replay(puzzle: str, response: str) -> list[int]:
                 if guess:
                     saved.append(((r - 1) * size + c - 1, list(grid)))
                 grid[(r - 1) * size + c - 1] = v
-        elif (m := REVERT_RE.fullmatch(line)) and saved:
+        elif REVERT_RE.fullmatch(line) and saved:
             grid = saved.pop()[1]
     return grid
 
