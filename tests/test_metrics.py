@@ -1,0 +1,58 @@
+"""pass@k, decode FLOPs and token budgets, against brute force and hand computation."""
+
+from __future__ import annotations
+
+from itertools import combinations
+
+import pytest
+
+from sbt_core import metrics
+from sbt_core.domains import DOMAINS
+from sbt_core.domains.countdown import trace
+from sbt_core.models import SIZES, build_tiny, build_tokenizer
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 8])
+def test_pass_at_k_is_the_share_of_k_subsets_holding_a_right_sample(n):
+    for c in range(n + 1):
+        right = [True] * c + [False] * (n - c)
+        for k in range(1, n + 1):
+            subsets = list(combinations(range(n), k))
+            brute = sum(any(right[i] for i in s) for s in subsets) / len(subsets)
+            assert metrics.pass_at_k(n, c, k) == pytest.approx(brute, abs=1e-12)
+
+
+def test_pass_at_k_stays_finite_for_many_samples_and_refuses_nonsense():
+    assert metrics.pass_at_k(10_000, 1, 1) == pytest.approx(1e-4)
+    assert 0 < metrics.pass_at_k(10_000, 3, 64) < 1
+    for n, c, k in ((4, 5, 1), (4, 1, 5), (4, 1, 0)):
+        with pytest.raises(ValueError):
+            metrics.pass_at_k(n, c, k)
+
+
+def test_decode_flops_match_a_hand_computation():
+    # h=4, kv=2, ffn=8, 3 layers, L=5, n=2:
+    # per layer: (2*16 + 2*4*2 + 3*4*8) * 5 + 4 * 5*6/2 = (32 + 16 + 96) * 5 + 60 = 780
+    assert metrics.decode_flops(metrics.Shape(n_layer=3, hidden=4, kv=2, ffn=8), 5, 2) == 3 * 780 * 2
+
+
+def test_the_17m_shape_is_read_from_its_config_as_the_paper_gives_it():
+    model = build_tiny("17m", build_tokenizer())
+    shape = metrics.Shape.of(model.config)
+    assert shape == metrics.Shape(n_layer=8, hidden=512, kv=128, ffn=1024)  # 4 heads of 128, 1 KV head
+    assert SIZES["17m"]["num_key_value_heads"] == 1
+    # The paper's matching: 4,096 tokens of one backtracking decode cost about 16 direct samples of 256.
+    one_long = metrics.decode_flops(shape, 4096)
+    direct = metrics.decode_flops(shape, 256, 16)
+    assert 1.0 < one_long / direct < 2.0
+
+
+def test_a_trace_solved_late_is_not_solved_within_a_smaller_budget():
+    tok = build_tokenizer("countdown-trace")
+    problem = {"nums": [5, 7, 3], "target": 36}
+    text = trace.dfs(problem["nums"], problem["target"], "sum")
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    countdown = DOMAINS["countdown"]
+    assert countdown.verify(problem, tok.decode(metrics.within_budget(ids, len(ids)))).correct
+    assert not countdown.verify(problem, tok.decode(metrics.within_budget(ids, len(ids) - 1))).correct
+    assert metrics.within_budget(ids, 10**6) == ids and metrics.within_budget(ids, 0) == []
