@@ -56,3 +56,47 @@ def test_a_trace_solved_late_is_not_solved_within_a_smaller_budget():
     assert countdown.verify(problem, tok.decode(metrics.within_budget(ids, len(ids)))).correct
     assert not countdown.verify(problem, tok.decode(metrics.within_budget(ids, len(ids) - 1))).correct
     assert metrics.within_budget(ids, 10**6) == ids and metrics.within_budget(ids, 0) == []
+
+
+def test_sample_curves_read_every_n_from_the_same_samples():
+    from sbt_core import study
+
+    countdown = DOMAINS["countdown"]
+    shape = metrics.Shape(n_layer=1, hidden=2, kv=2, ffn=2)
+    problems = [{"nums": [1, 2], "target": 3}, {"nums": [2, 2], "target": 4}]
+    ok1, bad1 = "1+2=3\nGoal Reached!", "1*2=3\nGoal Reached!"
+    ok2, bad2 = "2+2=4\nGoal Reached!", "2*2=5\nGoal Reached!"
+    samples = [[(bad1, -0.1, 4), (ok1, -0.5, 4), (ok1, -0.9, 4), (bad1, -0.2, 4)],
+               [(bad2, -0.3, 6), (bad2, -0.1, 6), (ok2, -0.2, 6), ("2", -0.05, 2)]]
+    curves = study.sample_curves(countdown, problems, samples, [1, 2, 4], shape)
+    by_n = {name: {p["n"]: p for p in pts} for name, pts in curves.items()}
+    # pass@1 from all 4 samples: problem 1 has 2 right of 4, problem 2 has 1 of 4.
+    assert by_n["pass_at_n"][1]["accuracy"] == pytest.approx((0.5 + 0.25) / 2)
+    assert by_n["pass_at_n"][4]["accuracy"] == 1.0
+    # best-of-n by log-prob among the first n: n=2 picks bad1 (-0.1) and bad2 (-0.1); n=4 the same.
+    assert by_n["best_of_n"][2]["accuracy"] == 0.0 and by_n["best_of_n"][1]["accuracy"] == 0.0
+    # majority@4: problem 1 ties 2:2, the best-scored sample (bad1) wins; problem 2: bad2 twice beats ok2 once.
+    assert by_n["majority_at_n"][4]["accuracy"] == 0.0
+    # majority@2 on problem 1: bad1 and ok1 once each, bad1 scores higher -> wrong.
+    assert by_n["majority_at_n"][2]["accuracy"] == 0.0
+    assert by_n["pass_at_n"][2]["tokens_per_problem"] == (8 + 12) / 2
+    assert by_n["pass_at_n"][2]["flops_measured"] == pytest.approx(
+        (2 * metrics.decode_flops(shape, 4) + 2 * metrics.decode_flops(shape, 6)) / 2)
+    with pytest.raises(ValueError, match="n=8 needs at least 8 samples"):
+        study.sample_curves(countdown, problems, samples, [8], shape)
+
+
+def test_budget_curve_reads_one_decode_at_every_budget():
+    from sbt_core import study
+
+    tok = build_tokenizer("countdown-trace")
+    countdown = DOMAINS["countdown"]
+    problems = [{"nums": [5, 7, 3], "target": 36}, {"nums": [3, 8, 2], "target": 22}]
+    decodes = [tok(trace.dfs(p["nums"], p["target"], "sum"), add_special_tokens=False)["input_ids"] for p in problems]
+    short, long_ = sorted(len(d) for d in decodes)
+    shape = metrics.Shape(n_layer=1, hidden=2, kv=2, ffn=2)
+    points = study.budget_curve(countdown, problems, decodes, tok.decode, [short, long_, short - 1], shape)
+    assert [p["budget"] for p in points] == [short - 1, short, long_]
+    assert [p["accuracy"] for p in points] == [0.0, 0.5, 1.0]
+    assert points[1]["tokens_per_problem"] == short  # both decodes cut at `short`
+    assert points[2]["flops_formula"] == metrics.decode_flops(shape, round((short + long_) / 2))
