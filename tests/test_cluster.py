@@ -40,8 +40,8 @@ def _client(api: str):
 
 def rest(api: str, method: str, path: str, body: dict | None = None):
     """One REST call; a 503 (the server's SQLite busy) is retried with backoff, as Prefect's own client does."""
-    req = urllib.request.Request(f"{api}{path}", method=method, data=json.dumps(body).encode() if body else None,
-                                 headers={"Content-Type": "application/json"})
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(f"{api}{path}", method=method, data=data, headers={"Content-Type": "application/json"})
     for attempt in range(6):
         try:
             with urllib.request.urlopen(req, timeout=30) as r:

@@ -15,11 +15,11 @@ import subprocess
 import sys
 import time
 import urllib.request
+import re
 from pathlib import Path
 
-import re
-
 import pytest
+from test_cluster import rest
 
 from flows.local_server import start as start_prefect_server
 from flows.local_server import stop
@@ -30,10 +30,8 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 def _post(api: str, path: str, body: dict):
-    req = urllib.request.Request(f"{api}{path}", method="POST", data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=30) as r:
-        return json.loads(r.read())
+    """A POST that retries the server's 503 (SQLite busy: seen once right after the kill drill's runs)."""
+    return rest(api, "POST", path, body)
 
 
 def chromium(url: str, png: Path, height: int = 1100) -> str:
