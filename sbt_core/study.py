@@ -69,3 +69,55 @@ def sample_curves(domain: Domain, problems: list[dict], samples: list[list[tuple
         for name, acc in (("pass_at_n", pass_n), ("best_of_n", best), ("majority_at_n", votes / div)):
             curves[name].append(_point(acc, lengths, shape, n=n))
     return curves
+
+
+def run(model_path: str, data_uri: str, out_dir: str, *, kind: str, domain: str = "countdown",
+        budgets: tuple[int, ...] = (256, 512, 1024), ns: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64),
+        temperature: float = 0.7, max_new_tokens: int = 512, batch_rows: int = 2048, limit: int | None = None,
+        seed: int = 4) -> dict[str, str]:
+    """Stage entry: one model's compute curve(s) on a split; writes `study.json` and the manifest.
+
+    `kind="budget"`: one greedy decode up to the largest budget, read at every budget (a trace model);
+    `kind="samples"`: max(ns) samples at `temperature`, read at every n (a direct model).
+    """
+    import time
+
+    import torch
+
+    from sbt_core import domains, io
+    from sbt_core.config import SearchConfig
+    from sbt_core.models import load
+    from sbt_core.search.common import LM, make_generator
+    from sbt_core.search.decoders import sample_n
+
+    if kind not in ("budget", "samples"):
+        raise ValueError(f"kind must be 'budget' or 'samples', got {kind!r}")
+    d = domains.get(domain)
+    table = io.read_parquet(data_uri)
+    problems = table.slice(0, limit).select(list(d.columns)).to_pylist() if limit else \
+        table.select(list(d.columns)).to_pylist()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    lm = LM(*load(model_path, device=device), d)
+    shape = metrics.Shape.of(lm.model.config)
+    torch.manual_seed(seed)
+    generator = make_generator(seed, device)
+    t0 = time.perf_counter()
+    if kind == "budget":
+        out, _ = lm.sample([lm.prompt_ids(p) for p in problems], temperature=0.0, max_new_tokens=max(budgets),
+                           batch_rows=batch_rows, generator=generator)
+        generated = sum(len(t) for t in out.tokens)
+        curves = {"budget": budget_curve(d, problems, out.tokens, lm.text, list(budgets), shape)}
+    else:
+        cfg = SearchConfig(max_new_tokens=max_new_tokens, batch_rows=batch_rows)
+        samples = [s for s, _ in sample_n(lm, problems, cfg, max(ns), temperature, generator)]
+        generated = sum(k for ss in samples for _, _, k in ss)
+        curves = sample_curves(d, problems, samples, list(ns), shape)
+    seconds = time.perf_counter() - t0
+    result = {"kind": kind, "domain": domain, "model": str(model_path), "problems": len(problems),
+              "shape": shape.__dict__, "curves": curves, "seconds": seconds,
+              "tokens_per_second": generated / seconds if seconds else None}
+    uri = io.write_json(result, io.join(out_dir, "study.json"))
+    config = {"kind": kind, "domain": domain, "budgets": list(budgets), "ns": list(ns), "temperature": temperature,
+              "max_new_tokens": max_new_tokens, "limit": limit, "seed": seed}
+    io.write_manifest(out_dir, "study", config, [data_uri], {"study": uri})
+    return {"study": uri}

@@ -16,7 +16,7 @@ from sbt_core.search.common import LM, Result, mean
 from sbt_core.search.sampling import left_pad
 
 
-def _sample_n(lm: LM, problems, cfg: SearchConfig, n: int, temperature: float, generator):
+def sample_n(lm: LM, problems, cfg: SearchConfig, n: int, temperature: float, generator):
     """n continuations per problem: lists of (text, score, tokens) and per-problem model calls."""
     prompts = [lm.prompt_ids(problem) for problem in problems for _ in range(n)]
     out, passes = lm.sample(
@@ -42,16 +42,16 @@ def _result(samples, passes, output: str) -> Result:
 
 
 def greedy(lm: LM, problems, cfg: SearchConfig, generator) -> list[Result]:
-    return [_result(s, p, s[0][0]) for s, p in _sample_n(lm, problems, cfg, 1, 0.0, generator)]
+    return [_result(s, p, s[0][0]) for s, p in sample_n(lm, problems, cfg, 1, 0.0, generator)]
 
 
 def sample(lm: LM, problems, cfg: SearchConfig, generator) -> list[Result]:
-    return [_result(s, p, s[0][0]) for s, p in _sample_n(lm, problems, cfg, 1, cfg.temperature, generator)]
+    return [_result(s, p, s[0][0]) for s, p in sample_n(lm, problems, cfg, 1, cfg.temperature, generator)]
 
 
 def best_of_n(lm: LM, problems, cfg: SearchConfig, generator) -> list[Result]:
     results = []
-    for problem, (samples, passes) in zip(problems, _sample_n(lm, problems, cfg, cfg.n, cfg.temperature, generator)):
+    for problem, (samples, passes) in zip(problems, sample_n(lm, problems, cfg, cfg.n, cfg.temperature, generator)):
         if cfg.selector == "oracle":  # pass@N: any verified sample counts
             right = [t for t, _, _ in samples if lm.domain.verify(problem, t).correct]
             best = right[0] if right else max(samples, key=lambda x: x[1])[0]
@@ -67,7 +67,7 @@ def majority(lm: LM, problems, cfg: SearchConfig, generator) -> list[Result]:
     the filled grid). Ties go to the higher mean log-prob.
     """
     results = []
-    for samples, passes in _sample_n(lm, problems, cfg, cfg.n, cfg.temperature, generator):
+    for samples, passes in sample_n(lm, problems, cfg, cfg.n, cfg.temperature, generator):
         votes = defaultdict(list)
         for text, score, _ in samples:
             key = lm.domain.answer_key(text)
