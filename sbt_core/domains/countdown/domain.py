@@ -9,8 +9,7 @@ import pyarrow as pa
 from sbt_core.domains.base import Example, Verdict
 from sbt_core.domains.countdown import backtrack, generate, trace
 from sbt_core.domains.countdown.config import GenerateConfig
-from sbt_core.domains.countdown.format import (BACKTRACK, GOAL, format_prompt, parse_step, solution_steps,
-                                               split_response)
+from sbt_core.domains.countdown.format import GOAL, format_prompt, parse_step, solution_steps
 from sbt_core.domains.countdown.verify import CATEGORIES, verify
 
 # The step format's phrases and characters, as the tiny tokenizer has always had them (ids unchanged).
@@ -87,11 +86,6 @@ class Countdown:
     def trace(self, problem: dict, style: str, rng) -> str:
         steps = [parse_step(line) for line in solution_steps(problem["solution"])]
         return trace.write(problem["nums"], problem["target"], style, rng, steps)
-
-    def terminated(self, response: str) -> bool:
-        """Whether the response ended by itself (goal, backtrack or a failed search's last line)."""
-        return split_response(response)[1] is not None or response.rstrip().endswith(
-            (trace.FAILED, f"equal: {trace.REACHED}")) or response.endswith(BACKTRACK)
 
     def load_released(self, source: str, split: str = "train"):
         """The first paper's released SFT rows (`sbt import-dataset`'s sources) as a `datasets.Dataset` with

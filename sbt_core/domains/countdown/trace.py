@@ -38,7 +38,7 @@ from __future__ import annotations
 import re
 from itertools import combinations
 
-from sbt_core.domains.countdown.format import GOAL, Step, parse_step
+from sbt_core.domains.countdown.format import GOAL, Step
 
 REACHED = "Goal Reached"  # the trace's own goal line ends `equal: Goal Reached`
 FAILED = "No solution found."
@@ -228,7 +228,3 @@ def as_solution(response: str) -> str | None:
         return None
     return "".join(f"{s}\n" for s in steps) + GOAL
 
-
-def parsed_path(response: str) -> list[Step] | None:
-    steps = final_steps(response)
-    return None if steps is None else [parse_step(s) for s in steps]
