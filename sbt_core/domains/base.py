@@ -28,6 +28,19 @@ BACKTRACK = "<backtrack>"
 RESPONSE_HEADER = "###Response:\n"
 
 
+def split_response(response: str) -> tuple[list[str], str | None, str]:
+    """Split a response into (step lines, terminator, trailing text).
+
+    The terminator is `Goal Reached!`, `<backtrack>` or None; step lines are the lines
+    before the first terminator line; trailing is what follows the terminator line.
+    """
+    lines = response.split("\n")
+    for i, line in enumerate(lines):
+        if line in (GOAL, BACKTRACK):
+            return lines[:i], line, "\n".join(lines[i + 1 :])
+    return lines, None, ""
+
+
 class StrictConfig(BaseModel):
     """Base of every config model: unknown keys refused, frozen."""
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from sbt_core.domains.base import BACKTRACK, GOAL, RESPONSE_HEADER
+from sbt_core.domains.base import BACKTRACK, GOAL, RESPONSE_HEADER, split_response
 OPS = ("+", "-", "*", "/")
 
 _PROMPT_RE = re.compile(r"###Question: numbers \[([0-9, ]*)\]->target (\d+)\n###Response:\n")
@@ -71,19 +71,6 @@ def parse_step(line: str) -> Step | None:
     if not m:
         return None
     return Step(int(m.group(1)), m.group(2), int(m.group(3)), int(m.group(4)))
-
-
-def split_response(response: str) -> tuple[list[str], str | None, str]:
-    """Split a response into (step lines, terminator, trailing text).
-
-    The terminator is `Goal Reached!`, `<backtrack>` or None; step lines are the lines
-    before the first terminator line; trailing is what follows the terminator line.
-    """
-    lines = response.split("\n")
-    for i, line in enumerate(lines):
-        if line in (GOAL, BACKTRACK):
-            return lines[:i], line, "\n".join(lines[i + 1 :])
-    return lines, None, ""
 
 
 def solution_steps(solution: str) -> list[str]:

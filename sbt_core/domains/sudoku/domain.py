@@ -8,9 +8,10 @@ prefix of the direct solution, one wrong placement, then `<backtrack>`.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Callable
 
-from sbt_core.domains.base import BACKTRACK, GOAL, RESPONSE_HEADER, Example, Verdict
+from sbt_core.domains.base import BACKTRACK, GOAL, RESPONSE_HEADER, Example, Verdict, split_response
 from sbt_core.domains.sudoku import generate, solver, verify
 from sbt_core.domains.sudoku.config import GenerateConfig
 
@@ -19,6 +20,15 @@ _CELLS = tuple(f"({r},{c})" for r in range(1, 10) for c in range(1, 10))
 # a candidate that is not the solution's digit (a wrong turn a search would take), a digit its
 # row, column or box already holds, and a digit written over a given.
 ERROR_TYPES = ("exploration", "conflict", "given")
+
+
+@lru_cache(maxsize=4096)
+def _solve(puzzle: str) -> tuple[str, ...]:
+    """The solver's trace lines (a recipe asks for the direct solution and the D_back rows of one puzzle)."""
+    lines, solved = solver.solve_trace([int(ch) for ch in puzzle], verify.size_of(puzzle))
+    if not solved:
+        raise ValueError(f"puzzle {puzzle} has no solution")
+    return tuple(lines)
 
 
 class Sudoku:
@@ -56,17 +66,13 @@ class Sudoku:
         vote compares final grids)."""
         if not self.claims_goal(response):
             return None
-        return frozenset(solver.direct_lines(verify.split(response)[0]))
+        return frozenset(solver.direct_lines(split_response(response)[0]))
 
     def final(self, response: str) -> str:
         return response[: response.index(GOAL) + len(GOAL)]
 
     def _trace(self, problem: dict) -> list[str]:
-        size = verify.size_of(problem["puzzle"])
-        lines, solved = solver.solve_trace([int(ch) for ch in problem["puzzle"]], size)
-        if not solved:
-            raise ValueError(f"puzzle {problem['puzzle']} has no solution")
-        return lines
+        return list(_solve(problem["puzzle"]))
 
     def optimal(self, problem: dict) -> str:
         return solver.trace_text(solver.direct_lines(self._trace(problem)))

@@ -13,7 +13,7 @@
 
 from __future__ import annotations
 
-from sbt_core.domains.base import BACKTRACK, GOAL, Verdict
+from sbt_core.domains.base import BACKTRACK, GOAL, Verdict, split_response
 from sbt_core.domains.sudoku.solver import GUESS_RE, INVALID, NOCAND_RE, PLACE_RE, REVERT_RE, geometry
 
 CATEGORIES = ("correct", "format_error", "rule_violation", "not_reached")
@@ -21,14 +21,6 @@ CATEGORIES = ("correct", "format_error", "rule_violation", "not_reached")
 
 def size_of(puzzle: str) -> int:
     return int(round(len(puzzle) ** 0.5))
-
-
-def split(response: str) -> tuple[list[str], str | None, str]:
-    lines = response.split("\n")
-    for i, line in enumerate(lines):
-        if line in (GOAL, BACKTRACK):
-            return lines[:i], line, "\n".join(lines[i + 1:])
-    return lines, None, ""
 
 
 def _placement(line: str):
@@ -46,7 +38,7 @@ def replay(puzzle: str, response: str) -> list[int]:
     grid = [int(ch) for ch in puzzle]
     given = [v > 0 for v in grid]
     saved: list[tuple[int, list[int]]] = []
-    for line in split(response)[0]:
+    for line in split_response(response)[0]:
         if p := _placement(line):
             r, c, v, guess = p
             if 1 <= r <= size and 1 <= c <= size and 1 <= v <= size and not given[(r - 1) * size + c - 1]:
@@ -77,7 +69,7 @@ def verify(puzzle: str, solution: str, response: str, strict: bool = True) -> Ve
     size = size_of(puzzle)
     _, peers = geometry(size)
     grid = [int(ch) for ch in puzzle]
-    lines, terminator, trailing = split(response.rstrip())
+    lines, terminator, trailing = split_response(response.rstrip())
     if terminator == BACKTRACK:
         return fail("not_reached", "response ends in <backtrack>")
     if terminator == GOAL and trailing.strip():
