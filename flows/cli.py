@@ -93,6 +93,27 @@ def ablate(config: str = CONFIG_OPT, run_dir: Optional[str] = RUN_DIR_OPT, set_:
 
 @app.command()
 @_clean_errors
+def study(
+    config: str = typer.Option("study-tiny", "--config", "-c", help="Study preset name (configs/NAME.yaml) or a "
+                               "YAML path: `name` and `domains: {label: run config}`."),
+    run_dir: Optional[str] = RUN_DIR_OPT,
+    set_: list[str] = typer.Option([], "--set", help="Override a value: --set domains.countdown.study.limit=50."),
+):
+    """Backtracking vs direct models at equal test-time compute, as a Prefect flow: run_dir/study.md."""
+    from sbt_core.config import load_study_config
+
+    cfg = load_study_config(resolve_preset(config), set_)
+    _prefect_env()
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    from flows.study import study as study_flow
+
+    out = study_flow(config=cfg, run_dir=run_dir or f"runs/{cfg.name}")
+    err.print(f"ran {len(out['ran'])} stages, {len(out['cached'])} cached, {out['wall_seconds']:.0f} s")
+    typer.echo(f"study: {out['study_md']}\njson: {out['study_json']}")
+
+
+@app.command()
+@_clean_errors
 def deploy(
     config: str = typer.Option("tiny", "--config", "-c", help="Preset name or YAML path: the deployments' default parameters."),
     run_dir: Optional[str] = typer.Option(None, help="Default run dir of the deployments (s3://bucket/prefix on a cluster)."),

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import inspect
 import time
-from typing import Any
 
 from prefect import get_run_logger
 from prefect.client.orchestration import get_client

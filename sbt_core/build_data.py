@@ -67,6 +67,7 @@ def _trace(style: str, kind: str = "trace") -> Callable[..., list[Example]]:
 class Recipe:
     build: Callable[..., list[Example]]  # (domain, problem, rng, cfg, stats) -> rows
     style: str | None = None  # the domain's trace style it needs; None: the step format
+    study: str = "samples"  # how `sbt study` spends compute on its model (`study.KINDS`)
 
     def vocabulary(self, domain: Domain) -> str:
         """The tiny tokenizer's vocabulary for this recipe's text in `domain`."""
@@ -80,10 +81,10 @@ class Recipe:
 
 RECIPES = {
     "optimal": Recipe(optimal),
-    "self_backtrack": Recipe(self_backtrack),
-    "dfs_trace": Recipe(_trace("dfs"), "dfs"),
-    "mix_trace": Recipe(_trace("mix"), "mix"),
-    "think_trace": Recipe(_trace("think"), "think"),
+    "self_backtrack": Recipe(self_backtrack, study="search"),
+    "dfs_trace": Recipe(_trace("dfs"), "dfs", "budget"),
+    "mix_trace": Recipe(_trace("mix"), "mix", "budget"),
+    "think_trace": Recipe(_trace("think"), "think", "budget"),
     "direct": Recipe(_trace("direct", "direct"), "direct"),
 }
 

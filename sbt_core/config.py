@@ -6,6 +6,7 @@ Validators do no I/O.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -79,6 +80,9 @@ class TrainConfig(_Config):
     num_processes: int = Field(
         1, ge=1, description="Training processes (one per GPU); >1 launches torchrun from the stage itself."
     )
+    group_by_length: bool = Field(
+        False, description="Batch rows of similar length (less padding: for search traces of very unequal lengths)."
+    )
 
 
 class SearchConfig(_Config):
@@ -145,6 +149,37 @@ class EvalConfig(_Config):
         return SearchConfig(**{**METHODS[method], "temperature": self.temperature,
                                "max_new_tokens": self.max_new_tokens, "batch_rows": self.batch_rows,
                                "seed": self.seed})
+
+
+class StudyEvalConfig(_Config):
+    """`sbt study`: how each model is evaluated at equal test-time compute (arXiv 2504.07052).
+
+    A trace model (dfs/mix/think) decodes once per problem, greedy and sampled, read at every token
+    budget; a direct model samples max(ns) answers, read at every n; a self-backtracking model runs
+    greedy and the first paper's search (`search_methods`). All on the domain's held-out split.
+    """
+
+    split: str | None = Field(None, description="Split evaluated; None: the domain's held-out split (its last).")
+    limit: int = Field(200, ge=1, description="Problems evaluated (the paper: 200).")
+    budgets: list[int] = Field([256, 512, 1024, 2048, 4096], description="Token budgets a trace model's one "
+                               "decode is read at (the paper's Countdown: 256 to 4,096).")
+    ns: list[int] = Field([1, 2, 4, 8, 16, 32, 64], description="Sample counts a direct model is read at.")
+    temperature: float = Field(0.7, gt=0, description="Temperature of every sampled decode (the paper: 0.7).")
+    direct_max_new_tokens: int = Field(512, ge=1, description="Token limit of one direct sample (the paper's "
+                                       "direct context: 512).")
+    search_methods: list[str] = Field(["sbt_b0_n8", "sbt_b1_n8", "sbt_b1_n16", "sbt_b1_n32"],
+                                      description="The self-backtracking search's (b, N) points (`config.METHODS`).")
+    batch_rows: int = Field(2048, ge=1, description="Sequences decoded together.")
+    seed: int = Field(4, description="Sampling seed.")
+
+    _methods = field_validator("search_methods")(_known_methods)
+
+    @field_validator("budgets", "ns")
+    @classmethod
+    def _positive_sorted(cls, v: list[int]) -> list[int]:
+        if not v or any(x < 1 for x in v):
+            raise ValueError("needs at least one value, every value >= 1")
+        return sorted(set(v))
 
 
 class ModelSpec(_Config):
@@ -237,6 +272,7 @@ class RunConfig(_Config):
     expert_iteration: ExpertIterationConfig = ExpertIterationConfig()
     execution: ExecutionConfig = ExecutionConfig()
     ablations: AblationConfig = AblationConfig()
+    study: StudyEvalConfig = Field(StudyEvalConfig(), description="Equal-compute evaluation (`sbt study`).")
 
     @model_validator(mode="before")
     @classmethod
@@ -295,6 +331,43 @@ class RunConfig(_Config):
         })
 
 
+class StudyConfig(_Config):
+    """`sbt study`: one pipeline config per domain (its `models`, data, SFT and `study` section), all
+    trained through the pipeline's stages and evaluated at equal test-time compute."""
+
+    name: str = Field("study", description="Study name (runs/<name>/ by default).")
+    domains: dict[str, RunConfig] = Field(description="Label -> that part's run config; its `domain` defaults to "
+                                          "the label when the label names a domain.")
+    execution: ExecutionConfig = ExecutionConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults(cls, tree: Any) -> Any:
+        """A part names its domain by its label, and runs no expert iteration unless it says so."""
+        if isinstance(tree, dict) and isinstance(tree.get("domains"), dict):
+            parts = {}
+            for label, part in tree["domains"].items():
+                if isinstance(part, dict):
+                    part = dict(part)
+                    if "domain" not in part and label in DOMAINS:
+                        part["domain"] = label
+                    ei = part.get("expert_iteration") or {}
+                    if isinstance(ei, dict):
+                        part["expert_iteration"] = {"rounds": 0, **ei}
+                parts[label] = part
+            tree = {**tree, "domains": parts}
+        return tree
+
+    @model_validator(mode="after")
+    def _labels(self):
+        if not self.domains:
+            raise ValueError("domains: a study needs at least one domain")
+        for label in self.domains:
+            if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", label):
+                raise ValueError(f"domains.{label}: a label is lowercase letters, digits, - and _ (it names folders)")
+        return self
+
+
 class ConfigError(ValueError):
     """A preset or override that does not validate; the message names every bad field path."""
 
@@ -310,8 +383,7 @@ def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
     node[leaf] = value
 
 
-def load_run_config(path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:
-    """A preset YAML plus `key.sub=value` overrides (values parsed as YAML: 3, 1e-3, [1,2], null)."""
+def _load_tree(path: str | Path | None) -> dict:
     tree: dict = {}
     if path is not None:
         path = Path(path)
@@ -323,27 +395,49 @@ def load_run_config(path: str | Path | None = None, overrides: list[str] = ()) -
             raise ConfigError(f"{path}: not valid YAML: {e}") from None
         if not isinstance(tree, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
-    if any(item.strip().startswith("models.") for item in overrides) and "models" not in tree:
-        tree["models"] = {k: v.model_dump(mode="json", exclude_defaults=True) for k, v in DEFAULT_MODELS.items()}
+    return tree
+
+
+def _apply(tree: dict, overrides: list[str]) -> dict:
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"override {item!r} is not of the form key.sub=value")
         _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
+    return tree
+
+
+def _validate(model, tree: dict, path):
     try:
-        return RunConfig.model_validate(tree)
+        return model.model_validate(tree)
     except ValidationError as e:
         where = f" ({path})" if path else ""
         raise ConfigError(f"invalid configuration{where}:\n{format_validation_error(e)}") from None
+
+
+def load_run_config(path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:
+    """A preset YAML plus `key.sub=value` overrides (values parsed as YAML: 3, 1e-3, [1,2], null)."""
+    tree = _load_tree(path)
+    if any(item.strip().startswith("models.") for item in overrides) and "models" not in tree:
+        tree["models"] = {k: v.model_dump(mode="json", exclude_defaults=True) for k, v in DEFAULT_MODELS.items()}
+    return _validate(RunConfig, _apply(tree, overrides), path)
+
+
+def load_study_config(path: str | Path, overrides: list[str] = ()) -> StudyConfig:
+    """A study YAML (`name`, `domains: {label: run config}`) plus overrides such as
+    `domains.countdown.sft.max_steps=100`."""
+    return _validate(StudyConfig, _apply(_load_tree(path), overrides), path)
 
 
 def format_validation_error(err: ValidationError, prefix: str = "") -> str:
     """One line per problem, each naming the dotted field path."""
     lines = []
     for e in err.errors():
-        loc = e["loc"]
-        if len(loc) > 1 and loc[0] == "generate" and loc[1] in DOMAINS:  # the union's tag: not a field
-            loc = (loc[0], *loc[2:])
+        loc = list(e["loc"])
+        for i in range(len(loc) - 1):  # the generate union's tag is not a field
+            if loc[i] == "generate" and loc[i + 1] in DOMAINS:
+                del loc[i + 1]
+                break
         path = ".".join(str(p) for p in (prefix, *loc) if p != "")
         lines.append(f"{path or '<root>'}: {e['msg']}")
     return "\n".join(lines)

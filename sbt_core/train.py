@@ -176,6 +176,7 @@ def training_args(cfg: TrainConfig, out_dir: Path) -> TrainingArguments:
         report_to=[],
         remove_unused_columns=False,
         dataloader_num_workers=0,
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
         disable_tqdm=False,
     )
 
@@ -192,7 +193,8 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig, data_uri: str, out_dir: str,
     final = out / "model"
     init = model_cfg.path or str(out / "init")
     if model_cfg.size and not (out / "init").exists():
-        create_tiny(model_cfg.size, out / "init.tmp", seed=model_cfg.seed, vocabulary=model_cfg.vocabulary)
+        create_tiny(model_cfg.size, out / "init.tmp", seed=model_cfg.seed, vocabulary=model_cfg.vocabulary,
+                    max_positions=max(256, cfg.context_length))
         os.replace(out / "init.tmp", out / "init")
     if cfg.num_processes > 1 and "LOCAL_RANK" not in os.environ:
         return _launch(cfg, model_cfg, data_uri, out_dir, out)

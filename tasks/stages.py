@@ -32,14 +32,15 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed
 
 from sbt_core import domains, io
-from sbt_core.config import BuildDataConfig, EvalConfig, GenerateConfig, ModelConfig, SearchConfig, TrainConfig
+from sbt_core.config import (BuildDataConfig, EvalConfig, GenerateConfig, ModelConfig, SearchConfig,
+                             StudyEvalConfig, TrainConfig)
 
 StageResult = dict[str, Any]
 RECORD = "stage.json"
 FAIL_ENV = "SBT_FAIL_STAGES"
 FAIL_FILE_ENV = "SBT_FAIL_STAGES_FILE"
 STORAGE_BLOCK_ENV = "SBT_STORAGE_BLOCK"  # a RemoteFileSystem block whose settings carry S3 credentials
-HEAVY = {"sft", "evaluate", "search"}  # task names that want a GPU
+HEAVY = {"sft", "evaluate", "search", "study-eval"}  # task names that want a GPU
 
 
 class InjectedFailure(RuntimeError):
@@ -292,7 +293,51 @@ def ablation_report(stage_name: str, title: str, variants: dict[str, StageResult
                      lambda: stage.run_ablations(summaries, grid["outputs"]["summary"], out_dir, title, list(notes)))
 
 
-TASKS = {t.name: t for t in (generate, build_data, sft, evaluate, search, distill, report, ablation_report)}
+@task(name="study-eval", task_run_name="{stage_name}", **_opts)
+def study_eval(stage_name: str, cfg: StudyEvalConfig, kind: str, model: StageResult, data: StageResult, out_dir: str,
+               domain: str = "countdown", max_new_tokens: int = 64):
+    """One model's accuracy-vs-compute curves (`study.run`): kind budget, samples or search."""
+    from sbt_core import study as stage
+
+    def work():
+        steps = {"budget": 2, "samples": 1, "search": 1 + len(cfg.search_methods)}[kind]
+        bar = Progress(stage_name, steps * cfg.limit, "problems decoded")
+        return stage.run(model["outputs"]["model"], data["dir"], out_dir, cfg, kind=kind, domain=domain,
+                         max_new_tokens=max_new_tokens, progress=bar)
+
+    config = {"study": cfg.model_dump(mode="json"), "kind": kind, "domain": domain, "max_new_tokens": max_new_tokens}
+    return run_stage(stage_name, out_dir, config, [model, data], work)
+
+
+@task(name="study-report", task_run_name="{stage_name}", **_opts)
+def study_report(stage_name: str, title: str, parts: dict[str, dict], evaluations: dict[str, dict[str, StageResult]],
+                 out_dir: str, notes: list[str] = ()):
+    """study.md, study.json and one plot per part in out_dir, with copies one level up (the run folder).
+
+    `parts[label]`: {"domain", "generate", "labels", "training" (model -> its SFT metrics URI)};
+    `evaluations[label][model]`: its study-eval result.
+    """
+    from sbt_core import study as stage
+
+    config = {"title": title, "parts": parts, "models": {k: list(v) for k, v in evaluations.items()},
+              "notes": list(notes)}
+    upstream = [ev for per in evaluations.values() for ev in per.values()]
+    run_dir = io.parent(out_dir)
+
+    def work():
+        full = {label: {**part, "studies": {m: io.read_json(ev["outputs"]["study"])
+                                            for m, ev in evaluations[label].items()},
+                        "training": {m: io.read_json(uri) for m, uri in part.get("training", {}).items()}}
+                for label, part in parts.items()}
+        made = stage.report(full, out_dir, title, list(notes))
+        tops = {f"{name}_top": io.copy(uri, io.join(run_dir, io.basename(uri))) for name, uri in made.items()}
+        return {**made, **tops}
+
+    return run_stage(stage_name, out_dir, config, upstream, work)
+
+
+TASKS = {t.name: t for t in (generate, build_data, sft, evaluate, search, distill, report, ablation_report,
+                             study_eval, study_report)}
 
 
 def coerce_params(task_name: str, params: dict[str, Any]) -> dict[str, Any]:

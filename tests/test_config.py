@@ -5,18 +5,43 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
-from sbt_core.config import ConfigError, RunConfig, load_run_config
+from sbt_core.config import ConfigError, RunConfig, StudyConfig, load_run_config, load_study_config
 from sbt_core.report import metrics, row_key
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+STUDIES = sorted(p.stem for p in CONFIGS.glob("*.yaml") if "domains" in yaml.safe_load(p.read_text()))
 
 
-@pytest.mark.parametrize("preset", sorted(p.stem for p in CONFIGS.glob("*.yaml")))
+@pytest.mark.parametrize("preset", sorted(p.stem for p in CONFIGS.glob("*.yaml") if p.stem not in STUDIES))
 def test_presets_validate(preset):
     cfg = load_run_config(CONFIGS / f"{preset}.yaml")
     assert cfg.name == preset and isinstance(cfg, RunConfig)
+
+
+@pytest.mark.parametrize("preset", STUDIES)
+def test_study_presets_validate(preset):
+    cfg = load_study_config(CONFIGS / f"{preset}.yaml")
+    assert cfg.name == preset and isinstance(cfg, StudyConfig) and cfg.domains
+    for label, part in cfg.domains.items():
+        assert part.domain == label and part.expert_iteration.rounds == 0  # a study part runs no expert iteration
+
+
+def test_study_configs_name_the_field_path_of_a_bad_value():
+    with pytest.raises(ConfigError) as e:
+        load_study_config(CONFIGS / "smoke-study.yaml", ["domains.countdown.sft.max_stepz=3",
+                                                         "domains.sudoku.generate.size=5",
+                                                         "domains.countdown.study.ns=[0, 2]"])
+    msg = str(e.value)
+    assert "domains.countdown.sft.max_stepz: Extra inputs are not permitted" in msg
+    assert "domains.sudoku.generate.size: Input should be 4, 6 or 9" in msg  # no union tag in the path
+    assert "domains.countdown.study.ns: Value error, needs at least one value, every value >= 1" in msg
+    with pytest.raises(ConfigError, match="domains.Count Down: a label is lowercase"):
+        load_study_config(CONFIGS / "smoke-study.yaml", ["domains.Count Down={domain: countdown}"])
+    with pytest.raises(ConfigError, match="models.dfs.recipe: sudoku has no 'mix' traces"):
+        load_study_config(CONFIGS / "smoke-study.yaml", ["domains.sudoku.models.dfs.recipe=mix_trace"])
 
 
 def test_paper_preset_has_the_papers_hyperparameters():

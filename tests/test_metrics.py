@@ -100,24 +100,3 @@ def test_budget_curve_reads_one_decode_at_every_budget():
     assert [p["accuracy"] for p in points] == [0.0, 0.5, 1.0]
     assert points[1]["tokens_per_problem"] == short  # both decodes cut at `short`
     assert points[2]["flops_formula"] == metrics.decode_flops(shape, round((short + long_) / 2))
-
-
-def test_the_study_stage_writes_both_kinds_of_curve(trained, data_dir, tmp_path):
-    from sbt_core import io, study
-
-    _, model, _ = trained
-    val = str(data_dir / "val_new.parquet")
-    out = study.run(model, val, str(tmp_path / "s"), kind="samples", ns=(1, 2, 4), limit=6, max_new_tokens=40)
-    s = io.read_json(out["study"])
-    assert s["problems"] == 6 and s["tokens_per_second"] > 0 and set(s["curves"]) == {
-        "pass_at_n", "best_of_n", "majority_at_n"}
-    pts = s["curves"]["pass_at_n"]
-    assert [p["n"] for p in pts] == [1, 2, 4] and [p["accuracy"] for p in pts] == sorted(p["accuracy"] for p in pts)
-    assert pts[2]["flops_measured"] > pts[0]["flops_measured"] > 0
-    out = study.run(model, val, str(tmp_path / "b"), kind="budget", budgets=(8, 40), limit=6)
-    b = io.read_json(out["study"])["curves"]["budget"]
-    assert [p["budget"] for p in b] == [8, 40] and b[0]["tokens_per_problem"] <= 8
-    assert b[1]["tokens_per_problem"] >= b[0]["tokens_per_problem"]
-    assert b[0]["accuracy"] <= b[1]["accuracy"]
-    with pytest.raises(ValueError, match="kind must be"):
-        study.run(model, val, str(tmp_path / "x"), kind="beam")

@@ -157,3 +157,30 @@ def test_search_stage_resumes_from_finished_shards(lm, trained, data_dir, tmp_pa
     search_stage.run(cfg, model_path, data, str(part), limit=20, shard_size=8, lm=lm, progress=calls.append)
     strip = lambda t: t.drop_columns(["seconds"])  # noqa: E731 - wall time is the one nondeterministic column
     assert strip(io.read_parquet(full["results"])).equals(strip(io.read_parquet(str(part / "results.parquet"))))
+
+
+def test_the_cache_grown_in_place_decodes_exactly_as_a_concatenating_cache(monkeypatch):
+    """Past two doublings of the buffers (64 -> 128 -> 256 positions) and with rows leaving the batch."""
+    from transformers import DynamicCache
+
+    from sbt_core.models import build_tiny, build_tokenizer
+    from sbt_core.search import sampling
+
+    tok = build_tokenizer("countdown-trace")
+    model = build_tiny("1m", tok, seed=3, max_positions=1024).eval()
+    prompts = [tok(f"###Question: numbers [{a}, {b}, 3]->target 24\n###Response:\n")["input_ids"]
+               for a in range(1, 9) for b in (7, 11, 20, 25, 30)]
+    kw = dict(max_new_tokens=400, temperature=1.0, stop_ids=[tok.convert_tokens_to_ids("#")], pad_id=tok.pad_token_id)
+    grown = sampling.sample(model, prompts, generator=torch.Generator().manual_seed(0), **kw)
+
+    def select(cache, keep):
+        for layer in cache.layers:
+            layer.keys, layer.values = layer.keys[keep], layer.values[keep]
+
+    monkeypatch.setattr(sampling, "_Cache", DynamicCache)
+    monkeypatch.setattr(sampling, "_select_cache", select)
+    concat = sampling.sample(model, prompts, generator=torch.Generator().manual_seed(0), **kw)
+    lengths = sorted(len(t) for t in grown.tokens)
+    assert lengths[0] < 50 and lengths[-1] > 200  # rows left early, others grew the cache past 128 positions
+    assert grown.tokens == concat.tokens
+    assert max(abs(a - b) for x, y in zip(grown.logprobs, concat.logprobs) for a, b in zip(x, y)) < 1e-4

@@ -89,6 +89,7 @@ class Domain(Protocol):
     def trace(self, problem: dict, style: str, rng) -> str: ...  # a search trace (or the direct path)
     def data_stats(self, problems: pa.Table) -> dict: ...  # dataset-wide figures the error builders use
     def extra_metrics(self, problem: dict, response: str) -> dict[str, float]: ...  # averaged in evaluations
+    def dead_ends(self, response: str) -> int: ...  # wrong branches abandoned before the answer (or the end)
 
 
 def write_splits(tables: dict[str, pa.Table], cfg: StrictConfig, out_dir: str) -> dict[str, str]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from transformers import DynamicCache
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
 
 @dataclass
@@ -33,10 +33,50 @@ def left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tenso
     return ids.to(device), mask.to(device)
 
 
-def _select_cache(cache: DynamicCache, keep: torch.Tensor) -> None:
+class _GrowingLayer(DynamicLayer):
+    """A KV-cache layer whose keys and values live in buffers grown by doubling: a decoded token is
+    written in place. (`DynamicLayer` concatenates, copying the whole cache at every token, which
+    made a 2,048-token decode quadratic in memory traffic: 561 tokens/s for 100 rows of the 1m model.)
+    `keys` / `values` are views of the filled part."""
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        super().lazy_initialization(key_states, value_states)
+        self._k = self._v = None
+        self._n = 0
+
+    def _grow(self, buf: torch.Tensor | None, like: torch.Tensor, capacity: int) -> torch.Tensor:
+        new = like.new_empty((*like.shape[:-2], capacity, like.shape[-1]))
+        if buf is not None:
+            new[..., : self._n, :] = buf[..., : self._n, :]
+        return new
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        n, add = self._n, key_states.shape[-2]
+        if self._k is None or n + add > self._k.shape[-2]:
+            capacity = max(2 * (0 if self._k is None else self._k.shape[-2]), n + add, 64)
+            self._k, self._v = self._grow(self._k, key_states, capacity), self._grow(self._v, value_states, capacity)
+        self._k[..., n : n + add, :] = key_states
+        self._v[..., n : n + add, :] = value_states
+        self._n = n + add
+        self.keys, self.values = self._k[..., : self._n, :], self._v[..., : self._n, :]
+        return self.keys, self.values
+
+    def select(self, keep: torch.Tensor) -> None:
+        """Keep only the batch rows in `keep` (rows that finished leave the batch)."""
+        self._k, self._v = self._k[keep], self._v[keep]
+        self.keys, self.values = self._k[..., : self._n, :], self._v[..., : self._n, :]
+
+
+class _Cache(DynamicCache):
+    def __init__(self):
+        Cache.__init__(self, layer_class_to_replicate=_GrowingLayer)
+
+
+def _select_cache(cache: _Cache, keep: torch.Tensor) -> None:
     for layer in cache.layers:
-        layer.keys = layer.keys[keep]
-        layer.values = layer.values[keep]
+        layer.select(keep)
 
 
 @torch.no_grad()
@@ -58,7 +98,7 @@ def sample(
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     n = len(prompts)
     stops = torch.tensor(stop_ids, device=device)
-    cache = DynamicCache()
+    cache = _Cache()
     logits = model(
         input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True, logits_to_keep=1
     ).logits[:, -1]

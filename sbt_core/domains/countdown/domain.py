@@ -6,7 +6,7 @@ from typing import Callable
 
 import pyarrow as pa
 
-from sbt_core.domains.base import Example, Verdict
+from sbt_core.domains.base import BACKTRACK, Example, Verdict
 from sbt_core.domains.countdown import backtrack, generate, trace
 from sbt_core.domains.countdown.config import GenerateConfig
 from sbt_core.domains.countdown.format import GOAL, format_prompt, parse_step, solution_steps
@@ -49,6 +49,13 @@ class Countdown:
 
     def extra_metrics(self, problem: dict, response: str) -> dict[str, float]:
         return {}
+
+    def dead_ends(self, response: str) -> int:
+        """Branches given up before the goal line: a trace's `No Solution` leaves and pairs, or `<backtrack>`s."""
+        lines = response.split("\n")
+        end = next((i for i, line in enumerate(lines) if trace.REACHED in line), len(lines))
+        body = "\n".join(lines[: end + 1])
+        return body.count("No Solution") + body.count(BACKTRACK)
 
     def claims_goal(self, response: str) -> bool:
         return trace.REACHED in response  # `Goal Reached!` and a trace's `equal: Goal Reached`

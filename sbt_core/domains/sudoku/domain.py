@@ -58,6 +58,11 @@ class Sudoku:
     def extra_metrics(self, problem: dict, response: str) -> dict[str, float]:
         return {"cell_accuracy": verify.cell_accuracy(problem["puzzle"], problem["solution"], response)}
 
+    def dead_ends(self, response: str) -> int:
+        """Guesses taken back (`revert` lines) and `<backtrack>`s before the goal line."""
+        body = self.final(response) if self.claims_goal(response) else response
+        return sum(line.startswith("revert") for line in body.split("\n")) + body.count(BACKTRACK)
+
     def claims_goal(self, response: str) -> bool:
         return GOAL in response
 
