@@ -57,10 +57,16 @@ def budget_curve(domain: Domain, problems: list[dict], decodes: list[list[int]],
     return points
 
 
+def verified(domain: Domain, problems: list[dict], samples) -> list[list[bool]]:
+    """Whether each (text, score, tokens) sample of each problem passes the strict verifier."""
+    return [[domain.verify(p, t).correct for t, _, _ in ss] for p, ss in zip(problems, samples)]
+
+
 def sample_curves(domain: Domain, problems: list[dict], samples: list[list[tuple[str, float, int]]], ns: list[int],
-                  shape: metrics.Shape) -> dict[str, list[dict]]:
-    """pass@n, best-of-n (log-prob) and majority@n for every n in `ns` from (text, mean log-prob, tokens) samples."""
-    right = [[domain.verify(p, t).correct for t, _, _ in ss] for p, ss in zip(problems, samples)]
+                  shape: metrics.Shape, right: list[list[bool]] | None = None) -> dict[str, list[dict]]:
+    """pass@n, best-of-n (log-prob) and majority@n for every n in `ns` from (text, mean log-prob, tokens) samples;
+    `right[p][i]`: whether sample i of problem p verifies (computed when not given)."""
+    right = right or verified(domain, problems, samples)
     curves: dict[str, list[dict]] = {"pass_at_n": [], "best_of_n": [], "majority_at_n": []}
     div = max(len(problems), 1)
     for n in sorted(ns):
@@ -94,15 +100,14 @@ def _decode_records(domain: Domain, problems: list[dict], decodes: list[list[int
     return out
 
 
-def _sample_records(domain: Domain, problems: list[dict], samples) -> list[dict]:
+def _sample_records(right: list[list[bool]]) -> list[dict]:
     """Per problem: right samples of n, the first right one (1-based), and the samples expected until the
     first right one in a random order, (n + 1) / (c + 1)."""
     out = []
-    for p, ss in zip(problems, samples):
-        right = [domain.verify(p, t).correct for t, _, _ in ss]
-        c = sum(right)
-        out.append({"right": c, "n": len(ss), "first_right": right.index(True) + 1 if c else None,
-                    "expected_samples": (len(ss) + 1) / (c + 1) if c else None})
+    for r in right:
+        c = sum(r)
+        out.append({"right": c, "n": len(r), "first_right": r.index(True) + 1 if c else None,
+                    "expected_samples": (len(r) + 1) / (c + 1) if c else None})
     return out
 
 
@@ -137,8 +142,9 @@ def evaluate(lm, problems: list[dict], cfg, kind: str, *, max_new_tokens: int, p
         samples = [s for s, _ in sample_n(lm, problems, search_cfg, max(cfg.ns), cfg.temperature,
                                           make_generator(cfg.seed, device))]
         generated = sum(k for ss in samples for _, _, k in ss)
-        curves = sample_curves(d, problems, samples, cfg.ns, shape)
-        records["samples"] = _sample_records(d, problems, samples)
+        right = verified(d, problems, samples)
+        curves = sample_curves(d, problems, samples, cfg.ns, shape, right)
+        records["samples"] = _sample_records(right)
         if progress:
             progress(len(problems))
     else:
@@ -149,7 +155,8 @@ def evaluate(lm, problems: list[dict], cfg, kind: str, *, max_new_tokens: int, p
                                          "seed": cfg.seed})
             results = search(lm, problems, search_cfg)
             generated += sum(r.generated_tokens for r in results)
-            solved = sum(d.verify(p, r.output).correct for p, r in zip(problems, results))
+            correct = [d.verify(p, r.output).correct for p, r in zip(problems, results)]
+            solved = sum(correct)
             # `candidates` decodes of equal length per problem (module docstring).
             lengths = [[r.generated_tokens // max(len(r.candidates), 1)] * max(len(r.candidates), 1)
                        for r in results]
@@ -157,8 +164,8 @@ def evaluate(lm, problems: list[dict], cfg, kind: str, *, max_new_tokens: int, p
             points.append(_point(solved / max(len(problems), 1), lengths, shape, len(problems), method=method,
                                  b=m.get("backtrack_budget", 0), N=m.get("n", 1)))
             if method == "greedy":
-                records["greedy"] = [{"solved": d.verify(p, r.output).correct, "tokens": r.generated_tokens,
-                                      "dead_ends": d.dead_ends(r.output)} for p, r in zip(problems, results)]
+                records["greedy"] = [{"solved": ok, "tokens": r.generated_tokens, "dead_ends": d.dead_ends(r.output)}
+                                     for ok, r in zip(correct, results)]
             if progress:
                 progress(len(problems))
         curves = {"greedy": points[:1], "search": sorted(points[1:], key=lambda x: x["flops_measured"])}
@@ -254,7 +261,7 @@ def series(studies: dict[str, dict], labels: dict[str, str]) -> list[dict]:
     return out
 
 
-def levels(all_series: list[dict], studies: dict[str, dict]) -> dict[str, float]:
+def levels(all_series: list[dict]) -> dict[str, float]:
     """Low, middle and high compute (FLOPs per problem): a direct model's n = 1, 8 and its largest n when
     there is one (the paper's axis: 256 tokens of a trace ~ n = 1), else the geometric thirds of the range."""
     direct = [s for s in all_series if s["curve"] == "pass_at_n"]
@@ -391,7 +398,7 @@ def report(parts: dict[str, dict], out_dir: str, title: str, notes: list[str] = 
     for label, part in parts.items():
         studies, labels = part["studies"], part["labels"]
         all_series = series(studies, labels)
-        at = levels(all_series, studies)
+        at = levels(all_series)
         won = winners(all_series, at)
         errs = mistakes(studies, labels)
         png = io.join(out_dir, f"study-{label}.png")

@@ -261,6 +261,11 @@ def distill(stage_name: str, results: StageResult, out_dir: str, transductive: b
                                        transductive=transductive))
 
 
+def _with_copies_up(made: dict[str, str], run_dir: str) -> dict[str, str]:
+    """A report's outputs plus a copy of each in the run folder (`<name>_top`)."""
+    return {**made, **{f"{name}_top": io.copy(uri, io.join(run_dir, io.basename(uri))) for name, uri in made.items()}}
+
+
 @task(name="report", task_run_name="{stage_name}", **_opts)
 def report(stage_name: str, title: str, evaluations: dict[str, StageResult], out_dir: str, search_method: str,
            notes: list[str] = (), labels: dict[str, str] | None = None):
@@ -274,8 +279,7 @@ def report(stage_name: str, title: str, evaluations: dict[str, StageResult], out
 
     def work():
         made = stage.run(summaries, out_dir, title, list(notes), search_method, labels)
-        tops = {f"{name}_top": io.copy(uri, io.join(run_dir, io.basename(uri))) for name, uri in made.items()}
-        return {**made, **tops}
+        return _with_copies_up(made, run_dir)
 
     return run_stage(stage_name, out_dir, config, list(evaluations.values()), work)
 
@@ -330,8 +334,7 @@ def study_report(stage_name: str, title: str, parts: dict[str, dict], evaluation
                         "training": {m: io.read_json(uri) for m, uri in part.get("training", {}).items()}}
                 for label, part in parts.items()}
         made = stage.report(full, out_dir, title, list(notes))
-        tops = {f"{name}_top": io.copy(uri, io.join(run_dir, io.basename(uri))) for name, uri in made.items()}
-        return {**made, **tops}
+        return _with_copies_up(made, run_dir)
 
     return run_stage(stage_name, out_dir, config, upstream, work)
 

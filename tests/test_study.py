@@ -38,7 +38,7 @@ def test_compute_levels_come_from_the_direct_models_n_and_each_series_gets_its_b
     all_series = study.series(studies, {"dfs": "DFS"})
     assert [s["label"] for s in all_series] == ["direct · pass@n (verifier picks)", "direct · best-of-n (log-prob)",
                                                 "DFS · greedy, token budget"]
-    at = study.levels(all_series, studies)
+    at = study.levels(all_series)
     assert at == {"low": 100, "middle": 800, "high": 6400}
     won = study.winners(all_series, at)
     # Low: the trace's 50-FLOP point (5%) is all it can afford; the direct model's n=1 wins, clearly.
