@@ -6,6 +6,7 @@ Deployments (flow/deployment):
 - `sbt-stage/gpu` and `sbt-stage/cpu`: one stage as its own flow run; the pipeline launches its
   heavy stages (SFT, search, evaluation) on the first and its light ones on the second.
 - `expert-iteration-round/round`: one round, given `model_uri` and `round`.
+- `grpo-round/round`: GRPO on one model of the run, given `model` (and optionally `model_uri`).
 - `sbt-evaluate-latest/nightly`: evaluates the newest model of a run dir on a cron schedule
   (03:00 UTC), active when first registered; re-registering keeps the state it has (paused in
   the UI stays paused) unless `--nightly` / `--no-nightly` says otherwise.
@@ -74,6 +75,7 @@ DESCRIPTIONS = {
     "gpu": "One heavy stage (SFT, search, evaluation) as its own flow run.",
     "cpu": "One light stage (generate, build data, distill, report) as its own flow run.",
     "round": "One expert-iteration round, given model_uri and round.",
+    "grpo": "GRPO on one model of the run (pass@k before and after, then its methods), given model.",
     "nightly": "Nightly evaluation of the newest model of a run dir.",
 }
 
@@ -92,11 +94,13 @@ def deployment_specs(config: dict, run_dir: str, gpu_pool: str, cpu_pool: str, i
          "parameters": {}, "tags": ["sbt", "stage", "cpu"]},
         {"entrypoint": "flows/pipeline.py:expert_iteration_round", "name": "round", "pool": gpu_pool,
          "job_variables": job, "parameters": common, "tags": ["sbt", "expert-iteration"]},
+        {"entrypoint": "flows/pipeline.py:grpo_round", "name": "round", "pool": gpu_pool, "job_variables": job,
+         "parameters": common, "tags": ["sbt", "grpo"], "description": DESCRIPTIONS["grpo"]},
         {"entrypoint": "flows/evaluate.py:evaluate_latest", "name": "nightly", "pool": gpu_pool, "job_variables": job,
          "parameters": common, "tags": ["sbt", "evaluation", "nightly"],
          "schedule": {"cron": NIGHTLY_CRON, "timezone": "UTC", "active": nightly}},
     ]
-    return [{**spec, "description": DESCRIPTIONS[spec["name"]]} for spec in specs]
+    return [{"description": DESCRIPTIONS[spec["name"]], **spec} for spec in specs]
 
 
 def prefect_yaml(config: dict, image: str | None = None) -> str:

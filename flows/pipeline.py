@@ -1,6 +1,7 @@
 """The self-backtracking pipeline as Prefect flows, for any domain and any set of models.
 
     generate → per model of `config.models`: build-data (its recipe) → SFT → evaluate (its methods)
+             → per model of `grpo.models`: grpo_round (pass@k → GRPO → pass@k → evaluate)
              → K × expert_iteration_round (search train → distill → SFT → evaluate) → report
 
 The default `models` are the first paper's two: `sft` (recipe `optimal`, stages `*-op`) and `bt`
@@ -9,9 +10,11 @@ The default `models` are the first paper's two: `sft` (recipe `optimal`, stages 
 Every stage is a task from `tasks.stages` that caches on its key (see there): rerunning a
 flow after a crash, from the CLI or with the UI's Retry, skips finished stages, resumes the
 one that broke and runs what follows. `expert_iteration_round` is a subflow that also runs
-alone, given a model URI and a round number. Artifacts live under `run_dir`:
+alone, given a model URI and a round number; so is `grpo_round`, given a model's name (and
+optionally another model URI to start from). Artifacts live under `run_dir`:
 
     data/  data-{m}/  sft-{m}/  eval-sft-{m}/  (m: each model's `stage`, by default op and bt)
+    passk-{m}/  grpo-{m}/  passk-grpo-{m}/  eval-grpo-{m}/  (models named in `grpo.models`)
     ei{r}/search/  ei{r}/data/  ei{r}/sft/  ei{r}/eval/  report/  report.md  metrics.json
 """
 
@@ -26,6 +29,7 @@ from prefect.states import Completed
 
 from flows import stage_runs
 from sbt_core import domains, io
+from sbt_core import report as reporting
 from sbt_core.config import ModelConfig, RunConfig
 from tasks import stages
 from tasks.stages import StageResult
@@ -84,6 +88,35 @@ def expert_iteration_round(config: RunConfig, run_dir: str, round: int, model_ur
             "distilled_rows": rows, "stages": ledger.rows}
 
 
+@flow(name="grpo-round", log_prints=True)
+def grpo_round(config: RunConfig, run_dir: str, model: str, model_uri: str | None = None) -> dict[str, Any]:
+    """GRPO on one model of the run: pass@k on the held-out split before, GRPO from the verifier's reward on
+    train problems, pass@k after, and `grpo.methods` (default: the model's own) on the tuned model.
+
+    `model` names a model of `config.models` (its stage names and methods); `model_uri` is where it starts
+    from (default: that model's SFT output in run_dir, which must exist).
+    """
+    stages.use_storage_block()
+    if model not in config.models:
+        raise ValueError(f"model {model!r} is not one of the run's models ({', '.join(config.models)})")
+    spec, *_ = config.model_spec(model)
+    tag = spec.stage or model
+    ledger = _Ledger(config)
+    data = ledger("generate", stages.generate, config.generate, io.join(run_dir, "data"))
+    base = stages.external(model_uri or io.join(run_dir, f"sft-{tag}", "model"))
+    length, passk = config.grpo_eval()
+    before = ledger(f"passk-{tag}", stages.study_eval, passk, "samples", base, data, io.join(run_dir, f"passk-{tag}"),
+                    config.domain, length)
+    tuned = ledger(f"grpo-{tag}", stages.grpo, config.grpo, base, data, io.join(run_dir, f"grpo-{tag}"),
+                   config.domain, length)
+    after = ledger(f"passk-grpo-{tag}", stages.study_eval, passk, "samples", tuned, data,
+                   io.join(run_dir, f"passk-grpo-{tag}"), config.domain, length)
+    evaluation = ledger(f"eval-grpo-{tag}", stages.evaluate, config.eval, config.grpo.methods or spec.methods, tuned,
+                        data, io.join(run_dir, f"eval-grpo-{tag}"), config.domain)
+    return {"model": tuned["outputs"]["model"], "evaluation": evaluation,
+            "grpo": {"before": before, "after": after, "grpo": tuned}, "stages": ledger.rows}
+
+
 @flow(name="sbt-pipeline", log_prints=True)
 def pipeline(config: RunConfig = RunConfig(), run_dir: str = "runs/tiny") -> dict[str, Any]:
     """Every model of the config on its domain, expert iteration included; writes run_dir/report.md and
@@ -106,6 +139,12 @@ def pipeline(config: RunConfig = RunConfig(), run_dir: str = "runs/tiny") -> dic
                                 data, io.join(run_dir, f"eval-sft-{tag[name]}"), config.domain)
                    for name, (spec, *_) in specs.items()}
     labels = {name: spec.label for name, (spec, *_) in specs.items() if spec.label}
+    tuned = {}
+    for name in config.grpo.models:
+        out = grpo_round(config, run_dir, name, trained[name]["outputs"]["model"])
+        ledger.rows += [row for row in out["stages"] if row["stage"] != "generate"]
+        evaluations[f"grpo_{name}"], tuned[name] = out["evaluation"], out["grpo"]
+        labels[f"grpo_{name}"] = f"{labels.get(name) or reporting.model_label(name)} + GRPO"
     model_uri = trained[config.expert_iteration.model]["outputs"]["model"] if config.expert_iteration.rounds else None
     distilled = {}
     for r in range(1, config.expert_iteration.rounds + 1):
@@ -119,7 +158,7 @@ def pipeline(config: RunConfig = RunConfig(), run_dir: str = "runs/tiny") -> dic
         *[f"expert-iteration round {r}: {n} verified outputs distilled" for r, n in distilled.items()],
     ]
     report = ledger("report", stages.report, config.name, evaluations, io.join(run_dir, "report"),
-                    config.expert_iteration.method, notes, labels)
+                    config.expert_iteration.method, notes, labels, tuned or None)
     _publish(report)
     wall = time.monotonic() - t0
     ran = [r["stage"] for r in ledger.rows if not r["cached"]]
@@ -147,11 +186,10 @@ def pipeline(config: RunConfig = RunConfig(), run_dir: str = "runs/tiny") -> dic
 
 def _publish(report: StageResult) -> None:
     """The report as Prefect artifacts: its table (same order and units) and its markdown, plots embedded."""
-    from sbt_core import report as reporting
-
     out = report["outputs"]
     rows = io.read_json(out["metrics"])
-    plots = {io.basename(out[k]): io.read_bytes(out[k]) for k in ("plot_scaling", "plot_rounds")}
+    plots = {io.basename(out[k]): io.read_bytes(out[k]) for k in ("plot_scaling", "plot_rounds", "plot_grpo")
+             if k in out}
     markdown = reporting.embed_images(io.read_bytes(out["report"]).decode(), plots)
     create_table_artifact(reporting.table(rows), key="sbt-metrics",
                           description="The report's table: accuracy in % (strict verifier), tokens, false claims")

@@ -2,6 +2,7 @@
 
     per part (a domain's run config) of the study:
         generate → per model of its `models`: build-data (its recipe) → SFT → study-eval
+                   (and, for the models its `grpo.models` names: GRPO → study-eval of the tuned model)
     → study-report (study.md, study.json, one plot per part; Prefect artifacts)
 
 The stages are the pipeline's (`tasks.stages`), cached on their keys and resumable the same way:
@@ -24,6 +25,7 @@ from flows.pipeline import _Ledger
 from sbt_core import io
 from sbt_core.build_data import RECIPES
 from sbt_core.config import StudyConfig
+from sbt_core.study import decode_length
 from tasks import stages
 from tasks.stages import StageResult
 
@@ -48,12 +50,22 @@ def study(config: StudyConfig, run_dir: str = "runs/study") -> dict[str, Any]:
             rows = ledger(f"{label}-build-data-{tag}", stages.build_data, data_cfg, data,
                           io.join(here, f"data-{tag}"), run.domain)
             model = ledger(f"{label}-sft-{tag}", stages.sft, sft_cfg, model_cfg, rows, io.join(here, f"sft-{tag}"))
+            kind = RECIPES[spec.recipe].study
             evaluations[label][name] = ledger(
-                f"{label}-study-{tag}", stages.study_eval, run.study, RECIPES[spec.recipe].study, model, data,
+                f"{label}-study-{tag}", stages.study_eval, run.study, kind, model, data,
                 io.join(here, f"study-{tag}"), run.domain, run.eval.max_new_tokens)
             parts[label]["labels"][name] = spec.label or name
             if "metrics" in model["outputs"]:  # (an SFT on no rows keeps its base model and measures nothing)
                 parts[label]["training"][name] = model["outputs"]["metrics"]
+            if name in run.grpo.models:  # GRPO with rollouts as long as the model's own evaluation decodes
+                length = run.grpo.max_completion_length or decode_length(run.study, kind, run.eval.max_new_tokens)
+                tuned = ledger(f"{label}-grpo-{tag}", stages.grpo, run.grpo, model, data,
+                               io.join(here, f"grpo-{tag}"), run.domain, length)
+                evaluations[label][f"grpo_{name}"] = ledger(
+                    f"{label}-study-grpo-{tag}", stages.study_eval, run.study, kind, tuned, data,
+                    io.join(here, f"study-grpo-{tag}"), run.domain, run.eval.max_new_tokens)
+                parts[label]["labels"][f"grpo_{name}"] = f"{spec.label or name} + GRPO"
+                parts[label]["training"][f"grpo_{name}"] = tuned["outputs"]["metrics"]
     notes = [f"study `{config.name}`; config hash {io.config_hash(config.model_dump(mode='json'))}; "
              f"code {io.code_version()}",
              "Verifier-free rows never consult the verifier; pass@n rows (dashed in the plots) let it pick, as the "

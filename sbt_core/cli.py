@@ -146,6 +146,34 @@ def train(
     typer.echo("\n".join(f"{k}: {v}" for k, v in out_uris.items()))
 
 
+@app.command()
+@_clean_errors
+def grpo(
+    model: str = typer.Option(..., help="The SFT model folder GRPO starts from (its `model/`)."),
+    data: str = typer.Option(..., help="Train problems (a generate split, e.g. data/train.parquet)."),
+    out: str = typer.Option(..., help="Run folder: checkpoints/, model/, grpo_metrics.json."),
+    domain: str = typer.Option("countdown", help=DOMAIN_HELP),
+    set_: list[str] = typer.Option([], "--set", help="GRPOConfig field=value, e.g. --set steps=50 "
+                                   "--set learning_rate=1e-4 (see `sbt_core.config.GRPOConfig`)."),
+    max_completion_length: int = typer.Option(64, help="Rollout token limit when the config sets none."),
+):
+    """GRPO from the domain's verifier (TRL); resumes from the last checkpoint in --out."""
+    import yaml
+
+    from sbt_core import grpo as stage
+    from sbt_core.config import GRPOConfig
+
+    fields = {}
+    for item in set_:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set {item!r} is not of the form field=value")
+        fields[key.strip()] = yaml.safe_load(raw)
+    out_uris = stage.train(GRPOConfig(**fields), model, data, out, domain=domain,
+                           max_completion_length=max_completion_length)
+    typer.echo("\n".join(f"{k}: {v}" for k, v in out_uris.items()))
+
+
 def _search_config(decoder, n, b, temperature, selector, max_new_tokens, batch_rows, seed) -> SearchConfig:
     return SearchConfig(decoder=decoder, n=n, backtrack_budget=b, temperature=temperature, selector=selector,
                         max_new_tokens=max_new_tokens, batch_rows=batch_rows, seed=seed)

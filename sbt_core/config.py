@@ -182,6 +182,71 @@ class StudyEvalConfig(_Config):
         return sorted(set(v))
 
 
+class GRPOConfig(_Config):
+    """GRPO from the verifier's reward (arXiv 2504.07052's RL stage), on TRL's `GRPOTrainer`.
+
+    Defaults are the paper's settings; `models` names the run's models that get a GRPO stage
+    after their SFT (none by default). Prompts come from the domain's train split.
+    """
+
+    models: list[str] = Field([], description="Models of `models` fine-tuned with GRPO after SFT (names).")
+    steps: int = Field(100, ge=1, description="Optimiser steps; each draws `prompts_per_step` prompts.")
+    prompts_per_step: int = Field(256, ge=1, description="Prompts per optimiser step (the paper: 256).")
+    rollouts: int = Field(8, ge=2, description="Completions sampled per prompt, the group (the paper: 8).")
+    temperature: float = Field(0.7, gt=0, description="Rollout sampling temperature (the paper: 0.7).")
+    learning_rate: float = Field(1e-6, gt=0, description="Learning rate (the paper: 1e-6).")
+    lr_scheduler: str = Field("constant", description="Hugging Face scheduler name (the paper: constant).")
+    warmup_steps: int = Field(0, ge=0, description="Warm-up steps.")
+    beta: float = Field(0.001, ge=0, description="KL coefficient against the SFT model (the paper: 0.001).")
+    clip: float = Field(0.2, gt=0, description="PPO clip range epsilon (the paper: 0.2).")
+    entropy_coef: float = Field(0.001, ge=0, description="Entropy bonus coefficient (the paper: 0.001).")
+    loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo"] = Field(
+        "grpo", description="TRL's loss aggregation; grpo averages over each completion's tokens (the paper's).")
+    max_completion_length: int | None = Field(
+        None, ge=1, description="Rollout token limit; None: the model's evaluation length (the paper: 4,096 for "
+        "backtracking models, 512 for direct ones).")
+    micro_batch: int | None = Field(None, ge=1, description="Completions per forward/backward pass (gradients "
+                                    "accumulate to one step); None: all of a step's completions at once.")
+    format_reward: float = Field(0.0, ge=0, description="Weight of the format reward (1 when the response states "
+                                 "an answer the domain can read); 0: the verifier's reward alone, as the paper.")
+    problems: int | None = Field(None, ge=1, description="Train problems the prompts are drawn from (None: all).")
+    save_steps: int = Field(50, ge=1, description="Checkpoint every this many steps (resume point).")
+    logging_steps: int = Field(1, ge=1, description="Log reward, KL and lengths every this many steps.")
+    max_minutes: float | None = Field(None, gt=0, description="Stop (and save) after this wall time.")
+    seed: int = Field(0, description="Seed for prompt order and rollouts.")
+    bf16: bool = Field(True, description="bf16 mixed precision on a GPU (always fp32 on CPU).")
+    eval_ks: list[int] = Field([1, 2, 4, 8, 16, 32], description="k of pass@k before and after GRPO (unbiased "
+                               "estimator over max(k) samples per problem).")
+    eval_limit: int = Field(200, ge=1, description="Held-out problems of the before/after pass@k evaluation.")
+    methods: list[str] | None = Field(None, description="Methods run on each tuned model (`eval-grpo-X`, "
+                                      "`config.METHODS`); None: the model's own `methods`.")
+    use_vllm: bool = Field(False, description="Rollouts through vLLM (GPU workers with `pip install vllm`); "
+                           "off: TRL's transformers generation (CPU and GPU).")
+    vllm_mode: Literal["colocate", "server"] = Field(
+        "colocate", description="colocate: vLLM shares the training GPU; server: a `trl vllm-serve` process.")
+    vllm_gpu_memory_utilization: float = Field(0.3, gt=0, le=1, description="GPU memory share of colocated vLLM.")
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, v: list[str] | None) -> list[str] | None:
+        return None if v is None else _known_methods(v)
+
+    @field_validator("eval_ks")
+    @classmethod
+    def _ks(cls, v: list[int]) -> list[int]:
+        if not v or any(x < 1 for x in v):
+            raise ValueError("needs at least one k, every k >= 1")
+        return sorted(set(v))
+
+    @model_validator(mode="after")
+    def _batches(self):
+        completions = self.prompts_per_step * self.rollouts
+        if self.micro_batch and completions % self.micro_batch:
+            raise ValueError(f"micro_batch ({self.micro_batch}) must divide prompts_per_step x rollouts "
+                             f"({completions})")
+        return self
+
+
 class ModelSpec(_Config):
     """One model of the run: the data recipe it is trained on, its size and SFT, and how it is evaluated."""
 
@@ -273,6 +338,7 @@ class RunConfig(_Config):
     execution: ExecutionConfig = ExecutionConfig()
     ablations: AblationConfig = AblationConfig()
     study: StudyEvalConfig = Field(StudyEvalConfig(), description="Equal-compute evaluation (`sbt study`).")
+    grpo: GRPOConfig = Field(GRPOConfig(), description="GRPO after SFT, for the models it names.")
 
     @model_validator(mode="before")
     @classmethod
@@ -299,6 +365,9 @@ class RunConfig(_Config):
             if spec.recipe not in RECIPES:
                 raise ValueError(f"models.{name}.recipe: unknown recipe {spec.recipe!r}; choose from {sorted(RECIPES)}")
             RECIPES[spec.recipe].check(DOMAINS[self.domain], f"models.{name}.recipe")
+        for name in self.grpo.models:
+            if name not in self.models:
+                raise ValueError(f"grpo.models: {name!r} is not one of models ({', '.join(self.models)})")
         if self.expert_iteration.rounds and self.expert_iteration.model not in self.models:
             raise ValueError(f"expert_iteration.model: {self.expert_iteration.model!r} is not one of models "
                              f"({', '.join(self.models)})")
@@ -318,15 +387,23 @@ class RunConfig(_Config):
             model = model.model_copy(update={"vocabulary": recipe.vocabulary(DOMAINS[self.domain])})
         return spec, model, spec.sft or self.sft, self.build_data.model_copy(update={"recipe": spec.recipe})
 
+    def grpo_eval(self) -> tuple[int, StudyEvalConfig]:
+        """The GRPO rollout length (`grpo.max_completion_length`, else `eval.max_new_tokens`), and the pass@k
+        evaluation before and after GRPO: `grpo.eval_ks` samples of that length on the held-out split."""
+        length = self.grpo.max_completion_length or self.eval.max_new_tokens
+        return length, StudyEvalConfig(limit=self.grpo.eval_limit, ns=self.grpo.eval_ks, temperature=self.eval.temperature,
+                                       direct_max_new_tokens=length, batch_rows=self.eval.batch_rows,
+                                       seed=self.eval.seed)
+
     def with_seed_offset(self, offset: int) -> RunConfig:
-        """The same preset with every seed (data, model, SFT, sampling, expert iteration) shifted by `offset`."""
+        """The same preset with every seed (data, model, SFT, sampling, GRPO, expert iteration) shifted by `offset`."""
         if offset == 0:
             return self
         shift = lambda section: section.model_copy(update={"seed": section.seed + offset})  # noqa: E731
         ei = self.expert_iteration
         return self.model_copy(update={
             "generate": shift(self.generate), "build_data": shift(self.build_data), "model": shift(self.model),
-            "sft": shift(self.sft), "eval": shift(self.eval),
+            "sft": shift(self.sft), "eval": shift(self.eval), "grpo": shift(self.grpo),
             "expert_iteration": ei.model_copy(update={"train": shift(ei.train)}),
         })
 

@@ -229,7 +229,7 @@ def unreadable(folder: str, skip: tuple[str, ...] = ("checkpoints",)) -> list[st
 # What differs between two runs of the same config (README, "What is nondeterministic"): wall-clock
 # fields and absolute paths live in these files, in training checkpoints and in search shards.
 NONDETERMINISTIC_FILES = ("stage.json", "run.json", "manifest.json", "train_metrics.json", "summary.json",
-                          "training_args.bin")
+                          "training_args.bin", "grpo_metrics.json", "study.json")
 NONDETERMINISTIC_DIRS = ("checkpoints", "shards")
 
 

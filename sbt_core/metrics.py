@@ -34,6 +34,17 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - miss
 
 
+def paired_change(before: list[float], after: list[float], z: float = 1.96) -> tuple[float, float, float]:
+    """Mean per-problem change (after - before) on the same problems, with its 95% normal interval."""
+    if len(before) != len(after) or not before:
+        raise ValueError("paired_change needs two equally long, non-empty lists")
+    diffs = [a - b for a, b in zip(after, before)]
+    mean = sum(diffs) / len(diffs)
+    var = sum((d - mean) ** 2 for d in diffs) / max(len(diffs) - 1, 1)
+    half = z * (var / len(diffs)) ** 0.5
+    return mean, mean - half, mean + half
+
+
 @dataclass(frozen=True)
 class Shape:
     """What decode FLOPs depend on: layers, hidden size, key/value width, MLP width."""

@@ -111,6 +111,12 @@ def _sample_records(right: list[list[bool]]) -> list[dict]:
     return out
 
 
+def decode_length(cfg, kind: str, max_new_tokens: int) -> int:
+    """The longest decode `evaluate` makes for `kind` (`cfg`: a `config.StudyEvalConfig`; `max_new_tokens`:
+    one search continuation's limit)."""
+    return {"budget": max(cfg.budgets), "samples": cfg.direct_max_new_tokens, "search": max_new_tokens}[kind]
+
+
 def evaluate(lm, problems: list[dict], cfg, kind: str, *, max_new_tokens: int, progress=None) -> dict:
     """One model's curves on `problems` (`cfg`: a `config.StudyEvalConfig`); see the module docstring."""
     import torch

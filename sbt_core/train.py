@@ -121,7 +121,7 @@ class Collator:
         return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
 
-class _TimeLimit(TrainerCallback):
+class TimeLimit(TrainerCallback):
     """Stops (and checkpoints) once the wall-time budget is spent."""
 
     def __init__(self, minutes: float | None):
@@ -208,7 +208,7 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig, data_uri: str, out_dir: str,
         args=training_args(cfg, out),
         train_dataset=dataset,
         data_collator=collator,
-        callbacks=[_TimeLimit(cfg.max_minutes), *callbacks],
+        callbacks=[TimeLimit(cfg.max_minutes), *callbacks],
     )
     resume = last_complete_checkpoint(out / "checkpoints")
     if resume:

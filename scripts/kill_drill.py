@@ -1,9 +1,10 @@
 """Kill drill: SIGKILL the pipeline inside each stage in turn, rerun, and compare every artifact.
 
-    python scripts/kill_drill.py [--trials 20] [--seed 0] [--config smoke] [--workdir DIR]
+    python scripts/kill_drill.py [--trials 20] [--seed 0] [--config smoke] [--workdir DIR] [--stages grpo-bt,...]
 
-One uninterrupted run of the preset is the reference. Trial t picks stage STAGES[t % 12] and a
-random moment inside it (uniform over the time that stage took in the reference run), starts
+One uninterrupted run of the preset is the reference. Trial t picks stage STAGES[t % 16] (or the
+t-th of `--stages`, in turn) and a random moment inside it (uniform over the time that stage took
+in the reference run), starts
 `sbt run` in a fresh run dir, waits until the stage's `stage.json` says `running`, sleeps that
 long, kills the whole process group with SIGKILL, reruns to completion, and compares the
 content hash of every artifact with the reference (`sbt_core.io.snapshot`: wall-clock fields
@@ -38,7 +39,8 @@ ATTEMPTS = 3  # per trial, while the kill lands after the stage finished
 # (stage, its folder under the run dir), in the pipeline's order
 STAGES = [("generate", "data"), ("build-data-op", "data-op"), ("build-data-bt", "data-bt"), ("sft-op", "sft-op"),
           ("sft-bt", "sft-bt"), ("eval-sft-op", "eval-sft-op"), ("eval-sft-bt", "eval-sft-bt"),
-          ("ei1-search", "ei1/search"), ("ei1-distill", "ei1/data"), ("ei1-sft", "ei1/sft"),
+          ("passk-bt", "passk-bt"), ("grpo-bt", "grpo-bt"), ("passk-grpo-bt", "passk-grpo-bt"),
+          ("eval-grpo-bt", "eval-grpo-bt"), ("ei1-search", "ei1/search"), ("ei1-distill", "ei1/data"), ("ei1-sft", "ei1/sft"),
           ("ei1-evaluate", "ei1/eval"), ("report", "report")]
 
 
@@ -86,7 +88,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--config", default="smoke", help="preset name or YAML path (one expert-iteration round)")
     ap.add_argument("--workdir", type=Path, default=None, help="where run dirs go (default: a temporary folder)")
+    ap.add_argument("--stages", default=None, help="comma-separated stage names to hit (default: all, in turn)")
     args = ap.parse_args(argv)
+    targets = [s for s in STAGES if args.stages is None or s[0] in args.stages.split(",")]
+    if not targets:
+        ap.error(f"--stages names none of {[s for s, _ in STAGES]}")
     work = args.workdir or Path(tempfile.mkdtemp(prefix="sbt-kill-drill-"))
     work.mkdir(parents=True, exist_ok=True)
     (work / "prefect").mkdir(exist_ok=True)
@@ -102,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         took = {r["stage"]: r["work_seconds"] for r in json.loads((work / "reference" / "run.json").read_text())["stages"]}
         print(f"reference: {len(reference)} artifacts, {time.monotonic() - t0:.0f} s", flush=True)
         for t in range(args.trials):
-            stage, stage_dir = STAGES[t % len(STAGES)]
+            stage, stage_dir = targets[t % len(targets)]
             delay = rng.uniform(0, took[stage])
             for attempt in range(ATTEMPTS):  # a kill that came too late for a short stage: again, sooner
                 t1 = time.monotonic()

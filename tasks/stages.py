@@ -32,7 +32,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed
 
 from sbt_core import domains, io
-from sbt_core.config import (BuildDataConfig, EvalConfig, GenerateConfig, ModelConfig, SearchConfig,
+from sbt_core.config import (BuildDataConfig, EvalConfig, GenerateConfig, GRPOConfig, ModelConfig, SearchConfig,
                              StudyEvalConfig, TrainConfig)
 
 StageResult = dict[str, Any]
@@ -40,7 +40,7 @@ RECORD = "stage.json"
 FAIL_ENV = "SBT_FAIL_STAGES"
 FAIL_FILE_ENV = "SBT_FAIL_STAGES_FILE"
 STORAGE_BLOCK_ENV = "SBT_STORAGE_BLOCK"  # a RemoteFileSystem block whose settings carry S3 credentials
-HEAVY = {"sft", "evaluate", "search", "study-eval"}  # task names that want a GPU
+HEAVY = {"sft", "grpo", "evaluate", "search", "study-eval"}  # task names that want a GPU
 
 
 class InjectedFailure(RuntimeError):
@@ -220,6 +220,23 @@ def sft(stage_name: str, cfg: TrainConfig, model: ModelConfig, data: StageResult
     return run_stage(stage_name, out_dir, config, [data] + ([base] if base else []), work)
 
 
+@task(name="grpo", task_run_name="{stage_name}", **_opts)
+def grpo(stage_name: str, cfg: GRPOConfig, model: StageResult, data: StageResult, out_dir: str,
+         domain: str = "countdown", max_completion_length: int = 64):
+    """GRPO from the verifier's reward on the train problems, starting from `model` (`grpo.train`)."""
+    from sbt_core import grpo as stage
+
+    def work():
+        bar = Progress(stage_name, cfg.steps, "GRPO steps")
+        return stage.train(cfg, model["outputs"]["model"], data["outputs"]["train"], out_dir, domain=domain,
+                           max_completion_length=max_completion_length, callbacks=[_train_progress(bar)])
+
+    # Which models get GRPO and how they are evaluated afterwards do not change this model.
+    config = {"grpo": cfg.model_dump(mode="json", exclude={"models", "eval_ks", "eval_limit", "methods"}), "domain": domain,
+              "max_completion_length": max_completion_length}
+    return run_stage(stage_name, out_dir, config, [model, data], work)
+
+
 @task(name="evaluate", task_run_name="{stage_name}", **_opts)
 def evaluate(stage_name: str, cfg: EvalConfig, methods: list[str], model: StageResult, data: StageResult,
              out_dir: str, domain: str = "countdown"):
@@ -268,20 +285,27 @@ def _with_copies_up(made: dict[str, str], run_dir: str) -> dict[str, str]:
 
 @task(name="report", task_run_name="{stage_name}", **_opts)
 def report(stage_name: str, title: str, evaluations: dict[str, StageResult], out_dir: str, search_method: str,
-           notes: list[str] = (), labels: dict[str, str] | None = None):
-    """report.md, metrics.json and plots in out_dir, with copies one level up (the run folder)."""
+           notes: list[str] = (), labels: dict[str, str] | None = None,
+           grpo: dict[str, dict[str, StageResult]] | None = None):
+    """report.md, metrics.json and plots in out_dir, with copies one level up (the run folder).
+
+    `grpo[model]`: {"before", "after" (its pass@k study-evals), "grpo" (the GRPO stage)} per model tuned.
+    """
     from sbt_core import report as stage
 
     summaries = {model: ev["outputs"]["summary"] for model, ev in evaluations.items()}
+    tuned = {model: {"before": r["before"]["outputs"]["study"], "after": r["after"]["outputs"]["study"],
+                     "metrics": r["grpo"]["outputs"]["metrics"]} for model, r in (grpo or {}).items()}
     config = {"title": title, "models": list(evaluations), "search_method": search_method, "notes": list(notes),
-              **({"labels": labels} if labels else {})}
+              **({"labels": labels} if labels else {}), **({"grpo": sorted(tuned)} if tuned else {})}
     run_dir = io.parent(out_dir)
+    upstream = list(evaluations.values()) + [r[k] for r in (grpo or {}).values() for k in ("before", "after", "grpo")]
 
     def work():
-        made = stage.run(summaries, out_dir, title, list(notes), search_method, labels)
+        made = stage.run(summaries, out_dir, title, list(notes), search_method, labels, tuned)
         return _with_copies_up(made, run_dir)
 
-    return run_stage(stage_name, out_dir, config, list(evaluations.values()), work)
+    return run_stage(stage_name, out_dir, config, upstream, work)
 
 
 @task(name="ablation-report", task_run_name="{stage_name}", **_opts)
@@ -339,7 +363,7 @@ def study_report(stage_name: str, title: str, parts: dict[str, dict], evaluation
     return run_stage(stage_name, out_dir, config, upstream, work)
 
 
-TASKS = {t.name: t for t in (generate, build_data, sft, evaluate, search, distill, report, ablation_report,
+TASKS = {t.name: t for t in (generate, build_data, sft, grpo, evaluate, search, distill, report, ablation_report,
                              study_eval, study_report)}
 
 

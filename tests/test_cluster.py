@@ -26,7 +26,9 @@ pytestmark = pytest.mark.integration
 POOL = "sbt-test-gpu"
 RUN_DIR = "s3://sbt-test/cluster/run"
 BEFORE = ["generate", "build-data-op", "build-data-bt", "sft-op"]
-AFTER = ["sft-bt", "eval-sft-op", "eval-sft-bt", "ei1-search", "ei1-distill", "ei1-sft", "ei1-evaluate", "report"]
+GRPO_STAGES = ["passk-bt", "grpo-bt", "passk-grpo-bt", "eval-grpo-bt"]  # smoke's GRPO round (bt model)
+AFTER = ["sft-bt", "eval-sft-op", "eval-sft-bt", *GRPO_STAGES, "ei1-search", "ei1-distill", "ei1-sft", "ei1-evaluate",
+         "report"]
 
 
 @contextlib.contextmanager
@@ -101,7 +103,7 @@ def cluster(prefect_server, s3, tmp_path_factory):
 def test_deploy_registers_every_deployment_with_a_form(cluster):
     api = cluster["api"]
     for name in ("sbt-pipeline/pipeline", "sbt-stage/gpu", "sbt-stage/cpu", "expert-iteration-round/round",
-                 "sbt-evaluate-latest/nightly"):
+                 "grpo-round/round", "sbt-evaluate-latest/nightly"):
         dep = rest(api, "GET", f"/deployments/name/{name}")
         assert dep["work_pool_name"] in (POOL, "sbt-test-cpu"), name
     pipeline = rest(api, "GET", "/deployments/name/sbt-pipeline/pipeline")
@@ -203,7 +205,7 @@ def check_artifacts(api: str, flow_run_ids: list[str], metrics: dict) -> None:
     arts = rest(api, "POST", "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": flow_run_ids}}, "limit": 200})
     by_key = {a["key"]: a for a in sorted(arts, key=lambda a: a["created"])}  # newest wins
     report = by_key["sbt-report"]["data"]
-    assert report.count("](data:image/png;base64,iVBORw0KGgo") == 2 and "](accuracy_vs_n.png)" not in report
+    assert report.count("](data:image/png;base64,iVBORw0KGgo") == 3 and "](accuracy_vs_n.png)" not in report  # + grpo.png
     table = by_key["sbt-metrics"]["data"]
     table = json.loads(table) if isinstance(table, str) else table
     assert [r["row"] for r in table] == sorted(metrics, key=lambda k: row_order(metrics[k]))
@@ -214,7 +216,7 @@ def check_artifacts(api: str, flow_run_ids: list[str], metrics: dict) -> None:
     assert by_key["progress-sft-bt"]["data"] == 100
 
 
-def test_python_client_triggers_an_expert_iteration_round(cluster):
+def test_python_client_triggers_an_expert_iteration_round_and_a_grpo_round(cluster):
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -225,13 +227,20 @@ def test_python_client_triggers_an_expert_iteration_round(cluster):
                              timeout=600)
         assert run.state.is_completed(), run.state
         assert io.read_json(f"{RUN_DIR}/ei2/eval/stage.json")["status"] == "done"
+        # GRPO on the optimal-path model, which the preset does not tune: its four stages run on the GPU pool
+        grpo = run_deployment("grpo-round/round", parameters={"model": "sft"}, timeout=600)
+        assert grpo.state.is_completed(), grpo.state
+        assert io.read_json(f"{RUN_DIR}/eval-grpo-op/stage.json")["status"] == "done"
+        assert io.exists(f"{RUN_DIR}/grpo-op/model/model.safetensors")
+        assert io.read_json(f"{RUN_DIR}/grpo-op/grpo_metrics.json")["train/steps"] == 4
         nightly = run_deployment("sbt-evaluate-latest/nightly", timeout=600)  # what the schedule starts
         assert nightly.state.is_completed(), nightly.state
     # smoke runs one round, so the newest model is round 1's (or sft-bt's, when round 1 kept it)
     assert io.exists(f"{RUN_DIR}/eval-latest")
 
 
-HEAVY_STAGES = ["sft-op", "sft-bt", "eval-sft-op", "eval-sft-bt", "ei1-search", "ei1-sft", "ei1-evaluate"]
+HEAVY_STAGES = ["sft-op", "sft-bt", "eval-sft-op", "eval-sft-bt", *GRPO_STAGES, "ei1-search", "ei1-sft",
+                "ei1-evaluate"]
 
 
 def test_per_stage_runs_are_named_honest_and_a_stage_retry_resumes_the_pipeline(cluster):
@@ -301,7 +310,7 @@ def test_per_stage_runs_are_named_honest_and_a_stage_retry_resumes_the_pipeline(
     assert summary["ran"] == [] and len(summary["cached"]) == len(summary["stages"])
 
 
-STAGE_DIRS = ["sft-op", "sft-bt", "eval-sft-op", "eval-sft-bt", "ei1/search", "ei1/sft", "ei1/eval"]
+STAGE_DIRS = ["sft-op", "sft-bt", "eval-sft-op", "eval-sft-bt", *GRPO_STAGES, "ei1/search", "ei1/sft", "ei1/eval"]
 
 
 def test_storage_credentials_from_a_prefect_block(cluster, monkeypatch):

@@ -118,7 +118,7 @@ def test_seed_offset_shifts_every_seed_and_nothing_else():
     cfg = load_run_config(CONFIGS / "tiny.yaml")
     assert cfg.with_seed_offset(0) is cfg
     shifted = cfg.with_seed_offset(2)
-    sections = ["generate", "build_data", "model", "sft", "eval"]
+    sections = ["generate", "build_data", "model", "sft", "eval", "grpo"]
     for name in sections:
         assert getattr(shifted, name).seed == getattr(cfg, name).seed + 2
     assert shifted.expert_iteration.train.seed == cfg.expert_iteration.train.seed + 2

@@ -18,7 +18,7 @@ from sbt_core.config import load_run_config
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.integration
 NAMES = ["sbt-pipeline/pipeline", "sbt-stage/gpu", "sbt-stage/cpu", "expert-iteration-round/round",
-         "sbt-evaluate-latest/nightly"]
+         "grpo-round/round", "sbt-evaluate-latest/nightly"]
 POOLS = ["--gpu-pool", "routes-gpu", "--cpu-pool", "routes-cpu"]
 RUN_DIR = "runs/routes"
 

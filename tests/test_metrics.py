@@ -100,3 +100,11 @@ def test_budget_curve_reads_one_decode_at_every_budget():
     assert [p["accuracy"] for p in points] == [0.0, 0.5, 1.0]
     assert points[1]["tokens_per_problem"] == short  # both decodes cut at `short`
     assert points[2]["flops_formula"] == metrics.decode_flops(shape, round((short + long_) / 2))
+
+
+def test_paired_change_is_the_mean_per_problem_difference_with_its_interval():
+    mean, low, high = metrics.paired_change([0, 0, 1, 1, 0, 0], [1, 0, 1, 1, 1, 0])
+    assert mean == pytest.approx(2 / 6) and low < mean < high
+    assert metrics.paired_change([0.5, 1.0], [0.5, 1.0]) == (0.0, 0.0, 0.0)  # the same on every problem: no spread
+    with pytest.raises(ValueError):
+        metrics.paired_change([1.0], [1.0, 0.0])

@@ -25,8 +25,10 @@ from tasks.stages import FAIL_ENV
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ["-c", "smoke", "--set", "sft.max_steps=120", "--set", "sft.save_steps=40"]
 BEFORE_SFT_BT = ["generate", "build-data-op", "build-data-bt", "sft-op"]
+GRPO_STAGES = ["passk-bt", "grpo-bt", "passk-grpo-bt", "eval-grpo-bt"]  # smoke's GRPO round on the bt model
 CONTRACT_ROWS = ["sft_greedy", "sft_beam", "best_of_n_8", "best_of_n_16", "best_of_n_32", "bt_greedy", "bt_beam",
-                 "sbt_b0_n8", "sbt_b0_n32", "sbt_b1_n8", "sbt_b1_n32", "ei1_greedy", "ei1_sbt_b1_n32"]
+                 "sbt_b0_n8", "sbt_b0_n32", "sbt_b1_n8", "sbt_b1_n32", "ei1_greedy", "ei1_sbt_b1_n32",
+                 "grpo_bt_greedy", "grpo_bt_sbt_b1_n32"]
 pytestmark = pytest.mark.integration
 
 
@@ -72,8 +74,8 @@ def new_runs(api: str, before: set) -> dict:
         tasks = c.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=list(flows))), limit=200)
     states: dict[str, list[str]] = {}
     for t in sorted(tasks, key=lambda t: t.created):
-        if t.name.startswith("expert-iteration-round"):
-            continue  # the parent's stand-in task run for the subflow, not a stage
+        if t.name.startswith(("expert-iteration-round", "grpo-round")):
+            continue  # the parent's stand-in task run for a subflow, not a stage
         states.setdefault(t.name, []).append(t.state.name)
     return {"flows": flows, "tasks": states}
 
@@ -118,11 +120,13 @@ def test_rerun_runs_only_the_failed_stage_and_what_follows(finished):
     tasks = finished["rerun_runs"]["tasks"]
     for stage in BEFORE_SFT_BT:
         assert set(tasks[stage]) == {"Cached"}, (stage, tasks[stage])  # generate also runs (cached) in the round
-    after = ["sft-bt", "eval-sft-op", "eval-sft-bt", "ei1-search", "ei1-distill", "ei1-sft", "ei1-evaluate", "report"]
+    after = ["sft-bt", "eval-sft-op", "eval-sft-bt", *GRPO_STAGES, "ei1-search", "ei1-distill", "ei1-sft",
+             "ei1-evaluate", "report"]
     for stage in after:
         assert tasks[stage] == ["Completed"], (stage, tasks[stage])
     flows = sorted(finished["rerun_runs"]["flows"].values())
-    assert flows == [("expert-iteration-round", "Completed"), ("sbt-pipeline", "Completed")]
+    assert flows == [("expert-iteration-round", "Completed"), ("grpo-round", "Completed"),
+                     ("sbt-pipeline", "Completed")]
 
 
 def test_report_and_metrics_follow_the_contract(finished):
@@ -135,6 +139,13 @@ def test_report_and_metrics_follow_the_contract(finished):
     report = (run_dir / "report.md").read_text()
     assert "| `sbt_b1_n32` |" in report and "expert iteration round 1" in report
     assert (run_dir / "accuracy_vs_n.png").read_bytes()[:4] == b"\x89PNG"
+    # GRPO on the bt model: its rows, pass@k before and after, rewards per step, the plot
+    tuned = metrics["grpo_bt_greedy"]["grpo"]
+    assert sorted(tuned["before"]["pass_at_k"], key=int) == ["1", "2", "4"] and tuned["steps"] == 4
+    assert all(0 <= v <= 1 for side in ("before", "after") for v in tuned[side]["pass_at_k"].values())
+    assert len(json.loads((run_dir / "grpo.json").read_text())["bt"]["history"]) == 4
+    assert "## GRPO" in report and "SFT on D_op ∪ D_back + GRPO" in report and "pass@4" in report
+    assert (run_dir / "grpo.png").read_bytes()[:4] == b"\x89PNG"
     with _client(finished["api"]) as c:
         assert c.read_artifacts(limit=50) and any(a.key == "sbt-metrics" for a in c.read_artifacts(limit=50))
     manifest = json.loads((run_dir / "sft-bt" / "manifest.json").read_text())
@@ -201,7 +212,7 @@ def test_changed_config_reruns_only_what_depends_on_it(finished):
     assert proc.returncode == 0, proc.stderr[-3000:]
     tasks = new_runs(api, before)["tasks"]
     ran = sorted(name for name, states in tasks.items() if "Completed" in states)
-    assert ran == sorted(["eval-sft-op", "eval-sft-bt", "ei1-evaluate", "report"])
+    assert ran == sorted(["eval-sft-op", "eval-sft-bt", "eval-grpo-bt", "ei1-evaluate", "report"])
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert all(row["problems_per_split"] == 2 for row in metrics.values())
 
@@ -250,7 +261,7 @@ def test_seeds_rerun_the_pipeline_per_offset_and_report_the_spread(finished):
 
 
 SUDOKU_STAGES = ["generate", "build-data-op", "build-data-bt", "sft-op", "sft-bt", "eval-sft-op", "eval-sft-bt",
-                 "ei1-search", "ei1-distill", "ei1-sft", "ei1-evaluate", "report"]
+                 *GRPO_STAGES, "ei1-search", "ei1-distill", "ei1-sft", "ei1-evaluate", "report"]
 
 
 def test_the_sudoku_smoke_preset_runs_the_whole_pipeline(prefect_server, tmp_path):
@@ -261,7 +272,8 @@ def test_the_sudoku_smoke_preset_runs_the_whole_pipeline(prefect_server, tmp_pat
     run = json.loads((run_dir / "run.json").read_text())
     assert [r["stage"] for r in run["stages"]] == SUDOKU_STAGES and run["cached"] == []
     rows = json.loads((run_dir / "metrics.json").read_text())
-    assert set(rows) == set(CONTRACT_ROWS)
+    assert set(rows) == set(CONTRACT_ROWS) - {"grpo_bt_sbt_b1_n32"}  # the preset's GRPO model runs greedy only
+    assert set(rows["grpo_bt_greedy"]["grpo"]["after"]["pass_at_k"]) == {"1", "2"}  # GRPO on Sudoku's verifier
     assert all(r["accuracy_seen"] is None and 0 <= r["accuracy_new"] <= 1 for r in rows.values())  # one split: val
     summary = json.loads((run_dir / "eval-sft-bt" / "summary.json").read_text())
     assert set(summary["greedy"]) == {"val"} and 0 <= summary["greedy"]["val"]["cell_accuracy"] <= 1
@@ -282,7 +294,8 @@ def test_a_models_mapping_trains_evaluates_and_reports_each_model(prefect_server
               "dfs: {recipe: dfs_trace, methods: [greedy]}, think: {recipe: think_trace, methods: [greedy]}}")
     cmd = [sys.executable, "-m", "flows.cli", "run", "-c", "smoke", "--run-dir", str(run_dir),
            "--set", f"models={models}", "--set", "expert_iteration.rounds=0", "--set", "generate.num_numbers=3",
-           "--set", "generate.number_max=20", "--set", "sft.context_length=256", "--set", "eval.max_new_tokens=96"]
+           "--set", "generate.number_max=20", "--set", "sft.context_length=256", "--set", "eval.max_new_tokens=96",
+           "--set", "grpo.models=[]"]
     out = subprocess.run(cmd, cwd=ROOT, env=_env(prefect_server), capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     run = json.loads((run_dir / "run.json").read_text())

@@ -111,3 +111,26 @@ def test_seeds_rows_follow_the_report_order_not_the_names():
     md = report.seeds_markdown({0: rows, 1: rows}, "t")  # metrics.json comes back sorted by name
     order = [line.split("`")[1] for line in md.splitlines() if line.startswith("| `") and "≥" not in line]
     assert order[:5] == ["sft_greedy", "best_of_n_8", "best_of_n_16", "sbt_b1_n32", "ei1_greedy"]
+
+
+def _samples_study(rights: list[int], n: int = 4) -> dict:
+    """A pass@k evaluation (`study.json`, kind samples) of len(rights) problems with n samples each."""
+    from sbt_core.metrics import pass_at_k
+
+    curves = {c: [{"n": k, "accuracy": sum(pass_at_k(n, r, k) for r in rights) / len(rights),
+                   "flops_measured": 1e6 * k, "tokens_per_problem": 10.0 * k} for k in (1, 2, 4)]
+              for c in ("pass_at_n", "best_of_n")}
+    return {"kind": "samples", "problems": len(rights), "curves": curves,
+            "records": {"samples": [{"right": r, "n": n} for r in rights]}}
+
+
+def test_grpo_summary_pairs_before_and_after_on_the_same_problems(tmp_path):
+    before, after = _samples_study([0, 1, 2, 4]), _samples_study([1, 1, 2, 4])
+    history = [{"step": s, "reward": 0.1 * s} for s in range(1, 11)]
+    t = report.grpo_summary(before, after, {"train/steps": 10, "grpo/rollouts": 320, "grpo/history": history})
+    assert t["before"]["pass_at_k"][1] == pytest.approx(7 / 16) and t["after"]["pass_at_k"][1] == pytest.approx(8 / 16)
+    assert t["change"][1]["mean"] == pytest.approx(1 / 16) and t["change"][4]["mean"] == pytest.approx(1 / 4)
+    assert t["reward_first_tenth"] == pytest.approx(0.1) and t["reward_last_tenth"] == pytest.approx(1.0)
+    md = report.grpo_markdown({"sft": t})
+    assert "| SFT on optimal paths (D_op) | 43.8 → 50.0 [" in md and "+6.2 [" in md and "pass@4" in md
+    assert report.grpo_plot({"sft": t})[:4] == b"\x89PNG"

@@ -140,6 +140,7 @@ def test_the_study_flow_trains_evaluates_reports_and_caches(prefect_server, tmp_
     assert run["cached"] == [] and run["ran"] == [
         "countdown-generate",
         "countdown-build-data-direct", "countdown-sft-direct", "countdown-study-direct",
+        "countdown-grpo-direct", "countdown-study-grpo-direct",
         "countdown-build-data-dfs", "countdown-sft-dfs", "countdown-study-dfs",
         "countdown-build-data-sbt", "countdown-sft-sbt", "countdown-study-sbt",
         "sudoku-generate",
@@ -149,11 +150,13 @@ def test_the_study_flow_trains_evaluates_reports_and_caches(prefect_server, tmp_
     summary = json.loads((run_dir / "study.json").read_text())
     assert set(summary["parts"]) == {"countdown", "sudoku"}
     cd = summary["parts"]["countdown"]
-    assert set(cd["winners"]) == {"low", "middle", "high"} and set(cd["evaluations"]) == {"direct", "dfs", "sbt"}
+    assert set(cd["winners"]) == {"low", "middle", "high"}
+    assert set(cd["evaluations"]) == {"direct", "grpo_direct", "dfs", "sbt"}  # GRPO after the direct model's SFT
+    assert any(s["label"] == "direct + GRPO · pass@n (verifier picks)" for s in cd["series"])
     assert {s["label"] for s in cd["series"]} >= {"direct · pass@n (verifier picks)", "DFS · greedy, token budget",
                                                    "self-backtracking · self-backtracking search (b, N)"}
     assert all(e["tokens_per_second"] > 0 for e in cd["evaluations"].values())
-    assert [(m["backtracking"], m["direct"]) for m in cd["mistakes"]] == [("DFS", "direct")]
+    assert [(m["backtracking"], m["direct"]) for m in cd["mistakes"]] == [("DFS", "direct"), ("DFS", "direct + GRPO")]
     md = (run_dir / "study.md").read_text()
     assert "## countdown" in md and "## sudoku" in md and "### Who wins" in md and "The paper's figures" in md
     for part in ("countdown", "sudoku"):
