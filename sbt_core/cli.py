@@ -158,19 +158,11 @@ def grpo(
     max_completion_length: int = typer.Option(64, help="Rollout token limit when the config sets none."),
 ):
     """GRPO from the domain's verifier (TRL); resumes from the last checkpoint in --out."""
-    import yaml
-
     from sbt_core import grpo as stage
-    from sbt_core.config import GRPOConfig
+    from sbt_core.config import GRPOConfig, config_from_overrides
 
-    fields = {}
-    for item in set_:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise ValueError(f"--set {item!r} is not of the form field=value")
-        fields[key.strip()] = yaml.safe_load(raw)
-    out_uris = stage.train(GRPOConfig(**fields), model, data, out, domain=domain,
-                           max_completion_length=max_completion_length)
+    cfg = config_from_overrides(GRPOConfig, set_)
+    out_uris = stage.train(cfg, model, data, out, domain=domain, max_completion_length=max_completion_length)
     typer.echo("\n".join(f"{k}: {v}" for k, v in out_uris.items()))
 
 

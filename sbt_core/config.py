@@ -500,6 +500,12 @@ def load_run_config(path: str | Path | None = None, overrides: list[str] = ()) -
     return _validate(RunConfig, _apply(tree, overrides), path)
 
 
+def config_from_overrides(model, overrides: list[str]):
+    """One config model from `field=value` overrides alone (e.g. `sbt grpo --set steps=50`), parsed and
+    reported as the preset loaders do."""
+    return _validate(model, _apply({}, overrides), None)
+
+
 def load_study_config(path: str | Path, overrides: list[str] = ()) -> StudyConfig:
     """A study YAML (`name`, `domains: {label: run config}`) plus overrides such as
     `domains.countdown.sft.max_steps=100`."""

@@ -234,7 +234,7 @@ def scaling_plot(rows: dict[str, dict]) -> bytes:
     ax.set_title("Test-time scaling")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    return _png(fig)
+    return png(fig)
 
 
 def rounds_plot(rows: dict[str, dict], search_method: str = "sbt_b1_n32") -> bytes:
@@ -258,10 +258,10 @@ def rounds_plot(rows: dict[str, dict], search_method: str = "sbt_b1_n32") -> byt
     ax.set_xticks([0, *rounds])
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    return _png(fig)
+    return png(fig)
 
 
-def _png(fig) -> bytes:
+def png(fig) -> bytes:
     import matplotlib.pyplot as plt
 
     buf = _io.BytesIO()
@@ -341,11 +341,12 @@ def grpo_markdown(tuned: dict[str, dict], labels: dict[str, str] | None = None) 
     for model, t in tuned.items():
         b, a = t["before"], t["after"]
         lo, hi = wilson(a["pass_at_k"][ks[0]] * a["problems"], a["problems"])
-        cells = [f"{_pct(b['pass_at_k'][k])} → {_pct(a['pass_at_k'][k])}" for k in ks]
-        cells[0] += f" [{_pct(lo)}, {_pct(hi)}]"
-        changes = [t["change"][k] for k in ks]
-        cells = [f"{c}<br>{_signed(d['mean'])} [{_signed(d['low'])}, {_signed(d['high'])}]"
-                 for c, d in zip(cells, changes)]
+        cells = []
+        for k in ks:
+            d = t["change"][k]
+            wilson_cell = f" [{_pct(lo)}, {_pct(hi)}]" if k == ks[0] else ""
+            cells.append(f"{_pct(b['pass_at_k'][k])} → {_pct(a['pass_at_k'][k])}{wilson_cell}<br>"
+                         f"{_signed(d['mean'])} [{_signed(d['low'])}, {_signed(d['high'])}]")
         reward = (f"{t['reward_first_tenth']:.3f} → {t['reward_last_tenth']:.3f}" if t["history"] else "-")
         lines.append(f"| {model_label(model, labels)} | {' | '.join(cells)} | {_pct(b['best_of_k'][ks[-1]])} → "
                      f"{_pct(a['best_of_k'][ks[-1]])} | {b['tokens_per_sample']:.1f} → {a['tokens_per_sample']:.1f} | "
@@ -394,7 +395,7 @@ def grpo_plot(tuned: dict[str, dict], labels: dict[str, str] | None = None) -> b
     for ax in (left, right):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    return _png(fig)
+    return png(fig)
 
 
 def run(summaries: dict[str, str], out_dir: str, title: str, notes: list[str] = (),
@@ -522,7 +523,7 @@ def ablation_plot(variants: dict[str, dict[str, dict]], grid: dict[str, dict]) -
     right.set(ylabel="accuracy, new targets", title="Data mix of the backtracking model")
     right.legend(fontsize=8)
     right.grid(alpha=0.3, axis="y")
-    return _png(fig)
+    return png(fig)
 
 
 def run_ablations(variant_summaries: dict[str, str], grid_summary: str, out_dir: str, title: str,

@@ -356,17 +356,16 @@ _STYLE = {"pass_at_n": ("--", "s"), "best_of_n": ("-", "o"), "majority_at_n": ("
 
 def _plot(name: str, all_series: list[dict], at: dict[str, float], path: str) -> None:
     """Accuracy against FLOPs, one colour per model, one line style per curve, 95% intervals as bars."""
-    import io as _io
-
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     from sbt_core import io
+    from sbt_core.report import png
 
     colours = {m: plt.cm.tab10(i % 10) for i, m in enumerate(dict.fromkeys(s["model"] for s in all_series))}
-    fig, ax = plt.subplots(figsize=(10, 5))
+    fig, ax = plt.subplots(figsize=(10, 5), dpi=120)
     for s in all_series:
         pts = sorted(s["points"], key=lambda p: p["flops_measured"])
         x = [p["flops_measured"] for p in pts]
@@ -384,11 +383,7 @@ def _plot(name: str, all_series: list[dict], at: dict[str, float], path: str) ->
     ax.set_ylabel("% solved (strict verifier), 95% interval")
     ax.set_title(f"{name}: accuracy at equal test-time compute")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    fig.tight_layout()
-    buf = _io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    io.write_bytes(path, buf.getvalue())
+    io.write_bytes(path, png(fig))
 
 
 def report(parts: dict[str, dict], out_dir: str, title: str, notes: list[str] = ()) -> dict[str, str]:
