@@ -114,6 +114,29 @@ def study(
 
 @app.command()
 @_clean_errors
+def ladder(
+    config: str = typer.Option("ladder-cpu", "--config", "-c", help="Ladder preset name (configs/NAME.yaml) or a "
+                               "YAML path: `base`, `set` and `rungs: {name: overrides}`."),
+    run_dir: Optional[str] = RUN_DIR_OPT,
+    set_: list[str] = typer.Option([], "--set", help="Override a value: --set set.eval.limit=50, "
+                                   "--set rungs.1m-1800.sft.max_steps=100 (repeatable)."),
+):
+    """The compute ladder as a Prefect flow: per rung SFT and evaluation, then run_dir/ladder.md. Resumable:
+    rerun the same command after a kill, or with more rungs."""
+    from sbt_core.ladder import load_ladder_config
+
+    cfg = load_ladder_config(resolve_preset(config), set_, resolve=resolve_preset)
+    _prefect_env()
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    from flows.ladder import ladder as ladder_flow
+
+    out = ladder_flow(config=cfg, run_dir=run_dir or f"runs/{cfg.name}")
+    err.print(f"ran {len(out['ran'])} stages, {len(out['cached'])} cached, {out['wall_seconds']:.0f} s")
+    typer.echo(f"ladder: {out['ladder_md']}\njson: {out['ladder_json']}")
+
+
+@app.command()
+@_clean_errors
 def deploy(
     config: str = typer.Option("tiny", "--config", "-c", help="Preset name or YAML path: the deployments' default parameters."),
     run_dir: Optional[str] = typer.Option(None, help="Default run dir of the deployments (s3://bucket/prefix on a cluster)."),

@@ -142,6 +142,8 @@ class EvalConfig(_Config):
     max_new_tokens: int = Field(64, ge=1, description="Token limit of one continuation.")
     batch_rows: int = Field(2048, ge=1, description="Sequences decoded together.")
     seed: int = Field(4, description="Sampling seed.")
+    splits: list[str] | None = Field(None, description="Evaluation splits (None: all of the domain's, e.g. "
+                                     "Countdown's val_seen and val_new).")
 
     _methods = field_validator("ei_methods")(_known_methods)
 
@@ -365,6 +367,10 @@ class RunConfig(_Config):
             if spec.recipe not in RECIPES:
                 raise ValueError(f"models.{name}.recipe: unknown recipe {spec.recipe!r}; choose from {sorted(RECIPES)}")
             RECIPES[spec.recipe].check(DOMAINS[self.domain], f"models.{name}.recipe")
+        unknown = [s for s in self.eval.splits or () if s not in DOMAINS[self.domain].eval_splits]
+        if unknown:
+            raise ValueError(f"eval.splits: {unknown} are not evaluation splits of {self.domain} "
+                             f"({', '.join(DOMAINS[self.domain].eval_splits)})")
         for name in self.grpo.models:
             if name not in self.models:
                 raise ValueError(f"grpo.models: {name!r} is not one of models ({', '.join(self.models)})")

@@ -16,7 +16,7 @@ from collections import Counter
 import pyarrow as pa
 import torch
 
-from sbt_core import domains, io
+from sbt_core import domains, io, selectors
 from sbt_core.config import METHODS, SearchConfig
 from sbt_core.domains import Domain
 from sbt_core.models import load
@@ -39,20 +39,20 @@ def summarize(results: pa.Table, domain: Domain) -> dict:
          "generated_tokens", "forward_passes", "rounds", "seconds"]
     ).to_pylist()
     false_claims = [r["category_strict"] for r in rows if r["claims_goal"] and not r["correct_strict"]]
-    # Where a search loses: among its own candidates, how many verify, and would any have done?
-    cand_ok, cand_n, any_ok = 0, 0, 0
+    # Where a search loses: among its own candidates, how many verify, would any have done (the ceiling),
+    # and what each verifier-free selector would have picked.
     problems = results.select(list(domain.columns)).to_pylist()
-    for problem, cands in zip(problems, results["candidates"].to_pylist()):
-        ok = [domain.verify(problem, c["response"]).correct for c in cands]
-        cand_ok, cand_n, any_ok = cand_ok + sum(ok), cand_n + len(ok), any_ok + any(ok)
+    picks, verdicts = selectors.per_problem(problems, results["candidates"].to_pylist(), domain)
+    cand_ok, cand_n, any_ok = sum(map(sum, verdicts)), sum(map(len, verdicts)), sum(picks["ceiling"])
     div = max(n, 1)
+    accuracy = sum(r["correct_strict"] for r in rows) / div
     extra: dict[str, float] = {}
     for problem, output in zip(problems, results["output"].to_pylist()):
         for k, v in domain.extra_metrics(problem, output).items():
             extra[k] = extra.get(k, 0.0) + v / div
     return {
         "problems": n,
-        "accuracy_strict": sum(r["correct_strict"] for r in rows) / div,
+        "accuracy_strict": accuracy,
         "accuracy_paper": sum(r["correct_paper"] for r in rows) / div,
         "categories_strict": dict(Counter(r["category_strict"] for r in rows)),
         "categories_paper": dict(Counter(r["category_paper"] for r in rows)),
@@ -61,6 +61,10 @@ def summarize(results: pa.Table, domain: Domain) -> dict:
         "candidates_per_problem": cand_n / div,
         "candidate_precision_strict": cand_ok / cand_n if cand_n else 0.0,
         "any_candidate_correct_strict": any_ok / div,
+        "selection_gap": any_ok / div - accuracy,  # ceiling minus chosen
+        # Accuracy had each selector picked among the same candidates (searches with a pool of several).
+        **({"selectors": {k: sum(v) / div for k, v in picks.items() if k != "ceiling"}}
+           if any(len(v) > 1 for v in verdicts) else {}),
         "rolled_back_share": sum(r["rounds"] > 1 for r in rows) / div,  # searches that took back a step
         "tokens_per_problem": sum(r["generated_tokens"] for r in rows) / div,
         "forward_passes_per_problem": sum(r["forward_passes"] for r in rows) / div,

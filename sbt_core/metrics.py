@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 
@@ -43,6 +44,16 @@ def paired_change(before: list[float], after: list[float], z: float = 1.96) -> t
     var = sum((d - mean) ** 2 for d in diffs) / max(len(diffs) - 1, 1)
     half = z * (var / len(diffs)) ** 0.5
     return mean, mean - half, mean + half
+
+
+def wilson(k: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson interval of a proportion k/n (k may be fractional: an expected count)."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 @dataclass(frozen=True)

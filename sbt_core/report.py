@@ -14,7 +14,7 @@ import re
 
 from sbt_core import io
 from sbt_core.config import METHODS, SearchConfig
-from sbt_core.metrics import paired_change, pass_at_k
+from sbt_core.metrics import paired_change, pass_at_k, wilson
 
 VERIFIER_MODE = "strict"
 
@@ -327,7 +327,6 @@ def grpo_summary(before: dict, after: dict, grpo_metrics: dict) -> dict:
 
 def grpo_markdown(tuned: dict[str, dict], labels: dict[str, str] | None = None) -> str:
     """The GRPO section: pass@k and best-of-k before → after (pass@1 with its 95% interval), tokens, rewards."""
-    from sbt_core.study import wilson
 
     lines = ["## GRPO (reward: the strict verifier)", "",
              "Held-out problems, samples at the rollout temperature; pass@k by the unbiased estimator over max(k) "

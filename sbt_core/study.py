@@ -208,16 +208,6 @@ def run(model_path: str, data_dir: str, out_dir: str, cfg, *, kind: str, domain:
 # ---------------------------------------------------------------------------------------------
 # The report: every model of every domain on one compute axis.
 
-def wilson(k: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson interval of a proportion k/n (k may be fractional: an expected count)."""
-    if n <= 0:
-        return 0.0, 1.0
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
 # Which curves are a model's verifier-free answer, and which consult the verifier (an upper bound).
 SERIES = {
     "budget": [("greedy", "greedy, token budget", False), ("sampled", "sampled (T=0.7), token budget", False)],
@@ -299,7 +289,7 @@ def winners(all_series: list[dict], at: dict[str, float]) -> dict[str, dict]:
         for s in all_series:
             p = best_within(s["points"], flops)
             if p is not None:
-                lo, hi = wilson(p["accuracy"] * p["problems"], p["problems"])
+                lo, hi = metrics.wilson(p["accuracy"] * p["problems"], p["problems"])
                 ranked.append({"series": s["label"], "model": s["model"], "uses_verifier": s["uses_verifier"],
                                "accuracy": p["accuracy"], "ci": [lo, hi], "flops": p["flops_measured"],
                                "at": {k: p[k] for k in ("budget", "n", "method") if k in p}})
@@ -370,7 +360,7 @@ def _plot(name: str, all_series: list[dict], at: dict[str, float], path: str) ->
         pts = sorted(s["points"], key=lambda p: p["flops_measured"])
         x = [p["flops_measured"] for p in pts]
         y = [100 * p["accuracy"] for p in pts]
-        ci = [wilson(p["accuracy"] * p["problems"], p["problems"]) for p in pts]
+        ci = [metrics.wilson(p["accuracy"] * p["problems"], p["problems"]) for p in pts]
         err = [[yy - 100 * lo for yy, (lo, _) in zip(y, ci)], [100 * hi - yy for yy, (_, hi) in zip(y, ci)]]
         ls, marker = _STYLE.get(s["curve"], ("-", "o"))
         ax.errorbar(x, y, yerr=err, marker=marker, ms=3.5, capsize=2, lw=1.2, elinewidth=0.6, ls=ls,
@@ -450,7 +440,7 @@ def _part_markdown(label, part, all_series, at, won, errs, studies, labels) -> l
     md.append("|---|---|---|---|---|---|")
     for s in all_series:
         for p in sorted(s["points"], key=lambda p: p["flops_measured"]):
-            lo, hi = wilson(p["accuracy"] * p["problems"], p["problems"])
+            lo, hi = metrics.wilson(p["accuracy"] * p["problems"], p["problems"])
             where = (f"B={p['budget']}" if "budget" in p else f"n={p['n']}" if "n" in p
                      else f"{p['method']}")
             md.append(f"| {s['label']} | {where} | {_pct(p['accuracy'])} [{_pct(lo)}, {_pct(hi)}] | "

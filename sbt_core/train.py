@@ -226,6 +226,12 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig, data_uri: str, out_dir: str,
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     losses = [h for h in trainer.state.log_history if "loss" in h]
+    params = model.num_parameters()
+    # Training compute 6·N·D over the whole run (a resumed run's collator saw only its own part):
+    # D = rows the optimiser steps consumed x mean tokens per row (prompt included; attention left out).
+    rows_seen = min(trainer.state.global_step * cfg.batch_size * cfg.grad_accum * trainer.args.world_size,
+                    math.ceil(cfg.epochs * len(dataset)) if cfg.max_steps < 0 else 10**15)
+    mean_tokens = sum(len(ids) for ids in dataset["input_ids"]) / max(len(dataset), 1)
     metrics = {
         "train/steps": trainer.state.global_step,
         "train/final_loss": losses[-1]["loss"] if losses else None,
@@ -234,6 +240,8 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig, data_uri: str, out_dir: str,
         "train/tokens": collator.tokens,
         "train/tokens_per_second": collator.tokens / seconds if seconds else None,
         "train/rows": len(dataset),
+        "train/parameters": params,
+        "train/flops": 6.0 * params * rows_seen * mean_tokens,
         "train/resumed_from": resume,
         "train/loss_history": [{"step": h["step"], "loss": h["loss"]} for h in losses],
     }

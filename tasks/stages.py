@@ -34,6 +34,7 @@ from prefect.states import Completed
 from sbt_core import domains, io
 from sbt_core.config import (BuildDataConfig, EvalConfig, GenerateConfig, GRPOConfig, ModelConfig, SearchConfig,
                              StudyEvalConfig, TrainConfig)
+from sbt_core.ladder import LadderConfig
 
 StageResult = dict[str, Any]
 RECORD = "stage.json"
@@ -243,12 +244,12 @@ def evaluate(stage_name: str, cfg: EvalConfig, methods: list[str], model: StageR
     from sbt_core import evaluate as stage
 
     def work():
-        splits = domains.get(domain).eval_splits
+        splits = cfg.splits or domains.get(domain).eval_splits
         per_split = [min(cfg.limit or 10**12, io.parquet_rows(data["outputs"][s])) for s in splits]
         bar = Progress(stage_name, len(methods) * sum(per_split), "problems searched")
         configs = {m: cfg.search_config(m) for m in methods}
         return stage.run(model["outputs"]["model"], data["dir"], out_dir, configs, domain=domain, limit=cfg.limit,
-                         progress=bar)
+                         splits=splits, progress=bar)
 
     config = {"eval": cfg.model_dump(mode="json"), "methods": methods, "domain": domain}
     return run_stage(stage_name, out_dir, config, [model, data], work)
@@ -363,8 +364,31 @@ def study_report(stage_name: str, title: str, parts: dict[str, dict], evaluation
     return run_stage(stage_name, out_dir, config, upstream, work)
 
 
+@task(name="ladder-report", task_run_name="{stage_name}", **_opts)
+def ladder_report(stage_name: str, ladder: LadderConfig, rungs: dict[str, dict[str, StageResult]], out_dir: str,
+                  notes: list[str] = ()):
+    """ladder.md, ladder.json and ladder.png in out_dir, with copies one level up (the ladder's run folder);
+    `rungs[name]` holds its `sft` and `eval` results."""
+    from sbt_core import ladder as stage
+
+    config = {"ladder": ladder.model_dump(mode="json"), "rungs": list(rungs), "notes": list(notes)}
+    upstream = [r for per in rungs.values() for r in per.values()]
+
+    def work():
+        rows = []
+        for name, per in rungs.items():
+            summary = io.read_json(per["eval"]["outputs"]["summary"])
+            split = list(summary[ladder.search])[-1]
+            results = {m: io.join(per["eval"]["dir"], m, split, "results.parquet") for m in ladder.methods}
+            rows.append(stage.rung_row(name, ladder.rungs[name], ladder, io.read_json(per["sft"]["outputs"]["metrics"]),
+                                       summary, results))
+        return _with_copies_up(stage.report(rows, ladder, out_dir, list(notes)), io.parent(out_dir))
+
+    return run_stage(stage_name, out_dir, config, upstream, work)
+
+
 TASKS = {t.name: t for t in (generate, build_data, sft, grpo, evaluate, search, distill, report, ablation_report,
-                             study_eval, study_report)}
+                             study_eval, study_report, ladder_report)}
 
 
 def coerce_params(task_name: str, params: dict[str, Any]) -> dict[str, Any]:

@@ -48,7 +48,9 @@ class ScriptedLM:
             ids = self.encode(cont[: -len("<backtrack>")]) + [BT] if cont.endswith("<backtrack>") else self.encode(cont)
             tokens.append(ids)
             logprobs.append([lp] * len(ids))
-        return Sampled(tokens, logprobs, 1), [1] * len(prompts)
+        return Sampled(tokens, logprobs, 1, [[-5.0] * len(ids) for ids in tokens]), [1] * len(prompts)
+
+    value = LM.value
 
 
 SCRIPT = {
@@ -114,6 +116,19 @@ def test_batched_greedy_equals_one_at_a_time_and_logprobs_match_a_full_forward(l
             logp = torch.log_softmax(lm.model(torch.tensor([p + toks])).logits[0, :-1], -1)
         ref = [logp[len(p) - 1 + i, tok].item() for i, tok in enumerate(toks)]
         assert max(abs(a - b) for a, b in zip(ref, lps)) < 1e-4
+
+
+def test_the_sampler_records_backtrack_logprobs_that_match_a_full_forward(lm, data_dir):
+    t = io.read_parquet(str(data_dir / "val_new.parquet")).slice(0, 3)
+    prompts = [lm.prompt_ids(p) for p in t.select(["nums", "target"]).to_pylist()]
+    out, _ = lm.sample(prompts, temperature=0.7, max_new_tokens=20, batch_rows=8,
+                       generator=torch.Generator().manual_seed(0))
+    for p, toks, watched in zip(prompts, out.tokens, out.watched):
+        assert len(watched) == len(toks)
+        with torch.no_grad():
+            logp = torch.log_softmax(lm.model(torch.tensor([p + toks])).logits[0].float(), -1)
+        want = logp[len(p) - 1 : len(p) - 1 + len(toks), lm.backtrack_id]
+        assert torch.allclose(torch.tensor(watched), want, atol=1e-4)
 
 
 @pytest.mark.parametrize("decoder", ["greedy", "beam", "sample", "best_of_n", "majority", "self_backtrack", "reference"])

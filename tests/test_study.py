@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sbt_core import io, study
+from sbt_core import io, metrics, study
 from sbt_core.config import StudyEvalConfig
 from sbt_core.domains import get
 
@@ -54,11 +54,11 @@ def test_compute_levels_come_from_the_direct_models_n_and_each_series_gets_its_b
 
 
 def test_the_wilson_interval_covers_the_proportion_and_narrows_with_more_problems():
-    lo, hi = study.wilson(50, 100)
+    lo, hi = metrics.wilson(50, 100)
     assert lo < 0.5 < hi and round(hi - lo, 3) == 0.192
-    lo2, hi2 = study.wilson(500, 1000)
+    lo2, hi2 = metrics.wilson(500, 1000)
     assert hi2 - lo2 < (hi - lo) / 3
-    assert study.wilson(0, 10)[0] == 0 and study.wilson(10, 10)[1] == 1
+    assert metrics.wilson(0, 10)[0] == 0 and metrics.wilson(10, 10)[1] == 1
 
 
 def test_the_mistakes_analysis_counts_only_problems_both_models_solve():

@@ -7,7 +7,8 @@ they were sampled with). A continuation that ends in `<backtrack>` is rolled bac
 step before `<backtrack>` is removed, giving a state (a partial response). For up to b more
 rounds, the new, not-yet-visited states are expanded. The answer is the best-scored
 candidate, or, with no candidate, the best-scored continuation. The verifier is never
-consulted.
+consulted. Each candidate also carries its `value` (`LM.value`: the model's own probability of
+taking no step back along it), which `selectors` can rank by instead.
 
 How this differs from the paper's released decoder (`reference.py` follows that one):
 1. Expansion draws N independent temperature samples, not HF beam-sample (`num_beams=N`).
@@ -43,14 +44,14 @@ def rollback(tokens: list[int], newline_ids: set[int]) -> list[int]:
 def self_backtrack(lm: LM, problems, cfg: SearchConfig, generator) -> list[Result]:
     n_problems = len(problems)
     prompts = [lm.prompt_ids(problem) for problem in problems]
-    # A state is a partial response: (tokens, their log-probs); width = samples to draw.
-    frontier = [{(): ([], [], cfg.n)} for _ in range(n_problems)]
+    # A state is a partial response: (tokens, their log-probs, <backtrack> log-probs); width = samples to draw.
+    frontier = [{(): ([], [], [], cfg.n)} for _ in range(n_problems)]
     visited = [{()} for _ in range(n_problems)]
     candidates = [[] for _ in range(n_problems)]
     continuations = [[] for _ in range(n_problems)]
     results = [Result(output="") for _ in range(n_problems)]
     for _round in range(cfg.backtrack_budget + 1):
-        rows = [(p, state) for p in range(n_problems) for state in frontier[p].values() for _ in range(state[2])]
+        rows = [(p, state) for p in range(n_problems) for state in frontier[p].values() for _ in range(state[3])]
         if not rows:
             break
         out, passes = lm.sample(
@@ -59,10 +60,10 @@ def self_backtrack(lm: LM, problems, cfg: SearchConfig, generator) -> list[Resul
         )
         nxt = [defaultdict(lambda: None) for _ in range(n_problems)]
         seen_passes = [set() for _ in range(n_problems)]
-        for r, (p, (prefix, prefix_lp, _)) in enumerate(rows):
-            tokens, logprobs = prefix + out.tokens[r], prefix_lp + out.logprobs[r]
+        for r, (p, (prefix, prefix_lp, prefix_bt, _)) in enumerate(rows):
+            tokens, logprobs, bt = prefix + out.tokens[r], prefix_lp + out.logprobs[r], prefix_bt + out.watched[r]
             text = lm.text(tokens)
-            entry = {"response": text, "score": mean(logprobs)}
+            entry = {"response": text, "score": mean(logprobs), "value": lm.value(tokens, bt)}
             continuations[p].append(entry)
             results[p].generated_tokens += len(out.tokens[r])
             seen_passes[p].add((r // cfg.batch_rows, passes[r]))
@@ -74,7 +75,7 @@ def self_backtrack(lm: LM, problems, cfg: SearchConfig, generator) -> list[Resul
                 if key in visited[p]:
                     continue
                 old = nxt[p][key]
-                nxt[p][key] = (state, logprobs[: len(state)], (old[2] if old else 0) + 1)
+                nxt[p][key] = (state, logprobs[: len(state)], bt[: len(state)], (old[3] if old else 0) + 1)
         for p in range(n_problems):
             if frontier[p]:
                 results[p].rounds += 1

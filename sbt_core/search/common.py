@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -16,7 +17,7 @@ class Result:
     """One problem's search outcome."""
 
     output: str  # the chosen response (text after `###Response:\n`)
-    candidates: list[dict] = field(default_factory=list)  # {"response", "score"}
+    candidates: list[dict] = field(default_factory=list)  # {"response", "score", "value"}
     generated_tokens: int = 0
     forward_passes: int = 0
     rounds: int = 0
@@ -53,18 +54,30 @@ class LM:
         return self.tokenizer.decode([i for i in ids if i not in self._drop], skip_special_tokens=False)
 
     def sample(self, prompts, *, temperature, max_new_tokens, batch_rows, generator) -> tuple[Sampled, list[int]]:
-        """Sample in chunks of `batch_rows`; also returns the model calls each row took part in."""
-        tokens, logprobs, passes, total = [], [], [], 0
+        """Sample in chunks of `batch_rows`; also returns the model calls each row took part in. `watched`
+        holds the log-prob of `<backtrack>` at every generated position (for `value`)."""
+        tokens, logprobs, watched, passes, total = [], [], [], [], 0
         for s in range(0, len(prompts), batch_rows):
             out = sample(
                 self.model, prompts[s : s + batch_rows], max_new_tokens=max_new_tokens, temperature=temperature,
-                stop_ids=self.stop_ids, pad_id=self.pad_id, generator=generator,
+                stop_ids=self.stop_ids, pad_id=self.pad_id, generator=generator, watch_id=self.backtrack_id,
             )
             tokens += out.tokens
             logprobs += out.logprobs
+            watched += out.watched
             passes += [out.forward_passes] * len(out.tokens)
             total += out.forward_passes
-        return Sampled(tokens, logprobs, total), passes
+        return Sampled(tokens, logprobs, total, watched), passes
+
+    def value(self, tokens: list[int], backtrack_logprobs: list[float]) -> float:
+        """The model's own estimate that a response holds no wrong step: the log-probability that it emits no
+        `<backtrack>` at any step boundary (the first position and each one after a newline), which is where
+        D_back taught it to take a wrong step back. Sum over boundaries of log(1 - p(<backtrack>))."""
+        total = 0.0
+        for i, lp in enumerate(backtrack_logprobs):
+            if i == 0 or tokens[i - 1] in self.newline_ids:
+                total += math.log1p(-min(math.exp(lp), 1.0 - 1e-12))
+        return total
 
 
 def make_generator(seed: int, device) -> torch.Generator:

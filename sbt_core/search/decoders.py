@@ -17,7 +17,7 @@ from sbt_core.search.sampling import left_pad
 
 
 def sample_n(lm: LM, problems, cfg: SearchConfig, n: int, temperature: float, generator):
-    """n continuations per problem: lists of (text, score, tokens) and per-problem model calls."""
+    """n continuations per problem: lists of (text, score, tokens, value) and per-problem model calls."""
     prompts = [lm.prompt_ids(problem) for problem in problems for _ in range(n)]
     out, passes = lm.sample(
         prompts, temperature=temperature, max_new_tokens=cfg.max_new_tokens, batch_rows=cfg.batch_rows,
@@ -26,7 +26,8 @@ def sample_n(lm: LM, problems, cfg: SearchConfig, n: int, temperature: float, ge
     per_problem = []
     for p in range(len(problems)):
         rows = range(p * n, (p + 1) * n)
-        samples = [(lm.text(out.tokens[r]), mean(out.logprobs[r]), len(out.tokens[r])) for r in rows]
+        samples = [(lm.text(out.tokens[r]), mean(out.logprobs[r]), len(out.tokens[r]),
+                    lm.value(out.tokens[r], out.watched[r])) for r in rows]
         per_problem.append((samples, sum(set(passes[r] for r in rows))))
     return per_problem
 
@@ -34,8 +35,8 @@ def sample_n(lm: LM, problems, cfg: SearchConfig, n: int, temperature: float, ge
 def _result(samples, passes, output: str) -> Result:
     return Result(
         output=output,
-        candidates=[{"response": t, "score": s} for t, s, _ in samples],
-        generated_tokens=sum(k for _, _, k in samples),
+        candidates=[{"response": t, "score": s, "value": v} for t, s, _, v in samples],
+        generated_tokens=sum(k for _, _, k, _ in samples),
         forward_passes=passes,
         rounds=1,
     )
@@ -53,7 +54,7 @@ def best_of_n(lm: LM, problems, cfg: SearchConfig, generator) -> list[Result]:
     results = []
     for problem, (samples, passes) in zip(problems, sample_n(lm, problems, cfg, cfg.n, cfg.temperature, generator)):
         if cfg.selector == "oracle":  # pass@N: any verified sample counts
-            right = [t for t, _, _ in samples if lm.domain.verify(problem, t).correct]
+            right = [t for t, *_ in samples if lm.domain.verify(problem, t).correct]
             best = right[0] if right else max(samples, key=lambda x: x[1])[0]
         else:
             best = max(samples, key=lambda x: x[1])[0]
@@ -69,7 +70,7 @@ def majority(lm: LM, problems, cfg: SearchConfig, generator) -> list[Result]:
     results = []
     for samples, passes in sample_n(lm, problems, cfg, cfg.n, cfg.temperature, generator):
         votes = defaultdict(list)
-        for text, score, _ in samples:
+        for text, score, *_ in samples:
             key = lm.domain.answer_key(text)
             if key is not None:
                 votes[key].append((score, text))
@@ -100,5 +101,5 @@ def beam(lm: LM, problems, cfg: SearchConfig, generator) -> list[Result]:
             text = lm.text(gen)
             tokens = sum(1 for t in gen if t != lm.pad_id)
             score = float(out.sequences_scores[i]) if out.sequences_scores is not None else 0.0
-            results.append(Result(text, [{"response": text, "score": score}], tokens * cfg.n, len(gen), 1))
+            results.append(Result(text, [{"response": text, "score": score, "value": None}], tokens * cfg.n, len(gen), 1))
     return results

@@ -83,7 +83,7 @@ def _solve_one(lm: LM, problem: dict, cfg: SearchConfig) -> Result:
     groups = defaultdict(list)
     for text, score in candidates:
         groups[lm.domain.final(response(text))].append((text, score))
-    result.candidates = [{"response": response(t), "score": s} for t, s in candidates]
+    result.candidates = [{"response": response(t), "score": s, "value": None} for t, s in candidates]
     if groups:
         best = max(groups.values(), key=lambda g: sum(s for _, s in g))
         result.output = response(best[0][0])

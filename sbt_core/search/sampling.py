@@ -16,11 +16,13 @@ from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
 @dataclass
 class Sampled:
-    """Per row: generated token ids (stop token included) and their log-probabilities."""
+    """Per row: generated token ids (stop token included) and their log-probabilities; with a `watch_id`,
+    also the log-probability the model gave that token at each generated position."""
 
     tokens: list[list[int]]
     logprobs: list[list[float]]
     forward_passes: int  # model calls made for this batch
+    watched: list[list[float]] | None = None
 
 
 def left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -90,9 +92,11 @@ def sample(
     pad_id: int,
     generator: torch.Generator | None = None,
     compact_below: float = 0.5,
+    watch_id: int | None = None,
 ) -> Sampled:
     """Continue every prompt; temperature 0 is greedy. Log-probs are the model's own
-    (untempered) log-softmax, the quantity the search ranks by."""
+    (untempered) log-softmax, the quantity the search ranks by. `watch_id` (e.g. `<backtrack>`):
+    also record its log-prob at every position (free: the log-softmax is computed anyway)."""
     device = next(model.parameters()).device
     ids, mask = left_pad(prompts, pad_id, device)
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
@@ -107,6 +111,7 @@ def sample(
     next_pos = pos[:, -1] + 1
     out_tokens = torch.full((n, max_new_tokens), -1, dtype=torch.long, device=device)
     out_logp = torch.zeros((n, max_new_tokens), device=device)
+    out_watch = torch.zeros((n, max_new_tokens), device=device) if watch_id is not None else None
     finished = torch.zeros(n, dtype=torch.bool, device=device)
     for step in range(max_new_tokens):
         if temperature == 0:
@@ -115,10 +120,13 @@ def sample(
             probs = torch.softmax(logits.float() / temperature, dim=-1)
             nxt = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
         nxt = torch.where(finished, pad_id, nxt)
-        logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, nxt[:, None]).squeeze(-1)
+        log_softmax = torch.log_softmax(logits.float(), dim=-1)
+        logp = log_softmax.gather(-1, nxt[:, None]).squeeze(-1)
         live = ~finished
         out_tokens[rows[live], step] = nxt[live]
         out_logp[rows[live], step] = logp[live]
+        if out_watch is not None:
+            out_watch[rows[live], step] = log_softmax[live, watch_id]
         finished = finished | torch.isin(nxt, stops)
         if step == max_new_tokens - 1 or finished.all():
             break
@@ -133,11 +141,13 @@ def sample(
         ).logits[:, -1]
         passes += 1
         next_pos = next_pos + 1
-    tokens, logps = [], []
+    tokens, logps, watched = [], [], []
     stop_set = set(stop_ids)
     for r, row in enumerate(out_tokens.tolist()):
         k = next((i for i, x in enumerate(row) if x == -1), len(row))
         k = next((i + 1 for i, x in enumerate(row[:k]) if x in stop_set), k)
         tokens.append(row[:k])
         logps.append(out_logp[r, :k].tolist())
-    return Sampled(tokens, logps, passes)
+        if out_watch is not None:
+            watched.append(out_watch[r, :k].tolist())
+    return Sampled(tokens, logps, passes, watched if out_watch is not None else None)
