@@ -53,7 +53,24 @@ def wilson(k: float, n: int, z: float = 1.96) -> tuple[float, float]:
     p = k / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
+    return max(0.0, min(p, centre - half)), min(1.0, max(p, centre + half))  # rounding never leaves p outside
+
+
+# Student's t, 97.5% quantile, by degrees of freedom (1..10); beyond, a close approximation.
+_T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228]
+
+
+def mean_interval(xs: list[float]) -> tuple[float, float, float]:
+    """Mean of a few runs (seeds) with its 95% t-interval; one run: (x, x, x)."""
+    if not xs:
+        raise ValueError("mean_interval needs at least one value")
+    n = len(xs)
+    m = sum(xs) / n
+    if n == 1:
+        return m, m, m
+    sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (n - 1))
+    t = _T975[n - 2] if n - 1 <= len(_T975) else 1.96 + 2.5 / (n - 1)
+    return m, m - t * sd / math.sqrt(n), m + t * sd / math.sqrt(n)
 
 
 @dataclass(frozen=True)

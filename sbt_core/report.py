@@ -14,7 +14,7 @@ import re
 
 from sbt_core import io
 from sbt_core.config import METHODS, SearchConfig
-from sbt_core.metrics import paired_change, pass_at_k, wilson
+from sbt_core.metrics import mean_interval, paired_change, pass_at_k, wilson
 
 VERIFIER_MODE = "strict"
 
@@ -56,12 +56,43 @@ def metrics(summaries: dict[str, dict]) -> dict[str, dict]:
                 "any_candidate_correct_new": new.get("any_candidate_correct_strict") if new else None,
                 "rolled_back_share_new": new.get("rolled_back_share") if new else None,
                 "problems_per_split": max((s["problems"] for s in splits), default=0),
+                "problems_new": new["problems"] if new else None,
+                "problems_seen": seen["problems"] if seen else None,
+                # What each verifier-free selector would pick among the same candidates (`selectors`), and the
+                # ceiling minus the method's own pick.
+                "selectors_new": new.get("selectors") if new else None,
+                "selection_gap_new": new.get("selection_gap") if new else None,
             }
     return out
 
 
 def _pct(x) -> str:
     return "-" if x is None else f"{100 * x:.1f}"
+
+
+def ci(x: float | None, n: int | None) -> tuple[float, float] | None:
+    """The 95% Wilson interval of an accuracy over n problems (None when either is unknown)."""
+    return None if x is None or not n else wilson(x * n, n)
+
+
+def _pct_ci(x: float | None, n: int | None) -> str:
+    """`41.3 [33.7, 49.3]`: a percentage with its 95% interval."""
+    interval = ci(x, n)
+    return _pct(x) if interval is None else f"{_pct(x)} [{_pct(interval[0])}, {_pct(interval[1])}]"
+
+
+def _n(row: dict, split: str) -> int | None:
+    return row.get(f"problems_{split}") or row.get("problems_per_split")
+
+
+def _yerr(values: list[float], ns: list[int | None]) -> list[list[float]]:
+    """Matplotlib's asymmetric error bars from Wilson intervals (zero where n is unknown)."""
+    lo, hi = [], []
+    for x, n in zip(values, ns):
+        interval = ci(x, n) or (x, x)
+        lo.append(x - interval[0])
+        hi.append(interval[1] - x)
+    return [lo, hi]
 
 
 MODEL_LABELS = {"sft": "SFT on optimal paths (D_op)", "bt": "SFT on D_op ∪ D_back"}
@@ -86,8 +117,9 @@ def markdown(rows: dict[str, dict], title: str = "Countdown", notes: list[str] =
     lines = [
         f"# {title}",
         "",
-        f"Accuracy in % ({VERIFIER_MODE} verifier; paper-mode in brackets), generated tokens per problem, and the "
-        f"false-claim rate on {held} (final answers that say `Goal Reached!` but fail the verifier).",
+        f"Accuracy in % ({VERIFIER_MODE} verifier) with its 95% Wilson interval, paper mode in parentheses; generated "
+        f"tokens per problem; and the false-claim rate on {held} (final answers that say `Goal Reached!` but fail "
+        "the verifier). With a few hundred problems, differences under about 8 points are within the noise.",
         "",
         f"| model | method |{' seen targets |' if seen else ''} {held} | tokens/problem | false claims ({short}) | "
         f"of which ({short}) |",
@@ -95,19 +127,46 @@ def markdown(rows: dict[str, dict], title: str = "Countdown", notes: list[str] =
     ]
     for key, r in rows.items():
         label = model_label(r["model"], labels)
-        seen_cell = f" {_pct(r['accuracy_seen'])} ({_pct(r['accuracy_seen_paper'])}) |" if seen else ""
+        seen_cell = (f" {_pct_ci(r['accuracy_seen'], _n(r, 'seen'))} ({_pct(r['accuracy_seen_paper'])}) |"
+                     if seen else "")
         lines.append(
             f"| {label} | `{key}` |{seen_cell} "
-            f"{_pct(r['accuracy_new'])} ({_pct(r['accuracy_new_paper'])}) | {r['tokens_per_problem']:.0f} | "
-            f"{_pct(r['false_claim_rate_new'])} | {_categories(r.get('false_claim_categories_new'))} |"
+            f"{_pct_ci(r['accuracy_new'], _n(r, 'new'))} ({_pct(r['accuracy_new_paper'])}) | "
+            f"{r['tokens_per_problem']:.0f} | {_pct_ci(r['false_claim_rate_new'], _n(r, 'new'))} | "
+            f"{_categories(r.get('false_claim_categories_new'))} |"
         )
     lines.append("")
     lines += [f"- {n}" for n in notes]
+    lines += selection_markdown(rows, held, labels)
     checks = shape_checks(rows)
     if checks:
         lines += ["", f"## The paper's shape ({held})", "", "| criterion | measured | holds |", "|---|---|---|"]
         lines += [f"| {c['criterion']} | {c['measured']} | {'yes' if c['holds'] else '**no**'} |" for c in checks]
     return "\n".join(lines) + "\n"
+
+
+def selection_markdown(rows: dict[str, dict], held: str = "new targets", labels: dict[str, str] | None = None) -> list[str]:
+    """The selectors' row family: for every method with a pool of candidates, each verifier-free selector's
+    accuracy on the same candidates, the ceiling (any candidate right) and the selection gap."""
+    from sbt_core.selectors import LABELS
+
+    pooled = {k: r for k, r in rows.items() if r.get("selectors_new")}
+    if not pooled:
+        return []
+    names = [k for k in LABELS if any(k in r["selectors_new"] for r in pooled.values())]
+    lines = ["", f"## Selection without a verifier ({held})", "",
+             "Accuracy in % (95% interval) had each rule picked the answer among the method's own candidates; "
+             "ceiling: a right answer among them (a perfect selector); gap: ceiling − the method's own pick. "
+             "The released code's summed score is its rule, kept for fidelity: it ranks a path found often below "
+             "one found once.", "",
+             "| model | method | " + " | ".join(LABELS[k] for k in names) + " | ceiling | selection gap |",
+             "|---|---|" + "---|" * (len(names) + 2)]
+    for key, r in pooled.items():
+        n = _n(r, "new")
+        cells = [_pct_ci(r["selectors_new"].get(k), n) for k in names]
+        lines.append(f"| {model_label(r['model'], labels)} | `{key}` | " + " | ".join(cells) +
+                     f" | {_pct_ci(r['any_candidate_correct_new'], n)} | {_pct(r['selection_gap_new'])} |")
+    return lines
 
 
 def _categories(counts: dict[str, int] | None) -> str:
@@ -167,11 +226,12 @@ def seeds_markdown(per_seed: dict[int, dict[str, dict]], title: str) -> str:
         if not xs:
             return "-"
         sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
-        return f"{statistics.mean(xs):.1f} ± {sd:.1f} [{min(xs):.1f}, {max(xs):.1f}]"
+        _, lo, hi = mean_interval(xs)
+        return f"{statistics.mean(xs):.1f} ± {sd:.1f} (95% CI {lo:.1f} to {hi:.1f}; range {min(xs):.1f}-{max(xs):.1f})"
 
     lines = [f"# {title}: {len(seeds)} seeds", "",
-             f"Accuracy in % ({VERIFIER_MODE} verifier): mean ± sample standard deviation [min, max] over seed offsets "
-             f"{', '.join(map(str, seeds))}.", "",
+             f"Accuracy in % ({VERIFIER_MODE} verifier): mean ± sample standard deviation over seed offsets "
+             f"{', '.join(map(str, seeds))}, the mean's 95% t-interval across seeds, and the range.", "",
              "| method | new targets | seen targets | false claims (new) |", "|---|---|---|---|"]
     lines += [f"| `{k}` | {stat(k, 'accuracy_new')} | {stat(k, 'accuracy_seen')} | {stat(k, 'false_claim_rate_new')} |"
               for k in keys]
@@ -223,15 +283,19 @@ def scaling_plot(rows: dict[str, dict]) -> bytes:
         keys = sorted(keys, key=lambda k: method(rows[k]).n)
         xs = [method(rows[k]).n for k in keys]
         color = f"C{i}"
-        ax.plot(xs, [rows[k]["accuracy_new"] for k in keys], "o-", color=color, label=f"{label} (new)")
-        ax.plot(xs, [rows[k]["accuracy_seen"] for k in keys], "s--", color=color, alpha=0.6, label=f"{label} (seen)")
+        for split, fmt, alpha in (("new", "o-", 1.0), ("seen", "s--", 0.6)):
+            ys = [rows[k][f"accuracy_{split}"] for k in keys]
+            if any(y is None for y in ys):
+                continue
+            ax.errorbar(xs, ys, yerr=_yerr(ys, [_n(rows[k], split) for k in keys]), fmt=fmt, color=color,
+                        alpha=alpha, capsize=3, label=f"{label} ({split})")
     for key, style in (("sft_greedy", ":"), ("bt_greedy", "-.")):
         if key in rows and rows[key]["accuracy_new"] is not None:
             ax.axhline(rows[key]["accuracy_new"], ls=style, color="grey", label=f"{key} (new)")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("N (samples per expansion)")
     ax.set_ylabel(f"accuracy ({VERIFIER_MODE})")
-    ax.set_title("Test-time scaling")
+    ax.set_title("Test-time scaling (bars: 95% intervals)")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     return png(fig)
@@ -249,12 +313,13 @@ def rounds_plot(rows: dict[str, dict], search_method: str = "sbt_b1_n32") -> byt
     fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
     for label, key0, fmt in (("greedy", "bt_greedy", "ei{}_greedy"), (search_method, search_method, "ei{}_" + search_method)):
         keys = [key0] + [fmt.format(r) for r in rounds]
-        pts = [(r, rows[k]["accuracy_new"]) for r, k in zip([0, *rounds], keys) if k in rows]
+        pts = [(r, rows[k]["accuracy_new"], _n(rows[k], "new")) for r, k in zip([0, *rounds], keys) if k in rows]
         if pts:
-            ax.plot(*zip(*pts), "o-", label=f"{label} (new targets)")
+            xs, ys, ns = zip(*pts)
+            ax.errorbar(xs, ys, yerr=_yerr(list(ys), list(ns)), fmt="o-", capsize=3, label=f"{label} (new targets)")
     ax.set_xlabel("expert-iteration round")
     ax.set_ylabel(f"accuracy ({VERIFIER_MODE})")
-    ax.set_title("Expert iteration: slow search distilled into greedy")
+    ax.set_title("Expert iteration: slow search distilled into greedy (bars: 95%)")
     ax.set_xticks([0, *rounds])
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
@@ -279,6 +344,8 @@ def table(rows: dict[str, dict]) -> list[dict]:
     return [
         {"model": model_label(r["model"]), "row": key,
          "seen targets %": pct(r["accuracy_seen"]), "new targets %": pct(r["accuracy_new"]),
+         "new targets 95% interval": (lambda c: None if c is None else f"{pct(c[0])}-{pct(c[1])}")(
+             ci(r["accuracy_new"], _n(r, "new"))),
          "seen targets % (paper mode)": pct(r["accuracy_seen_paper"]),
          "new targets % (paper mode)": pct(r["accuracy_new_paper"]),
          "tokens/problem": round(r["tokens_per_problem"], 1), "false claims (new) %": pct(r["false_claim_rate_new"]),
@@ -431,7 +498,7 @@ def run(summaries: dict[str, str], out_dir: str, title: str, notes: list[str] = 
 
 
 def _cell(row: dict | None) -> str:
-    return "-" if row is None else f"{_pct(row['accuracy_new'])} ({_pct(row['accuracy_seen'])})"
+    return "-" if row is None else f"{_pct_ci(row['accuracy_new'], _n(row, 'new'))} ({_pct(row['accuracy_seen'])})"
 
 
 def _grid_cell(row: dict | None) -> str:
@@ -469,7 +536,8 @@ def ablation_markdown(variants: dict[str, dict[str, dict]], grid: dict[str, dict
     """
     keys = _variant_methods(variants)
     lines = [f"# {title}: ablations", "",
-             f"Accuracy in % on new targets (seen targets in brackets), {VERIFIER_MODE} verifier; the false-claim rate "
+             f"Accuracy in % on new targets with its 95% interval (seen targets in parentheses), {VERIFIER_MODE} "
+             "verifier; the false-claim rate "
              f"is that of `{keys[-1] if keys else '-'}` on new targets.", "",
              "| ablation | variant | " + " | ".join(f"`{k}`" for k in keys) + " | false claims (new) |",
              "|---|---|" + "---|" * len(keys) + "---|"]
@@ -502,9 +570,11 @@ def ablation_plot(variants: dict[str, dict[str, dict]], grid: dict[str, dict]) -
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4), dpi=110)
     bs, ns = _grid_axes(grid)
     for i, b in enumerate(bs):  # distinct markers and dashes: equal budgets often give equal curves
-        pts = [(n, grid[f"sbt_b{b}_n{n}"]["accuracy_new"]) for n in ns if f"sbt_b{b}_n{n}" in grid]
-        left.plot([n for n, _ in pts], [a for _, a in pts], marker="osd^v"[i % 5],
-                  ls=["-", "--", ":"][i % 3], ms=9 - 2 * (i % 3), label=f"b={b}")
+        cells = [grid[f"sbt_b{b}_n{n}"] for n in ns if f"sbt_b{b}_n{n}" in grid]
+        ys = [c["accuracy_new"] for c in cells]
+        left.errorbar([n for n in ns if f"sbt_b{b}_n{n}" in grid], ys, yerr=_yerr(ys, [_n(c, "new") for c in cells]),
+                      marker="osd^v"[i % 5], ls=["-", "--", ":"][i % 3], ms=9 - 2 * (i % 3), capsize=3,
+                      label=f"b={b}")
     if "bt_greedy" in grid:
         left.axhline(grid["bt_greedy"]["accuracy_new"], ls=":", color="grey", label="greedy")
     left.set_xscale("log", base=2)
@@ -517,9 +587,11 @@ def ablation_plot(variants: dict[str, dict[str, dict]], grid: dict[str, dict]) -
     names = list(variants)
     for i, k in enumerate(keys):
         vals = [variants[v][k]["accuracy_new"] if k in variants[v] else 0.0 for v in names]
-        right.bar([j + (i - (len(keys) - 1) / 2) * width for j in range(len(names))], vals, width, label=k)
+        ns = [_n(variants[v][k], "new") if k in variants[v] else None for v in names]
+        right.bar([j + (i - (len(keys) - 1) / 2) * width for j in range(len(names))], vals, width, label=k,
+                  yerr=_yerr(vals, ns), capsize=2)
     right.set_xticks(range(len(names)), [n.replace(": ", "\n") for n in names], fontsize=7)
-    right.set(ylabel="accuracy, new targets", title="Data mix of the backtracking model")
+    right.set(ylabel="accuracy, new targets", title="Data mix of the backtracking model (bars: 95%)")
     right.legend(fontsize=8)
     right.grid(alpha=0.3, axis="y")
     return png(fig)

@@ -59,7 +59,7 @@ def budget_curve(domain: Domain, problems: list[dict], decodes: list[list[int]],
 
 def verified(domain: Domain, problems: list[dict], samples) -> list[list[bool]]:
     """Whether each (text, score, tokens) sample of each problem passes the strict verifier."""
-    return [[domain.verify(p, t).correct for t, _, _ in ss] for p, ss in zip(problems, samples)]
+    return [[domain.verify(p, t).correct for t, *_ in ss] for p, ss in zip(problems, samples)]
 
 
 def sample_curves(domain: Domain, problems: list[dict], samples: list[list[tuple[str, float, int]]], ns: list[int],
@@ -72,12 +72,12 @@ def sample_curves(domain: Domain, problems: list[dict], samples: list[list[tuple
     for n in sorted(ns):
         if any(len(ss) < n for ss in samples):
             raise ValueError(f"n={n} needs at least {n} samples per problem")
-        lengths = [[k for _, _, k in ss[:n]] for ss in samples]
+        lengths = [[k for _, _, k, _ in ss[:n]] for ss in samples]
         pass_n = sum(metrics.pass_at_k(len(r), sum(r), n) for r in right) / div
         best = sum(r[max(range(n), key=lambda i: ss[i][1])] for ss, r in zip(samples, right)) / div
         votes = 0
         for ss, r in zip(samples, right):
-            keys = [domain.answer_key(t) for t, _, _ in ss[:n]]
+            keys = [domain.answer_key(t) for t, *_ in ss[:n]]
             counted = Counter(k for k in keys if k is not None)
             if counted:
                 top = max(counted.values())
@@ -147,7 +147,7 @@ def evaluate(lm, problems: list[dict], cfg, kind: str, *, max_new_tokens: int, p
         search_cfg = SearchConfig(max_new_tokens=cfg.direct_max_new_tokens, batch_rows=cfg.batch_rows)
         samples = [s for s, _ in sample_n(lm, problems, search_cfg, max(cfg.ns), cfg.temperature,
                                           make_generator(cfg.seed, device))]
-        generated = sum(k for ss in samples for _, _, k in ss)
+        generated = sum(k for ss in samples for _, _, k, _ in ss)
         right = verified(d, problems, samples)
         curves = sample_curves(d, problems, samples, cfg.ns, shape, right)
         records["samples"] = _sample_records(right)

@@ -59,7 +59,8 @@ def test_seeds_markdown_gives_mean_spread_and_per_seed_checks():
                 1: {k: _row(v) for k, v in {**PAPER, "sbt_b1_n32": 0.64}.items()},
                 2: {k: _row(v) for k, v in {**PAPER, "sbt_b1_n32": 0.84}.items()}}
     md = report.seeds_markdown(per_seed, "t")
-    assert "| `sbt_b1_n32` | 74.0 ± 10.0 [64.0, 84.0] |" in md
+    # sd 10 over 3 seeds: the mean's t-interval is 74 ± 4.303 x 10 / sqrt(3)
+    assert "| `sbt_b1_n32` | 74.0 ± 10.0 (95% CI 49.2 to 98.8; range 64.0-84.0) |" in md
     line = next(x for x in md.splitlines() if x.startswith("| `sbt_b1_n32` ≥ `sft_greedy` + 40"))
     assert line.endswith("| yes | no | yes |") and "74.0 vs 29.0 (+45.0): yes" in line
 

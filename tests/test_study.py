@@ -59,6 +59,7 @@ def test_the_wilson_interval_covers_the_proportion_and_narrows_with_more_problem
     lo2, hi2 = metrics.wilson(500, 1000)
     assert hi2 - lo2 < (hi - lo) / 3
     assert metrics.wilson(0, 10)[0] == 0 and metrics.wilson(10, 10)[1] == 1
+    assert all(metrics.wilson(n, n)[1] == 1 and metrics.wilson(0, n)[0] == 0 for n in range(1, 600))  # no rounding below
 
 
 def test_the_mistakes_analysis_counts_only_problems_both_models_solve():
