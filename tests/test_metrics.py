@@ -66,8 +66,8 @@ def test_sample_curves_read_every_n_from_the_same_samples():
     problems = [{"nums": [1, 2], "target": 3}, {"nums": [2, 2], "target": 4}]
     ok1, bad1 = "1+2=3\nGoal Reached!", "1*2=3\nGoal Reached!"
     ok2, bad2 = "2+2=4\nGoal Reached!", "2*2=5\nGoal Reached!"
-    samples = [[(bad1, -0.1, 4), (ok1, -0.5, 4), (ok1, -0.9, 4), (bad1, -0.2, 4)],
-               [(bad2, -0.3, 6), (bad2, -0.1, 6), (ok2, -0.2, 6), ("2", -0.05, 2)]]
+    samples = [[(bad1, -0.1, 4, 0.0), (ok1, -0.5, 4, 0.0), (ok1, -0.9, 4, 0.0), (bad1, -0.2, 4, 0.0)],
+               [(bad2, -0.3, 6, 0.0), (bad2, -0.1, 6, 0.0), (ok2, -0.2, 6, 0.0), ("2", -0.05, 2, 0.0)]]
     curves = study.sample_curves(countdown, problems, samples, [1, 2, 4], shape)
     by_n = {name: {p["n"]: p for p in pts} for name, pts in curves.items()}
     # pass@1 from all 4 samples: problem 1 has 2 right of 4, problem 2 has 1 of 4.
