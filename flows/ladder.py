@@ -1,13 +1,14 @@
 """`sbt-ladder`: the compute ladder (`sbt_core.ladder`) as a flow over the pipeline's own stages.
 
-Per rung: generate → build-data (the rung's model recipe) → SFT → evaluate (the ladder's methods on
-the rung's evaluation splits); then one ladder-report. Every stage caches on its key, so a killed
+Per rung: generate → build-data (the rung's model recipe) → [onpolicy: D_back rows from an earlier
+rung's or a given model's own wrong steps] → SFT → evaluate (the ladder's methods on the rung's
+evaluation splits); then one ladder-report. Every stage caches on its key, so a killed
 ladder, or one continued on a later day, reruns only what is unfinished (SFT from its last
 checkpoint), and a rung added to the config trains only itself. Rungs that share a data config share
 its folder. Artifacts under run_dir:
 
     data/<generate hash>/  data/<generate hash>-<recipe hash>/  (shared by rungs with the same data)
-    <rung>/sft/  <rung>/eval/  report/  ladder.md  ladder.json  ladder.png (copies of report/'s)
+    <rung>/[onpolicy/]  <rung>/sft/  <rung>/eval/  report/  ladder.md  ladder.json  ladder.png (copies of report/'s)
 """
 
 from __future__ import annotations
@@ -45,6 +46,11 @@ def ladder(config: LadderConfig, run_dir: str = "runs/ladder-cpu") -> dict[str, 
         data = ledger(f"generate-{gen}", stages.generate, rung.generate, io.join(run_dir, "data", gen))
         built = ledger(f"build-data-{recipe}", stages.build_data, data_cfg, data, io.join(run_dir, "data", recipe),
                        rung.domain)
+        if name in config.onpolicy:  # a lever: this rung's data plus another model's own wrong steps
+            op = config.onpolicy[name]
+            source = done[op.source]["sft"] if op.source in done else stages.external(op.source)
+            built = ledger(f"{name}-onpolicy", stages.onpolicy, op, source, data, built,
+                           io.join(run_dir, name, "onpolicy"), rung.domain)
         model = ledger(f"{name}-sft", stages.sft, sft_cfg, model_cfg, built, io.join(run_dir, name, "sft"))
         evaluation = ledger(f"{name}-evaluate", stages.evaluate, rung.eval, config.methods, model, data,
                             io.join(run_dir, name, "eval"), rung.domain)

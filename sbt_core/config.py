@@ -249,6 +249,19 @@ class GRPOConfig(_Config):
         return self
 
 
+class OnPolicyConfig(_Config):
+    """D_back rows from a trained model's own wrong steps (`sbt_core.onpolicy`), added to its training set."""
+
+    source: str = Field(description="The model whose errors are harvested: a ladder rung listed earlier, or a "
+                        "model path / URI.")
+    problems: int = Field(20000, ge=1, description="Train problems to sample states from (the first N).")
+    samples: int = Field(4, ge=1, description="Next steps sampled per state (an optimal prefix).")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature of the harvest.")
+    max_new_tokens: int = Field(16, ge=1, description="Tokens sampled per state (one step needs a few).")
+    batch_rows: int = Field(2048, ge=1, description="Sequences decoded together.")
+    seed: int = Field(0, description="Seed of the prefix choice and the sampling.")
+
+
 class ModelSpec(_Config):
     """One model of the run: the data recipe it is trained on, its size and SFT, and how it is evaluated."""
 

@@ -30,8 +30,8 @@ from typing import Any, Callable
 from pydantic import Field, field_validator, model_validator
 
 from sbt_core import io, metrics
-from sbt_core.config import (ConfigError, ExecutionConfig, RunConfig, _apply, _Config, _known_methods,
-                             _load_tree, _set_dotted, _validate)
+from sbt_core.config import (ConfigError, ExecutionConfig, OnPolicyConfig, RunConfig, _apply, _Config,
+                             _known_methods, _load_tree, _set_dotted, _validate)
 
 COMPUTATION = "computation_error"
 
@@ -44,6 +44,9 @@ class LadderConfig(_Config):
     search: str = Field("sbt_b1_n32", description="The self-backtracking search whose gain is reported.")
     best_of: str | None = Field("best_of_n_32", description="The sampling baseline at the search's N (None: none).")
     rungs: dict[str, RunConfig] = Field(description="Rung name -> its run config (base + set + the rung's own).")
+    onpolicy: dict[str, OnPolicyConfig] = Field({}, description="Rung name -> on-policy D_back for it: the rung "
+                                                "trains on its data plus the wrong steps of `source` (a lever, "
+                                                "left out of the trend).")
     execution: ExecutionConfig = ExecutionConfig()
 
     _methods = field_validator("methods")(_known_methods)
@@ -57,6 +60,12 @@ class LadderConfig(_Config):
                 raise ValueError(f"rungs.{name}: a rung name is letters, digits, '.', '-' and '_' (it names a folder)")
             if self.model not in rung.models:
                 raise ValueError(f"model: {self.model!r} is not one of rungs.{name}.models ({', '.join(rung.models)})")
+        names = list(self.rungs)
+        for name, op in self.onpolicy.items():
+            if name not in self.rungs:
+                raise ValueError(f"onpolicy.{name}: not one of rungs ({', '.join(names)})")
+            if op.source in self.rungs and names.index(op.source) >= names.index(name):
+                raise ValueError(f"onpolicy.{name}.source: rung {op.source!r} must come before {name!r}")
         for field in ("baseline", "search", "best_of"):
             value = getattr(self, field)
             if value is not None and value not in self.methods:
@@ -119,8 +128,10 @@ def rung_row(name: str, config: RunConfig, ladder: LadderConfig, train_metrics: 
     false = search["false_claim_categories"]
     n_false = sum(false.values())
     gen = config.generate
+    op = ladder.onpolicy.get(name)
     return {
         "rung": name,
+        "lever": f"on-policy D_back from {op.source}" if op else None,
         "size": config.model_spec(ladder.model)[1].size,
         "numbers": getattr(gen, "num_numbers", None),
         "steps": train_metrics.get("train/steps"),
@@ -148,9 +159,10 @@ def rung_row(name: str, config: RunConfig, ladder: LadderConfig, train_metrics: 
 
 def trend(rows: list[dict]) -> dict[str, Any] | None:
     """Least-squares line gain = a + b·log10(FLOPs) over the rungs of the first rung's setting (size varies,
-    the task does not); the FLOPs where it reaches +10 and +40 points (None: it does not rise)."""
+    the task does not; levers left out); the FLOPs where it reaches +10 and +40 points (None: it does not rise)."""
     setting = rows[0]["numbers"] if rows else None
-    pts = [(math.log10(r["train_flops"]), r["gain"]) for r in rows if r["numbers"] == setting and r["train_flops"]]
+    pts = [(math.log10(r["train_flops"]), r["gain"]) for r in rows
+           if r["numbers"] == setting and r["train_flops"] and not r.get("lever")]
     if len(pts) < 2:
         return None
     mx, my = sum(x for x, _ in pts) / len(pts), sum(y for _, y in pts) / len(pts)
@@ -203,6 +215,10 @@ def markdown(rows: list[dict], ladder: LadderConfig, notes: list[str] = ()) -> s
             f"{bo} | {_ci(a[ladder.search], ci[ladder.search])} | {_ci(r['ceiling'], r['ceiling_interval'])} | "
             f"{_signed_ci(r['gain'], r['gain_interval'])} | {_ci(r['false_claim_rate'], r['false_claim_interval'])}"
             f" | {_pct(r['computation_share'])} |")
+    levers = [r for r in rows if r.get("lever")]
+    if levers:
+        lines += ["", "Levers (left out of the trend): " + "; ".join(f"`{r['rung']}`: {r['lever']}" for r in levers)
+                  + "."]
     names = sorted({k for r in rows for k in r["selectors"]}, key=lambda k: list(_selector_labels()).index(k))
     if names:
         labels = _selector_labels()
@@ -247,7 +263,7 @@ def _selector_labels() -> dict[str, str]:
 
 def plot(rows: list[dict], ladder: LadderConfig) -> bytes:
     """Left: accuracy (greedy, best-of, search, ceiling) against training FLOPs; right: the gain over greedy
-    and the false-claim rate. Error bars are 95% intervals; hollow markers: rungs of another setting."""
+    and the false-claim rate. Error bars are 95% intervals; hollow markers: rungs of another setting or a lever."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -261,12 +277,13 @@ def plot(rows: list[dict], ladder: LadderConfig) -> bytes:
     if ladder.best_of:
         series.insert(1, (ladder.best_of, "best-of-32 (log-prob)", "tab:orange"))
     for same in (True, False):
-        part = sorted([r for r in rows if (r["numbers"] == base) == same], key=lambda r: r["train_flops"] or 0)
+        part = sorted([r for r in rows if (r["numbers"] == base and not r.get("lever")) == same],
+                      key=lambda r: r["train_flops"] or 0)
         if not part:
             continue
         xs = [r["train_flops"] for r in part]
         face = None if same else "none"
-        suffix = "" if same else f" ({part[0]['numbers']} numbers)"
+        suffix = "" if same else " (other setting or lever; see labels)"
 
         def bars(ax, ys, ci, label, color, marker="o"):
             err = [[y - c[0] for y, c in zip(ys, ci)], [c[1] - y for y, c in zip(ys, ci)]]

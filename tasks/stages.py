@@ -32,8 +32,8 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed
 
 from sbt_core import domains, io
-from sbt_core.config import (BuildDataConfig, EvalConfig, GenerateConfig, GRPOConfig, ModelConfig, SearchConfig,
-                             StudyEvalConfig, TrainConfig)
+from sbt_core.config import (BuildDataConfig, EvalConfig, GenerateConfig, GRPOConfig, ModelConfig, OnPolicyConfig,
+                             SearchConfig, StudyEvalConfig, TrainConfig)
 from sbt_core.ladder import LadderConfig
 
 StageResult = dict[str, Any]
@@ -41,7 +41,7 @@ RECORD = "stage.json"
 FAIL_ENV = "SBT_FAIL_STAGES"
 FAIL_FILE_ENV = "SBT_FAIL_STAGES_FILE"
 STORAGE_BLOCK_ENV = "SBT_STORAGE_BLOCK"  # a RemoteFileSystem block whose settings carry S3 credentials
-HEAVY = {"sft", "grpo", "evaluate", "search", "study-eval"}  # task names that want a GPU
+HEAVY = {"sft", "grpo", "evaluate", "search", "study-eval", "onpolicy"}  # task names that want a GPU
 
 
 class InjectedFailure(RuntimeError):
@@ -364,6 +364,18 @@ def study_report(stage_name: str, title: str, parts: dict[str, dict], evaluation
     return run_stage(stage_name, out_dir, config, upstream, work)
 
 
+@task(name="onpolicy", task_run_name="{stage_name}", **_opts)
+def onpolicy(stage_name: str, cfg: OnPolicyConfig, model: StageResult, data: StageResult, base: StageResult,
+             out_dir: str, domain: str = "countdown"):
+    """`base`'s SFT rows plus D_back rows from `model`'s own wrong steps on the train problems (`sbt_core.onpolicy`)."""
+    from sbt_core import onpolicy as stage
+
+    config = {"onpolicy": cfg.model_dump(mode="json", exclude={"source"}), "domain": domain}
+    return run_stage(stage_name, out_dir, config, [model, data, base],
+                     lambda: stage.run(cfg, model["outputs"]["model"], data["outputs"]["train"], base["outputs"]["sft"],
+                                       out_dir, domain))
+
+
 @task(name="ladder-report", task_run_name="{stage_name}", **_opts)
 def ladder_report(stage_name: str, ladder: LadderConfig, rungs: dict[str, dict[str, StageResult]], out_dir: str,
                   notes: list[str] = ()):
@@ -388,7 +400,7 @@ def ladder_report(stage_name: str, ladder: LadderConfig, rungs: dict[str, dict[s
 
 
 TASKS = {t.name: t for t in (generate, build_data, sft, grpo, evaluate, search, distill, report, ablation_report,
-                             study_eval, study_report, ladder_report)}
+                             study_eval, study_report, onpolicy, ladder_report)}
 
 
 def coerce_params(task_name: str, params: dict[str, Any]) -> dict[str, Any]:

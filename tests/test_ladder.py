@@ -56,6 +56,10 @@ def test_bad_ladders_name_the_field(tmp_path):
         load({"base": "smoke", "rungs": {}})
     with pytest.raises(ConfigError, match="rungs.a/b: a rung name is"):
         load({"base": "smoke", "rungs": {"a/b": {}}})
+    with pytest.raises(ConfigError, match="onpolicy.a.source: rung 'b' must come before 'a'"):
+        load({"base": "smoke", "rungs": {"a": {}, "b": {}}, "onpolicy": {"a": {"source": "b"}}})
+    with pytest.raises(ConfigError, match=r"onpolicy.z: not one of rungs"):
+        load({"base": "smoke", "rungs": {"a": {}}, "onpolicy": {"z": {"source": "a"}}})
     with pytest.raises(ConfigError, match="no such config file"):
         load({"base": "no-such-preset", "rungs": {"a": {}}})
 
@@ -148,8 +152,13 @@ def test_the_ladder_resumes_after_kill_9_and_a_new_rung_trains_only_itself(prefe
     md = (run_dir / "ladder.md").read_text()
     assert "| a | 1m | 4 | 10 |" in md and "## Selectors" in md  # smoke: 4 numbers
 
-    # A third rung on the same data: only its own SFT and evaluation run, then the report.
-    config = _write(tmp_path, {**TINY, "rungs": {**TINY["rungs"], "c": {"sft.max_steps": 15}}})
+    # A third rung on the same data, a lever: rung b's own wrong steps added to its data. Only its harvest, SFT
+    # and evaluation run, then the report.
+    config = _write(tmp_path, {**TINY, "rungs": {**TINY["rungs"], "c": {"sft.max_steps": 15}},
+                               "onpolicy": {"c": {"source": "b", "problems": 100, "samples": 2}}})
     out, _ = _ladder(prefect_server, config, run_dir).communicate(timeout=600)
-    assert "ran 3 stages" in out, out[-3000:]
-    assert [r["rung"] for r in io.read_json(str(run_dir / "ladder.json"))["rungs"]] == ["a", "b", "c"]
+    assert "ran 4 stages" in out, out[-3000:]
+    rows = io.read_json(str(run_dir / "ladder.json"))["rungs"]
+    assert [r["rung"] for r in rows] == ["a", "b", "c"] and rows[2]["lever"] == "on-policy D_back from b"
+    manifest = io.read_json(str(run_dir / "c" / "onpolicy" / "manifest.json"))
+    assert manifest["stats"]["states"] == 100 and manifest["stats"]["samples"] == 200
