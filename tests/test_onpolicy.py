@@ -26,7 +26,7 @@ def test_the_model_s_wrong_steps_become_backtrack_rows_after_optimal_prefixes(tr
                                                                    "onpolicy_rule_violation")
         assert row["response"].endswith(f"\n{BACKTRACK}")
         lines = row["response"].split("\n")[:-1]
-        prefix, wrong = lines[:-1], lines[-1]
+        prefix = lines[:-1]
         optimal, _, _ = split_response(COUNTDOWN.optimal(problems[row["problem_id"]]))
         assert prefix == optimal[: len(prefix)] and row["prefix_len"] == len(prefix)
         verdict = COUNTDOWN.verify(row, "\n".join(lines))
