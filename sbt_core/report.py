@@ -555,6 +555,7 @@ def ablation_markdown(variants: dict[str, dict[str, dict]], grid: dict[str, dict
                   "| b \\ N | " + " | ".join(str(n) for n in ns) + " |", "|---|" + "---|" * len(ns)]
         for b in bs:
             lines.append(f"| {b} | " + " | ".join(_grid_cell(grid.get(f"sbt_b{b}_n{n}")) for n in ns) + " |")
+    lines += selection_markdown(grid)
     lines.append("")
     lines += [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"

@@ -135,3 +135,25 @@ def test_grpo_summary_pairs_before_and_after_on_the_same_problems(tmp_path):
     md = report.grpo_markdown({"sft": t})
     assert "| SFT on optimal paths (D_op) | 43.8 → 50.0 [" in md and "+6.2 [" in md and "pass@4" in md
     assert report.grpo_plot({"sft": t})[:4] == b"\x89PNG"
+
+
+def test_every_accuracy_carries_its_interval_and_pooled_methods_get_the_selector_rows():
+    def split(acc, **extra):
+        return {"problems": 200, "accuracy_strict": acc, "accuracy_paper": acc, "categories_strict": {},
+                "categories_paper": {}, "false_claim_rate": 0.1, "false_claim_categories": {"computation_error": 20},
+                "tokens_per_problem": 10.0, **extra}
+
+    summaries = {"bt": {"greedy": {"val_new": split(0.5)},
+                        "sbt_b1_n32": {"val_new": split(0.6, any_candidate_correct_strict=0.9, selection_gap=0.3,
+                                                        selectors={"logprob": 0.6, "released_sum": 0.2,
+                                                                   "majority": 0.65, "likelihood_vote": 0.64,
+                                                                   "value": 0.4})}}}
+    rows = report.metrics(summaries)
+    md = report.markdown(rows, "t")
+    assert "| SFT on D_op ∪ D_back | `bt_greedy` | 50.0 [43.1, 56.9] (50.0) |" in md  # Wilson, 200 problems
+    assert "## Selection without a verifier (held-out (val))" in md
+    selection = md.split("## Selection")[1]
+    row = next(line for line in selection.splitlines() if line.startswith("| SFT on D_op ∪ D_back | `sbt_b1_n32` | 60.0 ["))
+    assert "65.0 [" in row and "| 90.0 [" in row and row.endswith("| 30.0 |")
+    assert "bt_greedy" not in selection  # one sample per problem: nothing to select
+    assert report.table(rows)[0]["new targets 95% interval"] == "43.1-56.9"
