@@ -235,6 +235,17 @@ def seeds_markdown(per_seed: dict[int, dict[str, dict]], title: str) -> str:
              "| method | new targets | seen targets | false claims (new) |", "|---|---|---|---|"]
     lines += [f"| `{k}` | {stat(k, 'accuracy_new')} | {stat(k, 'accuracy_seen')} | {stat(k, 'false_claim_rate_new')} |"
               for k in keys]
+    gains = [(k, base) for k in keys for base in ("bt_greedy",) if k.startswith("sbt_") and base in keys
+             and all(per_seed[s][x]["accuracy_new"] is not None for s in seeds for x in (k, base))]
+    if gains:
+        lines += ["", "Gain over the same model's greedy decoding (new targets, points): mean ± sd (95% CI across "
+                  "seeds; per seed).", "", "| search | gain | per seed |", "|---|---|---|"]
+        for k, base in gains:
+            xs = [100 * (per_seed[s][k]["accuracy_new"] - per_seed[s][base]["accuracy_new"]) for s in seeds]
+            m, lo, hi = mean_interval(xs)
+            sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
+            lines.append(f"| `{k}` − `{base}` | {m:+.1f} ± {sd:.1f} ({lo:+.1f} to {hi:+.1f}) | "
+                         + " / ".join(f"{x:+.1f}" for x in xs) + " |")
     mean_rows = {k: {"accuracy_new": sum(per_seed[s][k]["accuracy_new"] for s in seeds) / len(seeds)} for k in keys
                  if all(per_seed[s][k]["accuracy_new"] is not None for s in seeds)}
     per_check = {s: {c["criterion"]: c for c in shape_checks(per_seed[s])} for s in seeds}

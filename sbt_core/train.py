@@ -15,6 +15,7 @@ Run: `sbt train --data data/sft/sft.parquet --out runs/sft --size 1m`.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -133,6 +134,26 @@ class TimeLimit(TrainerCallback):
             control.should_save = True
 
 
+class Elapsed(TrainerCallback):
+    """Writes the training seconds so far (over every attempt) into each checkpoint, so that a resumed run
+    reports the whole run's training time, not only its last attempt's."""
+
+    FILE = "sbt_elapsed.json"
+
+    def __init__(self, resume: str | None):
+        self.prior = json.loads((Path(resume) / self.FILE).read_text())["seconds"] if resume and \
+            (Path(resume) / self.FILE).exists() else 0.0
+        self.t0 = time.monotonic()
+
+    def total(self) -> float:
+        return self.prior + time.monotonic() - self.t0
+
+    def on_save(self, args, state, control, **kw):
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if state.is_world_process_zero and folder.is_dir():
+            (folder / self.FILE).write_text(json.dumps({"seconds": self.total()}))
+
+
 def last_complete_checkpoint(ckpt_dir: Path) -> str | None:
     """The newest checkpoint whose trainer state was written (the Trainer writes it last)."""
     done = [p for p in ckpt_dir.glob("checkpoint-*") if (p / "trainer_state.json").exists()]
@@ -203,14 +224,15 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig, data_uri: str, out_dir: str,
     model, tokenizer = load(init, dtype=torch.float32)
     dataset = tokenised(sft_rows(data_uri), tokenizer, cfg.context_length)
     collator = Collator(tokenizer.pad_token_id)
+    resume = last_complete_checkpoint(out / "checkpoints")
+    elapsed = Elapsed(resume)
     trainer = Trainer(
         model=model,
         args=training_args(cfg, out),
         train_dataset=dataset,
         data_collator=collator,
-        callbacks=[TimeLimit(cfg.max_minutes), *callbacks],
+        callbacks=[TimeLimit(cfg.max_minutes), elapsed, *callbacks],
     )
-    resume = last_complete_checkpoint(out / "checkpoints")
     if resume:
         log.info("resuming from %s", resume)
     t0 = time.monotonic()
@@ -236,8 +258,9 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig, data_uri: str, out_dir: str,
         "train/steps": trainer.state.global_step,
         "train/final_loss": losses[-1]["loss"] if losses else None,
         "train/mean_loss": result.training_loss,
-        "train/seconds": seconds,
-        "train/tokens": collator.tokens,
+        "train/seconds": elapsed.total(),  # every attempt's training time (a resumed run included)
+        "train/seconds_this_attempt": seconds,
+        "train/tokens": collator.tokens,  # this attempt's
         "train/tokens_per_second": collator.tokens / seconds if seconds else None,
         "train/rows": len(dataset),
         "train/parameters": params,
@@ -257,7 +280,6 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig, data_uri: str, out_dir: str,
 
 def _launch(cfg: TrainConfig, model_cfg: ModelConfig, data_uri: str, out_dir: str, out: Path) -> dict[str, str]:
     """Run this stage under torchrun with cfg.num_processes ranks; rank 0 writes the outputs."""
-    import json
     import subprocess
     import sys
 
@@ -273,7 +295,6 @@ def _launch(cfg: TrainConfig, model_cfg: ModelConfig, data_uri: str, out_dir: st
 
 
 if __name__ == "__main__":  # a torchrun rank (see _launch)
-    import json
     import sys
 
     logging.basicConfig(level=logging.INFO)

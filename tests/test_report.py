@@ -61,6 +61,8 @@ def test_seeds_markdown_gives_mean_spread_and_per_seed_checks():
     md = report.seeds_markdown(per_seed, "t")
     # sd 10 over 3 seeds: the mean's t-interval is 74 ± 4.303 x 10 / sqrt(3)
     assert "| `sbt_b1_n32` | 74.0 ± 10.0 (95% CI 49.2 to 98.8; range 64.0-84.0) |" in md
+    # bt_greedy is 30 in every seed: gains +44, +34, +54
+    assert "| `sbt_b1_n32` − `bt_greedy` | +44.0 ± 10.0 (+19.2 to +68.8) | +44.0 / +34.0 / +54.0 |" in md
     line = next(x for x in md.splitlines() if x.startswith("| `sbt_b1_n32` ≥ `sft_greedy` + 40"))
     assert line.endswith("| yes | no | yes |") and "74.0 vs 29.0 (+45.0): yes" in line
 

@@ -95,6 +95,10 @@ def test_resume_from_last_complete_checkpoint_equals_uninterrupted_run(tmp_path,
     resumed = train.train(cfg, ModelConfig(size="1m"), sft, str(part))
     metrics = json.loads((part / "train_metrics.json").read_text())
     assert metrics["train/resumed_from"].endswith("checkpoint-3")
+    # Training time counts both attempts: the first's up to checkpoint-3, then the second's.
+    first = json.loads((part / "checkpoints" / "checkpoint-3" / train.Elapsed.FILE).read_text())["seconds"]
+    both = first + metrics["train/seconds_this_attempt"]
+    assert first > 0 and both <= metrics["train/seconds"] < both + 10  # + building the Trainer, saving the model
     a = load_file(os.path.join(full["model"], "model.safetensors"))
     b = load_file(os.path.join(resumed["model"], "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
