@@ -33,7 +33,7 @@ def test_the_cpu_ladder_config_builds_every_rung_from_the_tiny_preset():
     # A rung's own overrides win over the shared `set`; `--set` reaches both.
     cfg = ladder.load_ladder_config(resolve_preset("ladder-cpu"), ["set.eval.limit=40", "rungs.1m-900.sft.max_steps=7"],
                                     resolve=resolve_preset)
-    assert cfg.rungs["1m-900"].sft.max_steps == 7 and cfg.rungs["3m-1200"].eval.limit == 40
+    assert cfg.rungs["1m-900"].sft.max_steps == 7 and cfg.rungs["3m-3000"].eval.limit == 40
 
 
 def _write(tmp_path: Path, tree: dict) -> Path:
