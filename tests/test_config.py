@@ -13,12 +13,22 @@ from sbt_core.report import metrics, row_key
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 STUDIES = sorted(p.stem for p in CONFIGS.glob("*.yaml") if "domains" in yaml.safe_load(p.read_text()))
+LADDERS = sorted(p.stem for p in CONFIGS.glob("*.yaml") if "rungs" in yaml.safe_load(p.read_text()))
 
 
-@pytest.mark.parametrize("preset", sorted(p.stem for p in CONFIGS.glob("*.yaml") if p.stem not in STUDIES))
+@pytest.mark.parametrize("preset", sorted(p.stem for p in CONFIGS.glob("*.yaml") if p.stem not in STUDIES + LADDERS))
 def test_presets_validate(preset):
     cfg = load_run_config(CONFIGS / f"{preset}.yaml")
     assert cfg.name == preset and isinstance(cfg, RunConfig)
+
+
+@pytest.mark.parametrize("preset", LADDERS)
+def test_ladder_presets_validate(preset):
+    from flows.cli import resolve_preset
+    from sbt_core.ladder import LadderConfig, load_ladder_config
+
+    cfg = load_ladder_config(CONFIGS / f"{preset}.yaml", resolve=resolve_preset)
+    assert cfg.name == preset and isinstance(cfg, LadderConfig) and len(cfg.rungs) >= 2
 
 
 @pytest.mark.parametrize("preset", STUDIES)
