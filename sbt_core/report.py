@@ -57,6 +57,7 @@ def metrics(summaries: dict[str, dict]) -> dict[str, dict]:
                 "rolled_back_share_new": new.get("rolled_back_share") if new else None,
                 "problems_per_split": max((s["problems"] for s in splits), default=0),
                 "problems_new": new["problems"] if new else None,
+                "held_out_split": "val_new" if "val_new" in per_split else "val" if new else None,
                 "problems_seen": seen["problems"] if seen else None,
                 # What each verifier-free selector would pick among the same candidates (`selectors`), and the
                 # ceiling minus the method's own pick.
@@ -113,7 +114,8 @@ def markdown(rows: dict[str, dict], title: str = "Countdown", notes: list[str] =
     """Table 1's shape: one row per method, grouped by model; seen and new targets (one held-out split, `val`,
     where the domain has no seen/new split, as in Sudoku)."""
     seen = any(r["accuracy_seen"] is not None for r in rows.values())
-    held, short = ("new targets", "new") if seen else ("held-out (val)", "val")
+    new_targets = seen or any(r.get("held_out_split") == "val_new" for r in rows.values())
+    held, short = ("new targets", "new") if new_targets else ("held-out (val)", "val")
     lines = [
         f"# {title}",
         "",

@@ -153,7 +153,7 @@ def test_every_accuracy_carries_its_interval_and_pooled_methods_get_the_selector
     rows = report.metrics(summaries)
     md = report.markdown(rows, "t")
     assert "| SFT on D_op ∪ D_back | `bt_greedy` | 50.0 [43.1, 56.9] (50.0) |" in md  # Wilson, 200 problems
-    assert "## Selection without a verifier (held-out (val))" in md
+    assert "## Selection without a verifier (new targets)" in md  # val_new alone is still new targets
     selection = md.split("## Selection")[1]
     row = next(line for line in selection.splitlines() if line.startswith("| SFT on D_op ∪ D_back | `sbt_b1_n32` | 60.0 ["))
     assert "65.0 [" in row and "| 90.0 [" in row and row.endswith("| 30.0 |")
