@@ -58,9 +58,14 @@ def run(
     set_: list[str] = SET_OPT,
     seeds: int = typer.Option(1, min=1, help="Run the pipeline at this many seed offsets (0, 1, ...) and write "
                               "seeds.md with mean and spread (offset 0 in --run-dir, the others in seeds/)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Run nothing: print, stage by stage, cached or would "
+                                 "run, and why (config field, input, or code module)."),
 ):
     """Run the whole pipeline (data, SFT, evaluation, expert iteration, report) as a Prefect flow."""
     cfg, run_dir = _flow_setup(config, set_, run_dir)
+    if dry_run:
+        _print_plan(cfg, run_dir)
+        return
     if seeds > 1:
         from flows.studies import seeds as seeds_flow
 
@@ -76,6 +81,69 @@ def run(
     else:
         err.print(f"nothing to do: all {len(summary['cached'])} stages were cached")
     typer.echo(f"report: {summary['report']}\nmetrics: {summary['metrics']}")
+
+
+def _print_plan(cfg, run_dir: str) -> None:
+    """The pipeline planned against run_dir's stage records: one line per stage (no Prefect run, no work)."""
+    from flows.ledger import planning
+    from flows.pipeline import pipeline
+
+    with planning():
+        plan = pipeline.fn(config=cfg, run_dir=run_dir)
+    width = max(len(row["stage"]) for row in plan["plan"])
+    for row in plan["plan"]:
+        typer.echo(f"{row['stage']:<{width}}  {row['plan']:<7}  {'; '.join(row['why'])}".rstrip())
+    n = len(plan["would_run"])
+    err.print(f"{n} of {len(plan['plan'])} stages would run" if n else f"all {len(plan['plan'])} stages are cached")
+
+
+@app.command()
+@_clean_errors
+def status(
+    run_dir: str = typer.Argument(..., help="A pipeline's run folder (its run.json holds the config it ran)."),
+    config: Optional[str] = typer.Option(None, "--config", "-c", help="Plan this preset or YAML instead of the "
+                                         "config recorded in RUN_DIR/run.json."),
+    set_: list[str] = SET_OPT,
+):
+    """Stage by stage: cached, or would run and why (config field, input, or which code module changed)."""
+    from sbt_core import io
+
+    if config:
+        cfg, _ = _flow_setup(config, set_, run_dir)
+    else:
+        record = io.join(run_dir, "run.json")
+        if not io.exists(record):
+            raise FileNotFoundError(f"{record} not found: no pipeline ran there (or give --config)")
+        from sbt_core.config import RunConfig, _apply, _validate
+
+        saved = io.read_json(record).get("config")
+        if saved is None:
+            raise ValueError(f"{record} records no config (written by an older sbt): give --config")
+        cfg = _validate(RunConfig, _apply(saved, set_), record)
+        _prefect_env()
+    _print_plan(cfg, run_dir)
+
+
+@app.command()
+@_clean_errors
+def gc(
+    run_dir: str = typer.Argument(..., help="A run folder: the .superseded/ folders under it are removed."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List superseded work without removing it."),
+):
+    """Remove superseded work: stage folders moved aside when their config, inputs or code changed."""
+    from sbt_core import io
+    from tasks.stages import RECORD, SUPERSEDED
+
+    if not io.exists(run_dir):
+        raise FileNotFoundError(f"no such run folder: {run_dir}")
+    found = io.folders_in(run_dir, SUPERSEDED)
+    for folder in found:
+        record = io.join(folder, RECORD)
+        state = io.read_json(record).get("status", "?") if io.exists(record) else "no record"
+        typer.echo(f"{'would remove' if dry_run else 'removed'} {folder}  ({state}, {io.size(folder) / 2**20:.1f} MiB)")
+        if not dry_run:
+            io.remove(folder)
+    err.print(f"{len(found)} superseded folder(s){', nothing removed' if dry_run else ''}")
 
 
 @app.command()

@@ -19,7 +19,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from flows.pipeline import _Ledger
+from flows.ledger import Ledger
 from sbt_core import io
 from sbt_core import report as reporting
 from sbt_core.ladder import LadderConfig
@@ -35,7 +35,7 @@ def ladder(config: LadderConfig, run_dir: str = "runs/ladder-cpu") -> dict[str, 
     """Every rung of the ladder, cheapest first as listed; writes run_dir/ladder.md."""
     stages.use_storage_block()
     t0 = time.monotonic()
-    ledger = _Ledger(config)
+    ledger = Ledger(config)
     done: dict[str, dict] = {}
     for name, rung in config.rungs.items():
         spec, model_cfg, sft_cfg, data_cfg = rung.model_spec(config.model)

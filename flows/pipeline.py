@@ -28,6 +28,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.states import Completed
 
 from flows import stage_runs
+from flows.ledger import Ledger, logger
 from sbt_core import domains, io
 from sbt_core import report as reporting
 from sbt_core.config import ModelConfig, RunConfig
@@ -35,40 +36,12 @@ from tasks import stages
 from tasks.stages import StageResult
 
 
-def _call(task, *args, **kwargs) -> tuple[StageResult, bool, bool]:
-    """Run a stage task here; return its StageResult, whether it was served from cache, and False
-    (a task run in this process is never reused from an earlier attempt; see `stage_runs.call`)."""
-    state = task(*args, return_state=True, **kwargs)
-    return state.result(), state.name == "Cached", False
-
-
-class _Ledger:
-    """Runs stages (here, or through deployments) and notes which ran and which were cached."""
-
-    def __init__(self, config: RunConfig):
-        self.execution = config.execution
-        self.rows: list[dict[str, Any]] = []
-
-    def __call__(self, name: str, task, *args, **kwargs) -> StageResult:
-        t0 = time.monotonic()
-        ex = self.execution
-        target = ex.gpu_deployment if task.name in stages.HEAVY else ex.cpu_deployment
-        if ex.mode == "deployments" and target:
-            result, cached, reused = stage_runs.call(target, task, name, *args, **kwargs)
-        else:
-            result, cached, reused = _call(task, name, *args, **kwargs)
-        self.rows.append({"stage": name, "cached": cached, "wall_seconds": round(time.monotonic() - t0, 3),
-                          "work_seconds": 0.0 if cached or reused else result.get("seconds", 0.0),
-                          **({"reused_run": True} if reused else {})})
-        return result
-
-
 @flow(name="expert-iteration-round", log_prints=True)
 def expert_iteration_round(config: RunConfig, run_dir: str, round: int, model_uri: str) -> dict[str, Any]:
     """Round r: search train problems with the slow search, keep verified outputs, distill, evaluate."""
     stages.use_storage_block()
     ei = config.expert_iteration
-    ledger = _Ledger(config)
+    ledger = Ledger(config)
     data = ledger("generate", stages.generate, config.generate, io.join(run_dir, "data"))
     base = stages.external(model_uri)
     here = io.join(run_dir, f"ei{round}")
@@ -81,9 +54,10 @@ def expert_iteration_round(config: RunConfig, run_dir: str, round: int, model_ur
                    io.join(here, "sft"), base)
     evaluation = ledger(f"ei{round}-evaluate", stages.evaluate, config.eval, config.eval.ei_methods, model, data,
                         io.join(here, "eval"), config.domain)
-    rows = io.parquet_rows(distilled["outputs"]["sft"])
-    get_run_logger().info("round %d: %d verified outputs distilled from %d searched problems", round, rows,
-                          min(ei.train_problems, io.parquet_rows(data["outputs"][split])))
+    rows = None if ledger.planning else io.parquet_rows(distilled["outputs"]["sft"])
+    if not ledger.planning:
+        logger().info("round %d: %d verified outputs distilled from %d searched problems", round, rows,
+                      min(ei.train_problems, io.parquet_rows(data["outputs"][split])))
     return {"model": model["outputs"]["model"], "model_result": model, "evaluation": evaluation,
             "distilled_rows": rows, "stages": ledger.rows}
 
@@ -101,7 +75,7 @@ def grpo_round(config: RunConfig, run_dir: str, model: str, model_uri: str | Non
         raise ValueError(f"model {model!r} is not one of the run's models ({', '.join(config.models)})")
     spec, *_ = config.model_spec(model)
     tag = spec.stage or model
-    ledger = _Ledger(config)
+    ledger = Ledger(config)
     data = ledger("generate", stages.generate, config.generate, io.join(run_dir, "data"))
     base = stages.external(model_uri or io.join(run_dir, f"sft-{tag}", "model"))
     length, passk = config.grpo_eval()
@@ -121,11 +95,14 @@ def grpo_round(config: RunConfig, run_dir: str, model: str, model_uri: str | Non
 def pipeline(config: RunConfig = RunConfig(), run_dir: str = "runs/tiny") -> dict[str, Any]:
     """Every model of the config on its domain, expert iteration included; writes run_dir/report.md and
     metrics.json."""
-    logger = get_run_logger()
     stages.use_storage_block()
     t0 = time.monotonic()
-    io.remove_temp_files(run_dir, recursive=False)  # of a kill while copying the report or writing run.json
-    ledger = _Ledger(config)
+    ledger = Ledger(config)
+    if not ledger.planning:
+        io.remove_temp_files(run_dir, recursive=False)  # of a kill while copying the report or writing run.json
+        # The config first, so that `sbt status RUN_DIR` can plan a run that was killed before its end.
+        io.write_json({"run_dir": str(run_dir), "status": "running", "config": config.model_dump(mode="json")},
+                      io.join(run_dir, "run.json"))
     data = ledger("generate", stages.generate, config.generate, io.join(run_dir, "data"))
     specs = {name: config.model_spec(name) for name in config.models}
     tag = {name: spec.stage or name for name, (spec, *_) in specs.items()}
@@ -141,15 +118,15 @@ def pipeline(config: RunConfig = RunConfig(), run_dir: str = "runs/tiny") -> dic
     labels = {name: spec.label for name, (spec, *_) in specs.items() if spec.label}
     tuned = {}
     for name in config.grpo.models:
-        out = grpo_round(config, run_dir, name, trained[name]["outputs"]["model"])
-        ledger.rows += [row for row in out["stages"] if row["stage"] != "generate"]
+        out = ledger.subflow(grpo_round, config, run_dir, name, trained[name]["outputs"]["model"])
+        ledger.merge(out["stages"])
         evaluations[f"grpo_{name}"], tuned[name] = out["evaluation"], out["grpo"]
         labels[f"grpo_{name}"] = f"{labels.get(name) or reporting.model_label(name)} + GRPO"
     model_uri = trained[config.expert_iteration.model]["outputs"]["model"] if config.expert_iteration.rounds else None
     distilled = {}
     for r in range(1, config.expert_iteration.rounds + 1):
-        out = expert_iteration_round(config, run_dir, r, model_uri)
-        ledger.rows += [row for row in out["stages"] if row["stage"] != "generate"]
+        out = ledger.subflow(expert_iteration_round, config, run_dir, r, model_uri)
+        ledger.merge(out["stages"])
         model_uri, evaluations[f"ei{r}"], distilled[r] = out["model"], out["evaluation"], out["distilled_rows"]
     notes = [
         f"preset `{config.name}`; {config.eval.limit or 'all'} problems per split; config hash "
@@ -159,28 +136,32 @@ def pipeline(config: RunConfig = RunConfig(), run_dir: str = "runs/tiny") -> dic
     ]
     report = ledger("report", stages.report, config.name, evaluations, io.join(run_dir, "report"),
                     config.expert_iteration.method, notes, labels, tuned or None)
+    if ledger.planning:
+        return {"run_dir": str(run_dir), **ledger.summary()}
     _publish(report)
     wall = time.monotonic() - t0
-    ran = [r["stage"] for r in ledger.rows if not r["cached"]]
     work = sum(r["work_seconds"] for r in ledger.rows)
     summary = {
         "run_dir": str(run_dir),
+        "status": "done",
         "report": report["outputs"]["report_top"],
         "metrics": report["outputs"]["metrics_top"],
         "stages": ledger.rows,
-        "ran": ran,
-        "cached": [r["stage"] for r in ledger.rows if r["cached"]],
+        **ledger.summary(),
         "wall_seconds": round(wall, 2),
         "stage_work_seconds": round(work, 2),
         "orchestration_seconds_per_stage": round((wall - work) / max(len(ledger.rows), 1), 3),
+        "config": config.model_dump(mode="json"),
     }
+    ran = summary["ran"]
     io.write_json(summary, io.join(run_dir, "run.json"))
+    log = get_run_logger()
     if ran:
-        logger.info("pipeline: ran %d stages (%s), %d cached; %.1f s", len(ran), ", ".join(ran),
-                    len(summary["cached"]), wall)
+        log.info("pipeline: ran %d stages (%s), %d cached; %.1f s", len(ran), ", ".join(ran),
+                 len(summary["cached"]), wall)
     else:
-        logger.info("pipeline: nothing to do, all %d stages cached; report at %s", len(ledger.rows),
-                    summary["report"])
+        log.info("pipeline: nothing to do, all %d stages cached; report at %s", len(ledger.rows),
+                 summary["report"])
     return summary
 
 

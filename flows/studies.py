@@ -17,7 +17,8 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from flows.pipeline import _Ledger, pipeline
+from flows.ledger import Ledger
+from flows.pipeline import pipeline
 from sbt_core import io
 from sbt_core.config import RunConfig
 from tasks import stages
@@ -43,7 +44,7 @@ def ablations(config: RunConfig = RunConfig(), run_dir: str = "runs/tiny") -> di
     """Data-mix variants of the backtracking model and the b x N grid; writes run_dir/ablations/ablations.md."""
     stages.use_storage_block()
     ab = config.ablations
-    ledger = _Ledger(config)
+    ledger = Ledger(config)
     data = ledger("generate", stages.generate, config.generate, io.join(run_dir, "data"))
     # The preset's backtracking model, exactly as the pipeline builds it (cached after `sbt run`).
     name = config.expert_iteration.model

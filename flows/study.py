@@ -21,7 +21,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from flows.pipeline import _Ledger
+from flows.ledger import Ledger
 from sbt_core import io
 from sbt_core.build_data import RECIPES
 from sbt_core.config import StudyConfig
@@ -35,7 +35,7 @@ def study(config: StudyConfig, run_dir: str = "runs/study") -> dict[str, Any]:
     """Every model of every part trained and evaluated at equal compute; writes run_dir/study.md and study.json."""
     stages.use_storage_block()
     t0 = time.monotonic()
-    ledger = _Ledger(config)
+    ledger = Ledger(config)
     parts: dict[str, dict] = {}
     evaluations: dict[str, dict[str, StageResult]] = {}
     for label, run in config.domains.items():

@@ -136,11 +136,12 @@ def history(log_history: list[dict]) -> list[dict]:
 
 
 def train(cfg: GRPOConfig, model_uri: str, data_uri: str, out_dir: str, *, domain: str = "countdown",
-          max_completion_length: int = 64, callbacks=()) -> dict[str, str]:
+          max_completion_length: int = 64, callbacks=(), staging_key: str = "") -> dict[str, str]:
     """Stage entry: GRPO on the train problems in `data_uri`, starting from `model_uri`; writes out_dir/model.
 
     A remote `out_dir` (s3://...) trains in a local staging folder (checkpoints stay on this machine,
-    so a rerun here resumes) and uploads the model, metrics and manifest at the end.
+    so a rerun here resumes) and uploads the model, metrics and manifest at the end; `staging_key` (the
+    stage's cache key) names that folder, so a changed config never resumes another run's checkpoints.
     """
     from trl import GRPOTrainer
 
@@ -148,7 +149,7 @@ def train(cfg: GRPOConfig, model_uri: str, data_uri: str, out_dir: str, *, domai
     d = domains.get(domain)
     length = cfg.max_completion_length or max_completion_length
     remote = not io.is_local(out_dir)
-    out = io.staging_dir(out_dir) if remote else Path(out_dir)
+    out = io.staging_dir(out_dir, staging_key) if remote else Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model, tokenizer = load(model_uri, dtype=torch.float32)
     funcs, weights = reward_functions(d, tokenizer, cfg.format_reward)

@@ -76,6 +76,38 @@ def remove(uri: str) -> None:
         fs.rm(path, recursive=True)
 
 
+def move(src: str, dst: str) -> str:
+    """Move a file or folder tree to `dst` (a rename on a local disk; copy then delete on an object store)."""
+    if is_local(src) and is_local(dst):
+        target = Path(str(dst).removeprefix("file://"))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(str(src).removeprefix("file://"), target)
+        return str(dst)
+    fs, path = _fs(src)
+    _, target = _fs(dst)
+    _retry(lambda: fs.mv(path, target, recursive=True), f"move {src}")
+    return str(dst)
+
+
+def folders_in(root: str, name: str) -> list[str]:
+    """Every folder directly inside a folder called `name`, at any depth under `root` (URIs as given)."""
+    fs, path = _fs(root)
+    base = str(root).rstrip("/")
+    found = []
+    for p in fs.find(path, withdirs=True, detail=False):
+        rel = p[len(path.rstrip("/")) + 1:]
+        parts = rel.split("/")
+        if len(parts) >= 2 and parts[-2] == name and fs.isdir(p):
+            found.append(join(base, *parts))
+    return sorted(found)
+
+
+def size(uri: str) -> int:
+    """Bytes under a folder (or of a file)."""
+    fs, path = _fs(uri)
+    return int(fs.du(path, total=True))
+
+
 def copy(src: str, dst: str) -> str:
     write_bytes(dst, read_bytes(src))
     return str(dst)
@@ -139,9 +171,10 @@ def cache_root() -> Path:
     return Path(os.environ.get("SBT_CACHE", "~/.cache/sbt")).expanduser()
 
 
-def staging_dir(uri: str) -> Path:
-    """A stable local folder standing in for a remote folder (same URI, same folder: resumable)."""
-    return cache_root() / "staging" / hashlib.sha256(str(uri).encode()).hexdigest()[:16]
+def staging_dir(uri: str, key: str = "") -> Path:
+    """A stable local folder standing in for a remote folder: the same URI and stage key give the same
+    folder (a rerun resumes its checkpoints); another key (a changed config) gets another folder."""
+    return cache_root() / "staging" / hashlib.sha256(f"{uri}\n{key}".encode()).hexdigest()[:16]
 
 
 def localize_dir(uri: str) -> str:

@@ -202,14 +202,17 @@ def training_args(cfg: TrainConfig, out_dir: Path) -> TrainingArguments:
     )
 
 
-def train(cfg: TrainConfig, model_cfg: ModelConfig, data_uri: str, out_dir: str, callbacks=()) -> dict[str, str]:
+def train(cfg: TrainConfig, model_cfg: ModelConfig, data_uri: str, out_dir: str, callbacks=(),
+          staging_key: str = "") -> dict[str, str]:
     """Stage entry: SFT on `data_uri` (rows with prompt and response); writes out_dir/model.
 
     A remote `out_dir` (s3://...) trains in a local staging folder (checkpoints stay on this
     machine, so a rerun here resumes) and uploads the model, metrics and manifest at the end.
+    `staging_key` (the stage's cache key) names that folder, so a changed config never resumes
+    another run's checkpoints.
     """
     remote = not io.is_local(out_dir)
-    out = io.staging_dir(out_dir) if remote else Path(out_dir)
+    out = io.staging_dir(out_dir, staging_key) if remote else Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     final = out / "model"
     init = model_cfg.path or str(out / "init")
@@ -218,7 +221,7 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig, data_uri: str, out_dir: str,
                     max_positions=max(256, cfg.context_length))
         os.replace(out / "init.tmp", out / "init")
     if cfg.num_processes > 1 and "LOCAL_RANK" not in os.environ:
-        return _launch(cfg, model_cfg, data_uri, out_dir, out)
+        return _launch(cfg, model_cfg, data_uri, out_dir, out, staging_key)
     # fp32 master weights always; `bf16` means bf16 autocast on a GPU. (Loading the weights in
     # bf16 made AdamW update bf16 parameters directly, where small updates round away.)
     model, tokenizer = load(init, dtype=torch.float32)
@@ -278,14 +281,16 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig, data_uri: str, out_dir: str,
     return {"model": model_uri, "metrics": metrics_uri}
 
 
-def _launch(cfg: TrainConfig, model_cfg: ModelConfig, data_uri: str, out_dir: str, out: Path) -> dict[str, str]:
+def _launch(cfg: TrainConfig, model_cfg: ModelConfig, data_uri: str, out_dir: str, out: Path,
+            staging_key: str) -> dict[str, str]:
     """Run this stage under torchrun with cfg.num_processes ranks; rank 0 writes the outputs."""
     import subprocess
     import sys
 
     spec = out / "launch.json"
     spec.write_text(json.dumps({"train": cfg.model_dump(mode="json"), "model": model_cfg.model_dump(mode="json"),
-                                "data_uri": str(data_uri), "out_dir": str(out_dir)}))
+                                "data_uri": str(data_uri), "out_dir": str(out_dir),
+                                "staging_key": staging_key}))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={cfg.num_processes}",
            "-m", "sbt_core.train", str(spec)]
     log.info("launching %d training processes: %s", cfg.num_processes, " ".join(cmd))
@@ -299,4 +304,5 @@ if __name__ == "__main__":  # a torchrun rank (see _launch)
 
     logging.basicConfig(level=logging.INFO)
     args = json.loads(Path(sys.argv[1]).read_text())
-    train(TrainConfig(**args["train"]), ModelConfig(**args["model"]), args["data_uri"], args["out_dir"])
+    train(TrainConfig(**args["train"]), ModelConfig(**args["model"]), args["data_uri"], args["out_dir"],
+          staging_key=args.get("staging_key", ""))

@@ -1,17 +1,30 @@
-"""One Prefect task per pipeline stage, each a thin wrapper over one `sbt_core` call.
+"""One Prefect task per pipeline stage, each a declaration around one `sbt_core` call.
 
-A stage takes configs and the results of the stages it reads (URIs only, never models or
-tables) and returns a `StageResult` dict: `{"stage", "key", "dir", "outputs": {name: uri}}`.
+A stage is declared once, by `@stage(name, entry=..., heavy=..., ignore=...)` on a plain function
+whose keyword parameters are its configs (pydantic models), the results of the stages it reads
+(`StageResult`s: URIs only, never models or tables) and its `out_dir`. From that one declaration
+come the Prefect task (called with keywords; `task_run_name` is the stage's instance name), its
+deployment parameters (`coerce_params` reads the same annotations) and its cache key. The function
+body does the work and returns the stage's outputs (name -> URI); the task returns a `StageResult`
+dict: `{"stage", "key", "dir", "outputs": {name: uri}}`.
 
-Caching. A stage's key hashes its name, its config, its output folder, the keys of the stages
-it reads and the code version of `sbt_core`. The stage writes `stage.json` in its folder twice:
-`status: running` with the key before any work, `status: done` with the outputs after all of
-them are written. A rerun whose key matches a `done` record returns it at once, in a Prefect
-state named `Cached`; a `running` record with the same key means a killed or failed attempt,
-which resumes (SFT from its last checkpoint, search from its last shard); a record with
-another key means the folder holds stale work, which is removed first. Because the record
-lives beside the artifacts, the cache works from the CLI, from a UI retry and across Prefect
-databases, and a deleted output is recomputed.
+Cache key (`key_parts`): the declaration's name; every parameter, configs in full (less the fields
+named in `ignore`, which do not change the outputs) and each input stage by its key; and the code
+the stage runs, `fingerprint.code(entry)`: a hash per `sbt_core` module its entry function reaches.
+So a forgotten field cannot reuse a stale artifact, and an edit reruns only the stages whose code
+it touches (and, through their keys, the stages that read them).
+
+The stage writes `stage.json` in its folder twice: `status: running` with the key and its parts
+before any work, `status: done` with the outputs after all of them are written. A rerun whose key
+matches a `done` record returns it at once, in a Prefect state named `Cached`; a `running` record
+with the same key means a killed or failed attempt, which resumes (SFT from its last checkpoint,
+search from its last shard). A folder holding work of another key is never deleted: it is moved to
+`<parent>/.superseded/<stage>-<old key>/` (the run folder's `.superseded/` for a top-level stage),
+with the reasons (config fields, inputs, code modules) in the log, in the new record and in the
+run's `run.json`; a later run whose key matches superseded work moves it back instead of redoing
+it. `sbt gc RUN_DIR` lists and removes superseded work. Because the record lives beside the
+artifacts, the cache works from the CLI, from a UI retry and across Prefect databases, and a
+deleted output is recomputed.
 
 Fault injection (for tests and drills): `SBT_FAIL_STAGES=sft-bt,ei1-search` makes the named
 stages raise before doing any work; so does listing them in the file named by
@@ -20,7 +33,10 @@ stages raise before doing any work; so does listing them in the file named by
 
 from __future__ import annotations
 
+import contextvars
+import dataclasses
 import functools
+import inspect
 import os
 import re
 import time
@@ -31,33 +47,148 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed
 
-from sbt_core import domains, io
+from sbt_core import domains, fingerprint, io
 from sbt_core.config import (BuildDataConfig, EvalConfig, GenerateConfig, GRPOConfig, ModelConfig, OnPolicyConfig,
                              SearchConfig, StudyEvalConfig, TrainConfig)
 from sbt_core.ladder import LadderConfig
 
 StageResult = dict[str, Any]
 RECORD = "stage.json"
+SUPERSEDED = ".superseded"
 FAIL_ENV = "SBT_FAIL_STAGES"
 FAIL_FILE_ENV = "SBT_FAIL_STAGES_FILE"
 STORAGE_BLOCK_ENV = "SBT_STORAGE_BLOCK"  # a RemoteFileSystem block whose settings carry S3 credentials
-HEAVY = {"sft", "grpo", "evaluate", "search", "study-eval", "onpolicy"}  # task names that want a GPU
 
 
 class InjectedFailure(RuntimeError):
     """Raised by a stage named in SBT_FAIL_STAGES."""
 
 
-def stage_key(stage: str, config: Any, upstream: list[StageResult], out_dir: str) -> str:
-    return io.config_hash(
-        {"stage": stage, "config": config, "upstream": [u["key"] for u in upstream], "out_dir": str(out_dir),
-         "code_version": io.code_version()}
-    )
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """A stage's declaration: `name` (the task's), `entry` ("module:function" of the `sbt_core` code it runs,
+    fingerprinted with all it reaches), `heavy` (wants a GPU: the GPU pool in deployments mode), `ignore`
+    (dotted parameter paths, e.g. "cfg.models", that do not change the outputs) and `fn` (the work)."""
+
+    name: str
+    entry: tuple[str, ...]
+    fn: Callable[..., dict[str, str]]
+    heavy: bool = False
+    ignore: tuple[str, ...] = ()
+
+
+STAGES: dict[str, Stage] = {}
+PLANNED: dict[str, StageResult] = {}  # while planning (flows.ledger): stage folder -> its planned result
+_running_key: contextvars.ContextVar[str] = contextvars.ContextVar("sbt_stage_key", default="")
+
+
+def stage(name: str, *, entry: str | tuple[str, ...], heavy: bool = False, ignore: tuple[str, ...] = ()):
+    """Declare a stage (see the module docstring): the decorated function becomes its Prefect task.
+    `entry`: the `sbt_core` function(s) the body calls, "module:function"."""
+
+    def declare(fn):
+        decl = Stage(name, (entry,) if isinstance(entry, str) else tuple(entry), fn, heavy, ignore)
+        signature = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def run(*args, **kwargs):
+            params = signature.bind(*args, **kwargs)
+            params.apply_defaults()
+            params = dict(params.arguments)
+            return run_stage(decl, params.pop("stage_name"), params, lambda: fn(*args, **kwargs))
+
+        STAGES[name] = decl
+        return task(name=name, task_run_name="{stage_name}", cache_policy=NO_CACHE, persist_result=False)(run)
+
+    return declare
+
+
+def current_key() -> str:
+    """The key of the stage running in this context ("" outside one): names its local staging folder."""
+    return _running_key.get()
+
+
+def _is_result(value: Any) -> bool:
+    return isinstance(value, dict) and {"stage", "key", "dir", "outputs"} <= set(value)
+
+
+def _canonical(value: Any) -> Any:
+    """Parameters as JSON: configs dumped in full, an input stage as its key alone."""
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json")
+    if _is_result(value):
+        return {"input": value["key"]}
+    if isinstance(value, dict):
+        return {str(k): _canonical(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    return value
+
+
+def _drop(tree: dict, path: str) -> None:
+    head, _, rest = path.partition(".")
+    if rest and isinstance(tree.get(head), dict):
+        _drop(tree[head], rest)
+    elif not rest:
+        tree.pop(head, None)
+
+
+def key_parts(decl: Stage, params: dict[str, Any]) -> dict[str, Any]:
+    """What a stage's key hashes: its name, its parameters (inputs by key) and the code it runs."""
+    canonical = _canonical(params)
+    for path in decl.ignore:
+        _drop(canonical, path)
+    return {"stage": decl.name, "params": canonical, "code": fingerprint.code(*decl.entry)}
+
+
+def why(before: dict | None, parts: dict[str, Any]) -> list[str]:
+    """Why a record's key differs from `parts`: the config fields, inputs and code modules that changed."""
+    if not before or "params" not in before.get("parts", {}):
+        return ["its record predates per-stage keys"]
+    old = before["parts"]
+    reasons = [f"input {p} changed" if a.startswith("input ") and b.startswith("input ") else f"{p}: {a} -> {b}"
+               for p, a, b in _diff(old["params"], parts["params"])]
+    modules = fingerprint.changed(old.get("code", {}), parts["code"])
+    if modules:
+        reasons.append("code changed: " + ", ".join(m.removeprefix("sbt_core.") for m in modules))
+    return reasons or ["its key differs"]
+
+
+def _diff(a: Any, b: Any, path: str = "") -> list[tuple[str, str, str]]:
+    """(path, before, after) for each leaf that differs; an input stage reads `input <key>`."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        if set(a) == {"input"} and set(b) == {"input"}:
+            return [] if a == b else [(path, f"input {a['input']}", f"input {b['input']}")]
+        out = []
+        for k in sorted(set(a) | set(b)):
+            out += _diff(a.get(k, "(unset)"), b.get(k, "(unset)"), f"{path}.{k}" if path else k)
+        return out
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in _diff(x, y, f"{path}[{i}]")]
+    return [] if a == b else [(path, *_around_difference(a, b))]
+
+
+def _around_difference(a: Any, b: Any, width: int = 24) -> tuple[str, str]:
+    """Two values as short strings; long strings cut to the neighbourhood of their first difference."""
+    x, y = (v if isinstance(v, str) else repr(v) for v in (a, b))
+    if len(x) <= 2 * width and len(y) <= 2 * width:
+        return x, y
+    i = next((i for i, (p, q) in enumerate(zip(x, y)) if p != q), min(len(x), len(y)))
+    start = max(0, i - width // 2)
+    cut = lambda s: ("..." if start else "") + s[start:start + 2 * width] + ("..." if len(s) > start + 2 * width else "")
+    return cut(x), cut(y)
+
+
+def stage_key(parts: dict[str, Any]) -> str:
+    return io.config_hash(parts)
 
 
 def external(uri: str, name: str = "model") -> StageResult:
-    """A StageResult for a URI given from outside (a model path): keyed by its stage record if any."""
+    """A StageResult for a URI given from outside (a model path): keyed by its stage record if any (or,
+    while planning, by the planned result of the stage that will write it)."""
     parent = io.parent(uri)
+    if str(parent) in PLANNED:
+        return {**PLANNED[str(parent)], "outputs": {name: uri}}
     record = io.join(parent, RECORD)
     key = io.read_json(record)["key"] if io.exists(record) else io.config_hash({"uri": uri})
     return {"stage": "external", "key": key, "dir": parent, "outputs": {name: uri}}
@@ -83,41 +214,92 @@ def _block_settings(name: str) -> dict[str, Any]:
     return RemoteFileSystem.load(name.removeprefix("remote-file-system/")).settings
 
 
-def run_stage(stage: str, out_dir: str, config: Any, upstream: list[StageResult],
-              work: Callable[[], dict[str, str]]):
+def superseded_dir(stage_name: str, out_dir: str, key: str) -> str:
+    """Where a stage folder's work of key `key` is kept once another key needs the folder."""
+    return io.join(io.parent(out_dir), SUPERSEDED, f"{stage_name}-{key}")
+
+
+def plan(decl: Stage, stage_name: str, params: dict[str, Any]) -> StageResult:
+    """What `run_stage` would do, doing nothing: the StageResult with `plan` ("cached", "resume",
+    "restore" from superseded work, or "run") and `why`. A stage that would run has no outputs yet."""
+    parts = key_parts(decl, params)
+    key, out_dir = stage_key(parts), params["out_dir"]
+    record = _read_record(io.join(out_dir, RECORD))
+    result = {"stage": stage_name, "key": key, "dir": str(out_dir), "outputs": {}}
+    if record and record.get("key") == key:
+        done = record.get("status") == "done" and all(io.exists(u) for u in record["outputs"].values())
+        return {**record, "plan": "cached", "why": []} if done else {**result, "plan": "resume", "why": []}
+    kept = _read_record(io.join(superseded_dir(stage_name, out_dir, key), RECORD))
+    if kept and kept.get("key") == key and kept.get("status") == "done":
+        return {**kept, "plan": "restore", "why": ["superseded work of this key is moved back"]}
+    return {**result, "plan": "run", "why": why(record, parts) if record else ["no finished work in its folder"]}
+
+
+def run_stage(decl: Stage, stage_name: str, params: dict[str, Any], work: Callable[[], dict[str, str]]):
     """The caching protocol above around `work()`, which returns the stage's outputs (name -> URI)."""
     logger = get_run_logger()
     use_storage_block()
-    key = stage_key(stage, config, upstream, out_dir)
+    out_dir = params["out_dir"]
+    parts = key_parts(decl, params)
+    key = stage_key(parts)
     record_uri = io.join(out_dir, RECORD)
     record = _read_record(record_uri)
+    moved = []
     if record and (broken := io.unreadable(out_dir)):
         # A torn write (every write is temp file + rename, so: a disk fault or a hand edit): start over.
-        logger.warning("%s: unreadable artifacts in %s: %s; rerunning the stage from scratch", stage, out_dir,
-                       "; ".join(broken))
-        io.remove(out_dir)
+        logger.warning("%s: unreadable artifacts in %s: %s; setting them aside and rerunning the stage", stage_name,
+                       out_dir, "; ".join(broken))
+        moved.append(_set_aside(stage_name, out_dir, record, ["unreadable artifacts: " + "; ".join(broken)]))
         record = None
+    if not (record and record.get("key") == key):
+        kept_dir = superseded_dir(stage_name, out_dir, key)
+        kept = _read_record(io.join(kept_dir, RECORD))
+        if kept and kept.get("key") == key and kept.get("status") == "done":
+            if record:
+                moved.append(_set_aside(stage_name, out_dir, record, why(record, parts)))
+            io.move(kept_dir, out_dir)
+            logger.info("%s: moved back the superseded work of this key from %s", stage_name, kept_dir)
+            record = _read_record(record_uri)
     if record and record.get("key") == key and record.get("status") == "done":
         if all(io.exists(u) for u in record["outputs"].values()):
-            logger.info("%s: cached, outputs in %s (key %s)", stage, out_dir, key)
+            logger.info("%s: cached, outputs in %s (key %s)", stage_name, out_dir, key)
+            if moved:
+                record = {**record, "superseded": moved}
             return Completed(name="Cached", message=f"outputs of key {key} in {out_dir}", data=record)
-        logger.warning("%s: an output listed in %s is missing; recomputing", stage, record_uri)
+        logger.warning("%s: an output listed in %s is missing; recomputing", stage_name, record_uri)
     elif record and record.get("key") != key:
-        logger.info("%s: %s holds work of another key (%s); removing it", stage, out_dir, record.get("key"))
-        io.remove(out_dir)
+        moved.append(_set_aside(stage_name, out_dir, record, why(record, parts)))
     elif record:
-        logger.info("%s: resuming an unfinished attempt in %s", stage, out_dir)
+        logger.info("%s: resuming an unfinished attempt in %s", stage_name, out_dir)
     if left := io.remove_temp_files(out_dir):  # a write killed midway leaves its temp file, never the artifact
-        logger.info("%s: removed %d temporary file(s) of a killed attempt", stage, len(left))
-    _maybe_fail(stage)
-    io.write_json({"stage": stage, "key": key, "dir": str(out_dir), "status": "running"}, record_uri)
+        logger.info("%s: removed %d temporary file(s) of a killed attempt", stage_name, len(left))
+    _maybe_fail(stage_name)
+    head = {"stage": stage_name, "task": decl.name, "key": key, "dir": str(out_dir), "parts": parts}
+    io.write_json({**head, "status": "running"}, record_uri)
     t0 = time.monotonic()
-    outputs = work()
-    record = {"stage": stage, "key": key, "dir": str(out_dir), "status": "done", "outputs": outputs,
-              "seconds": round(time.monotonic() - t0, 3), "code_version": io.code_version()}
+    token = _running_key.set(key)
+    try:
+        outputs = work()
+    finally:
+        _running_key.reset(token)
+    record = {**head, "status": "done", "outputs": outputs, "seconds": round(time.monotonic() - t0, 3),
+              "code_version": io.code_version(), **({"superseded": moved} if moved else {})}
     io.write_json(record, record_uri)
-    logger.info("%s: done in %.1f s", stage, record["seconds"])
+    logger.info("%s: done in %.1f s", stage_name, record["seconds"])
     return record
+
+
+def _set_aside(stage_name: str, out_dir: str, record: dict, reasons: list[str]) -> dict[str, Any]:
+    """Move a stage folder's work (of another key) to `.superseded/`; never delete it."""
+    dest = superseded_dir(stage_name, out_dir, record.get("key") or "unkeyed")
+    n = 1
+    while io.exists(dest):  # the same old key set aside before (e.g. an unfinished attempt): keep both
+        dest, n = f"{superseded_dir(stage_name, out_dir, record.get('key') or 'unkeyed')}.{n}", n + 1
+    io.move(out_dir, dest)
+    get_run_logger().warning("%s: %s held work of another key (%s, %s); moved to %s because %s", stage_name, out_dir,
+                             record.get("key"), record.get("status"), dest, "; ".join(reasons))
+    return {"stage": stage_name, "key": record.get("key"), "status": record.get("status"), "moved_to": dest,
+            "why": reasons}
 
 
 def _read_record(uri: str) -> dict | None:
@@ -181,102 +363,78 @@ def _train_progress(progress: Progress):
     return Callback()
 
 
-_opts = dict(cache_policy=NO_CACHE, persist_result=False)
-
-
-@task(name="generate", task_run_name="{stage_name}", **_opts)
+@stage("generate", entry="sbt_core.domains:get")
 def generate(stage_name: str, cfg: GenerateConfig, out_dir: str):
     """The problems of `cfg.domain` (its generator's settings)."""
-
-    def work():
-        bar = Progress(stage_name, cfg.total, "problems")
-        return domains.get(cfg.domain).generate(cfg, out_dir, progress=bar)
-
-    return run_stage(stage_name, out_dir, cfg.model_dump(mode="json"), [], work)
+    bar = Progress(stage_name, cfg.total, "problems")
+    return domains.get(cfg.domain).generate(cfg, out_dir, progress=bar)
 
 
-@task(name="build-data", task_run_name="{stage_name}", **_opts)
+@stage("build-data", entry="sbt_core.build_data:run")
 def build_data(stage_name: str, cfg: BuildDataConfig, data: StageResult, out_dir: str, domain: str = "countdown"):
-    from sbt_core import build_data as stage
+    from sbt_core import build_data as core
 
-    return run_stage(stage_name, out_dir, {**cfg.model_dump(mode="json"), "domain": domain}, [data],
-                     lambda: stage.run(cfg, data["outputs"]["train"], out_dir, domain))
+    return core.run(cfg, data["outputs"]["train"], out_dir, domain)
 
 
-@task(name="sft", task_run_name="{stage_name}", **_opts)
+@stage("sft", entry="sbt_core.train:train", heavy=True)
 def sft(stage_name: str, cfg: TrainConfig, model: ModelConfig, data: StageResult, out_dir: str,
         base: StageResult | None = None):
     """SFT; `base` is the StageResult of the model fine-tuned further (its URI goes in model.path)."""
-    from sbt_core import train as stage
+    from sbt_core import train as core
 
-    def work():
-        rows = io.parquet_rows(data["outputs"]["sft"])
-        if rows == 0:  # nothing verified to distill: the round keeps its base model
-            get_run_logger().warning("%s: no training rows; keeping the base model %s", stage_name, model.path)
-            return {"model": model.path}
-        bar = Progress(stage_name, 1, "optimiser steps")
-        return stage.train(cfg, model, data["outputs"]["sft"], out_dir, callbacks=[_train_progress(bar)])
-
-    config = {"train": cfg.model_dump(mode="json"), "model": model.model_dump(mode="json")}
-    return run_stage(stage_name, out_dir, config, [data] + ([base] if base else []), work)
+    rows = io.parquet_rows(data["outputs"]["sft"])
+    if rows == 0:  # nothing verified to distill: the round keeps its base model
+        get_run_logger().warning("%s: no training rows; keeping the base model %s", stage_name, model.path)
+        return {"model": model.path}
+    bar = Progress(stage_name, 1, "optimiser steps")
+    return core.train(cfg, model, data["outputs"]["sft"], out_dir, callbacks=[_train_progress(bar)],
+                      staging_key=current_key())
 
 
-@task(name="grpo", task_run_name="{stage_name}", **_opts)
+# Which models get GRPO and how they are evaluated afterwards do not change the tuned model.
+@stage("grpo", entry="sbt_core.grpo:train", heavy=True,
+       ignore=("cfg.models", "cfg.eval_ks", "cfg.eval_limit", "cfg.methods"))
 def grpo(stage_name: str, cfg: GRPOConfig, model: StageResult, data: StageResult, out_dir: str,
          domain: str = "countdown", max_completion_length: int = 64):
     """GRPO from the verifier's reward on the train problems, starting from `model` (`grpo.train`)."""
-    from sbt_core import grpo as stage
+    from sbt_core import grpo as core
 
-    def work():
-        bar = Progress(stage_name, cfg.steps, "GRPO steps")
-        return stage.train(cfg, model["outputs"]["model"], data["outputs"]["train"], out_dir, domain=domain,
-                           max_completion_length=max_completion_length, callbacks=[_train_progress(bar)])
-
-    # Which models get GRPO and how they are evaluated afterwards do not change this model.
-    config = {"grpo": cfg.model_dump(mode="json", exclude={"models", "eval_ks", "eval_limit", "methods"}), "domain": domain,
-              "max_completion_length": max_completion_length}
-    return run_stage(stage_name, out_dir, config, [model, data], work)
+    bar = Progress(stage_name, cfg.steps, "GRPO steps")
+    return core.train(cfg, model["outputs"]["model"], data["outputs"]["train"], out_dir, domain=domain,
+                      max_completion_length=max_completion_length, callbacks=[_train_progress(bar)],
+                      staging_key=current_key())
 
 
-@task(name="evaluate", task_run_name="{stage_name}", **_opts)
+@stage("evaluate", entry="sbt_core.evaluate:run", heavy=True)
 def evaluate(stage_name: str, cfg: EvalConfig, methods: list[str], model: StageResult, data: StageResult,
              out_dir: str, domain: str = "countdown"):
-    from sbt_core import evaluate as stage
+    from sbt_core import evaluate as core
 
-    def work():
-        splits = cfg.splits or domains.get(domain).eval_splits
-        per_split = [min(cfg.limit or 10**12, io.parquet_rows(data["outputs"][s])) for s in splits]
-        bar = Progress(stage_name, len(methods) * sum(per_split), "problems searched")
-        configs = {m: cfg.search_config(m) for m in methods}
-        return stage.run(model["outputs"]["model"], data["dir"], out_dir, configs, domain=domain, limit=cfg.limit,
-                         splits=splits, progress=bar)
-
-    config = {"eval": cfg.model_dump(mode="json"), "methods": methods, "domain": domain}
-    return run_stage(stage_name, out_dir, config, [model, data], work)
+    splits = cfg.splits or domains.get(domain).eval_splits
+    per_split = [min(cfg.limit or 10**12, io.parquet_rows(data["outputs"][s])) for s in splits]
+    bar = Progress(stage_name, len(methods) * sum(per_split), "problems searched")
+    configs = {m: cfg.search_config(m) for m in methods}
+    return core.run(model["outputs"]["model"], data["dir"], out_dir, configs, domain=domain, limit=cfg.limit,
+                    splits=splits, progress=bar)
 
 
-@task(name="search", task_run_name="{stage_name}", **_opts)
+@stage("search", entry="sbt_core.search.run:run", heavy=True)
 def search(stage_name: str, cfg: SearchConfig, model: StageResult, data: StageResult, split: str, limit: int,
            out_dir: str, domain: str = "countdown"):
-    from sbt_core.search import run as stage
+    from sbt_core.search import run as core
 
-    def work():
-        bar = Progress(stage_name, min(limit, io.parquet_rows(data["outputs"][split])), "problems searched")
-        return stage.run(cfg, model["outputs"]["model"], data["outputs"][split], out_dir, domain=domain, limit=limit,
-                         progress=bar)
-
-    config = {"search": cfg.model_dump(mode="json"), "split": split, "limit": limit, "domain": domain}
-    return run_stage(stage_name, out_dir, config, [model, data], work)
+    bar = Progress(stage_name, min(limit, io.parquet_rows(data["outputs"][split])), "problems searched")
+    return core.run(cfg, model["outputs"]["model"], data["outputs"][split], out_dir, domain=domain, limit=limit,
+                    progress=bar)
 
 
-@task(name="distill", task_run_name="{stage_name}", **_opts)
+@stage("distill", entry="sbt_core.distill:run")
 def distill(stage_name: str, results: StageResult, out_dir: str, transductive: bool = False,
             domain: str = "countdown"):
-    from sbt_core import distill as stage
+    from sbt_core import distill as core
 
-    return run_stage(stage_name, out_dir, {"transductive": transductive, "domain": domain}, [results],
-                     lambda: stage.run(results["outputs"]["results"], out_dir, domain=domain,
-                                       transductive=transductive))
+    return core.run(results["outputs"]["results"], out_dir, domain=domain, transductive=transductive)
 
 
 def _with_copies_up(made: dict[str, str], run_dir: str) -> dict[str, str]:
@@ -284,7 +442,7 @@ def _with_copies_up(made: dict[str, str], run_dir: str) -> dict[str, str]:
     return {**made, **{f"{name}_top": io.copy(uri, io.join(run_dir, io.basename(uri))) for name, uri in made.items()}}
 
 
-@task(name="report", task_run_name="{stage_name}", **_opts)
+@stage("report", entry="sbt_core.report:run")
 def report(stage_name: str, title: str, evaluations: dict[str, StageResult], out_dir: str, search_method: str,
            notes: list[str] = (), labels: dict[str, str] | None = None,
            grpo: dict[str, dict[str, StageResult]] | None = None):
@@ -292,53 +450,38 @@ def report(stage_name: str, title: str, evaluations: dict[str, StageResult], out
 
     `grpo[model]`: {"before", "after" (its pass@k study-evals), "grpo" (the GRPO stage)} per model tuned.
     """
-    from sbt_core import report as stage
+    from sbt_core import report as core
 
     summaries = {model: ev["outputs"]["summary"] for model, ev in evaluations.items()}
     tuned = {model: {"before": r["before"]["outputs"]["study"], "after": r["after"]["outputs"]["study"],
                      "metrics": r["grpo"]["outputs"]["metrics"]} for model, r in (grpo or {}).items()}
-    config = {"title": title, "models": list(evaluations), "search_method": search_method, "notes": list(notes),
-              **({"labels": labels} if labels else {}), **({"grpo": sorted(tuned)} if tuned else {})}
-    run_dir = io.parent(out_dir)
-    upstream = list(evaluations.values()) + [r[k] for r in (grpo or {}).values() for k in ("before", "after", "grpo")]
-
-    def work():
-        made = stage.run(summaries, out_dir, title, list(notes), search_method, labels, tuned)
-        return _with_copies_up(made, run_dir)
-
-    return run_stage(stage_name, out_dir, config, upstream, work)
+    made = core.run(summaries, out_dir, title, list(notes), search_method, labels, tuned)
+    return _with_copies_up(made, io.parent(out_dir))
 
 
-@task(name="ablation-report", task_run_name="{stage_name}", **_opts)
+@stage("ablation-report", entry="sbt_core.report:run_ablations")
 def ablation_report(stage_name: str, title: str, variants: dict[str, StageResult], grid: StageResult, out_dir: str,
                     notes: list[str] = ()):
     """ablations.md, ablations.json and ablations.png in out_dir."""
-    from sbt_core import report as stage
+    from sbt_core import report as core
 
     summaries = {name: ev["outputs"]["summary"] for name, ev in variants.items()}
-    config = {"title": title, "variants": list(variants), "notes": list(notes)}
-    upstream = [grid, *variants.values()]
-    return run_stage(stage_name, out_dir, config, upstream,
-                     lambda: stage.run_ablations(summaries, grid["outputs"]["summary"], out_dir, title, list(notes)))
+    return core.run_ablations(summaries, grid["outputs"]["summary"], out_dir, title, list(notes))
 
 
-@task(name="study-eval", task_run_name="{stage_name}", **_opts)
+@stage("study-eval", entry="sbt_core.study:run", heavy=True)
 def study_eval(stage_name: str, cfg: StudyEvalConfig, kind: str, model: StageResult, data: StageResult, out_dir: str,
                domain: str = "countdown", max_new_tokens: int = 64):
     """One model's accuracy-vs-compute curves (`study.run`): kind budget, samples or search."""
-    from sbt_core import study as stage
+    from sbt_core import study as core
 
-    def work():
-        steps = {"budget": 2, "samples": 1, "search": 1 + len(cfg.search_methods)}[kind]
-        bar = Progress(stage_name, steps * cfg.limit, "problems decoded")
-        return stage.run(model["outputs"]["model"], data["dir"], out_dir, cfg, kind=kind, domain=domain,
-                         max_new_tokens=max_new_tokens, progress=bar)
-
-    config = {"study": cfg.model_dump(mode="json"), "kind": kind, "domain": domain, "max_new_tokens": max_new_tokens}
-    return run_stage(stage_name, out_dir, config, [model, data], work)
+    steps = {"budget": 2, "samples": 1, "search": 1 + len(cfg.search_methods)}[kind]
+    bar = Progress(stage_name, steps * cfg.limit, "problems decoded")
+    return core.run(model["outputs"]["model"], data["dir"], out_dir, cfg, kind=kind, domain=domain,
+                    max_new_tokens=max_new_tokens, progress=bar)
 
 
-@task(name="study-report", task_run_name="{stage_name}", **_opts)
+@stage("study-report", entry="sbt_core.study:report")
 def study_report(stage_name: str, title: str, parts: dict[str, dict], evaluations: dict[str, dict[str, StageResult]],
                  out_dir: str, notes: list[str] = ()):
     """study.md, study.json and one plot per part in out_dir, with copies one level up (the run folder).
@@ -346,61 +489,43 @@ def study_report(stage_name: str, title: str, parts: dict[str, dict], evaluation
     `parts[label]`: {"domain", "generate", "labels", "training" (model -> its SFT metrics URI)};
     `evaluations[label][model]`: its study-eval result.
     """
-    from sbt_core import study as stage
+    from sbt_core import study as core
 
-    config = {"title": title, "parts": parts, "models": {k: list(v) for k, v in evaluations.items()},
-              "notes": list(notes)}
-    upstream = [ev for per in evaluations.values() for ev in per.values()]
-    run_dir = io.parent(out_dir)
-
-    def work():
-        full = {label: {**part, "studies": {m: io.read_json(ev["outputs"]["study"])
-                                            for m, ev in evaluations[label].items()},
-                        "training": {m: io.read_json(uri) for m, uri in part.get("training", {}).items()}}
-                for label, part in parts.items()}
-        made = stage.report(full, out_dir, title, list(notes))
-        return _with_copies_up(made, run_dir)
-
-    return run_stage(stage_name, out_dir, config, upstream, work)
+    full = {label: {**part, "studies": {m: io.read_json(ev["outputs"]["study"]) for m, ev in evaluations[label].items()},
+                    "training": {m: io.read_json(uri) for m, uri in part.get("training", {}).items()}}
+            for label, part in parts.items()}
+    return _with_copies_up(core.report(full, out_dir, title, list(notes)), io.parent(out_dir))
 
 
-@task(name="onpolicy", task_run_name="{stage_name}", **_opts)
+@stage("onpolicy", entry="sbt_core.onpolicy:run", heavy=True, ignore=("cfg.source",))
 def onpolicy(stage_name: str, cfg: OnPolicyConfig, model: StageResult, data: StageResult, base: StageResult,
              out_dir: str, domain: str = "countdown"):
     """`base`'s SFT rows plus D_back rows from `model`'s own wrong steps on the train problems (`sbt_core.onpolicy`)."""
-    from sbt_core import onpolicy as stage
+    from sbt_core import onpolicy as core
 
-    config = {"onpolicy": cfg.model_dump(mode="json", exclude={"source"}), "domain": domain}
-    return run_stage(stage_name, out_dir, config, [model, data, base],
-                     lambda: stage.run(cfg, model["outputs"]["model"], data["outputs"]["train"], base["outputs"]["sft"],
-                                       out_dir, domain))
+    return core.run(cfg, model["outputs"]["model"], data["outputs"]["train"], base["outputs"]["sft"], out_dir, domain)
 
 
-@task(name="ladder-report", task_run_name="{stage_name}", **_opts)
+@stage("ladder-report", entry=("sbt_core.ladder:report", "sbt_core.ladder:rung_row"))
 def ladder_report(stage_name: str, ladder: LadderConfig, rungs: dict[str, dict[str, StageResult]], out_dir: str,
                   notes: list[str] = ()):
     """ladder.md, ladder.json and ladder.png in out_dir, with copies one level up (the ladder's run folder);
     `rungs[name]` holds its `sft` and `eval` results."""
-    from sbt_core import ladder as stage
+    from sbt_core import ladder as core
 
-    config = {"ladder": ladder.model_dump(mode="json"), "rungs": list(rungs), "notes": list(notes)}
-    upstream = [r for per in rungs.values() for r in per.values()]
-
-    def work():
-        rows = []
-        for name, per in rungs.items():
-            summary = io.read_json(per["eval"]["outputs"]["summary"])
-            split = list(summary[ladder.search])[-1]
-            results = {m: io.join(per["eval"]["dir"], m, split, "results.parquet") for m in ladder.methods}
-            rows.append(stage.rung_row(name, ladder.rungs[name], ladder, io.read_json(per["sft"]["outputs"]["metrics"]),
-                                       summary, results))
-        return _with_copies_up(stage.report(rows, ladder, out_dir, list(notes)), io.parent(out_dir))
-
-    return run_stage(stage_name, out_dir, config, upstream, work)
+    rows = []
+    for name, per in rungs.items():
+        summary = io.read_json(per["eval"]["outputs"]["summary"])
+        split = list(summary[ladder.search])[-1]
+        results = {m: io.join(per["eval"]["dir"], m, split, "results.parquet") for m in ladder.methods}
+        rows.append(core.rung_row(name, ladder.rungs[name], ladder, io.read_json(per["sft"]["outputs"]["metrics"]),
+                                  summary, results))
+    return _with_copies_up(core.report(rows, ladder, out_dir, list(notes)), io.parent(out_dir))
 
 
 TASKS = {t.name: t for t in (generate, build_data, sft, grpo, evaluate, search, distill, report, ablation_report,
                              study_eval, study_report, onpolicy, ladder_report)}
+HEAVY = {name for name, decl in STAGES.items() if decl.heavy}  # task names that want a GPU
 
 
 def coerce_params(task_name: str, params: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,115 @@
+"""The one way flows run stages: here or through deployments, noting which ran, which were cached, and
+what was superseded; or, when planning (`sbt run --dry-run`, `sbt status`), running nothing at all.
+
+A flow calls `ledger(name, task, **params)` for each stage instance. Planning goes through the same
+flow code: each call returns the stage's record if it is cached, or a result with its new key and no
+outputs if it would run, so the stages after it see a changed input and say so. Subflows are called
+through `ledger.subflow`, which, when planning, calls the flow's function without a flow run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import inspect
+import logging
+import time
+from typing import Any, Iterator
+
+from flows import stage_runs
+from tasks import stages
+from tasks.stages import StageResult
+
+_planning: contextvars.ContextVar[bool] = contextvars.ContextVar("sbt_planning", default=False)
+
+
+@contextlib.contextmanager
+def planning() -> Iterator[None]:
+    """Flows called inside run no stage: each ledger call says what it would do, and why."""
+    token = _planning.set(True)
+    try:
+        yield
+    finally:
+        _planning.reset(token)
+        stages.PLANNED.clear()
+
+
+def is_planning() -> bool:
+    return _planning.get()
+
+
+def logger() -> logging.Logger | logging.LoggerAdapter:
+    """The flow run's logger, or a plain one when planning (no flow run)."""
+    if is_planning():
+        return logging.getLogger("sbt")
+    from prefect import get_run_logger
+
+    return get_run_logger()
+
+
+class _Pending(dict):
+    """The outputs of a stage that would run: a URI under its folder for any name asked (nothing exists yet)."""
+
+    def __init__(self, out_dir: str):
+        super().__init__()
+        self.out_dir = out_dir
+
+    def __missing__(self, name: str) -> str:
+        from sbt_core import io
+
+        return io.join(self.out_dir, name)
+
+
+class Ledger:
+    """Runs stages (here, or through deployments) and notes which ran and which were cached."""
+
+    def __init__(self, config: Any):
+        self.execution = config.execution
+        self.planning = is_planning()
+        self.rows: list[dict[str, Any]] = []
+
+    def __call__(self, name: str, task, *args, **kwargs) -> StageResult:
+        if self.planning:
+            return self._plan(name, task, *args, **kwargs)
+        t0 = time.monotonic()
+        ex = self.execution
+        target = ex.gpu_deployment if task.name in stages.HEAVY else ex.cpu_deployment
+        if ex.mode == "deployments" and target:
+            result, cached, reused = stage_runs.call(target, task, name, *args, **kwargs)
+        else:
+            state = task(name, *args, return_state=True, **kwargs)
+            # A task run in this process is never reused from an earlier attempt (see `stage_runs.call`).
+            result, cached, reused = state.result(), state.name == "Cached", False
+        moved = result.get("superseded", []) if not reused else []
+        self.rows.append({"stage": name, "cached": cached, "wall_seconds": round(time.monotonic() - t0, 3),
+                          "work_seconds": 0.0 if cached or reused else result.get("seconds", 0.0),
+                          **({"reused_run": True} if reused else {}), **({"superseded": moved} if moved else {})})
+        return result
+
+    def _plan(self, name: str, task, *args, **kwargs) -> StageResult:
+        params = inspect.signature(task.fn).bind(name, *args, **kwargs)
+        params.apply_defaults()
+        params = dict(params.arguments)
+        params.pop("stage_name")
+        result = stages.plan(stages.STAGES[task.name], name, params)
+        if result["plan"] not in ("cached", "restore"):
+            result = {**result, "outputs": _Pending(result["dir"])}
+        stages.PLANNED[str(result["dir"])] = result
+        self.rows.append({"stage": name, "plan": result["plan"], "why": result["why"]})
+        return result
+
+    def subflow(self, flow, *args, **kwargs) -> Any:
+        """Call a subflow; when planning, its function alone (no flow run), with this ledger's planning on."""
+        return flow.fn(*args, **kwargs) if self.planning else flow(*args, **kwargs)
+
+    def merge(self, rows: list[dict[str, Any]], skip: tuple[str, ...] = ("generate",)) -> None:
+        """Add a subflow's rows (less the stages it repeats from this flow, by default `generate`)."""
+        self.rows += [row for row in rows if row["stage"] not in skip]
+
+    def summary(self) -> dict[str, Any]:
+        """ran / cached / superseded over the rows (or, when planning, the plan)."""
+        if self.planning:
+            return {"plan": self.rows, "would_run": [r["stage"] for r in self.rows if r["plan"] in ("run", "resume")]}
+        return {"ran": [r["stage"] for r in self.rows if not r["cached"]],
+                "cached": [r["stage"] for r in self.rows if r["cached"]],
+                "superseded": [m for r in self.rows for m in r.get("superseded", [])]}
