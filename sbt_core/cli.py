@@ -17,7 +17,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from sbt_core import domains
-from sbt_core.config import DEFAULT_METHODS, BuildDataConfig, ModelConfig, SearchConfig, TrainConfig, format_validation_error
+from sbt_core.config import (DEFAULT_METHODS, BuildDataConfig, ModelConfig, SearchConfig, TrainConfig,
+                             format_validation_error, method_config)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Self-backtracking and search traces on Countdown and Sudoku: data, SFT, search.")
@@ -217,7 +218,7 @@ def evaluate(
 
     from sbt_core.io import read_parquet
 
-    cfgs = {m: stage.method_config(m, max_new_tokens=max_new_tokens, seed=seed) for m in methods.split(",") if m}
+    cfgs = {m: method_config(m, max_new_tokens=max_new_tokens, seed=seed) for m in methods.split(",") if m}
     splits = domains.get(domain).eval_splits
     per_split = [min(limit or 10**12, len(read_parquet(f"{data.rstrip('/')}/{s}.parquet"))) for s in splits]
     p, advance = _progress(len(cfgs) * sum(per_split), "evaluate")

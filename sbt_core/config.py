@@ -128,6 +128,13 @@ BT_METHODS = ["greedy", "beam", "sbt_b0_n8", "sbt_b0_n32", "sbt_b1_n8", "sbt_b1_
 EI_METHODS = ["greedy", "sbt_b1_n32"]
 
 
+def method_config(name: str, **overrides) -> SearchConfig:
+    """The SearchConfig of a named method (`METHODS`), with `overrides` (temperature, lengths, seed) on top."""
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
+    return SearchConfig(**{**METHODS[name], **overrides})
+
+
 def _known_methods(names: list[str]) -> list[str]:
     unknown = [m for m in names if m not in METHODS]
     if unknown:
@@ -148,9 +155,8 @@ class EvalConfig(_Config):
     _methods = field_validator("ei_methods")(_known_methods)
 
     def search_config(self, method: str) -> SearchConfig:
-        return SearchConfig(**{**METHODS[method], "temperature": self.temperature,
-                               "max_new_tokens": self.max_new_tokens, "batch_rows": self.batch_rows,
-                               "seed": self.seed})
+        return method_config(method, temperature=self.temperature, max_new_tokens=self.max_new_tokens,
+                             batch_rows=self.batch_rows, seed=self.seed)
 
 
 class StudyEvalConfig(_Config):

@@ -17,19 +17,13 @@ import pyarrow as pa
 import torch
 
 from sbt_core import domains, io, selectors
-from sbt_core.config import METHODS, SearchConfig
+from sbt_core.config import SearchConfig
 from sbt_core.domains import Domain
 from sbt_core.models import load
 from sbt_core.search import run as search_stage
 from sbt_core.search.common import LM
 
 log = logging.getLogger(__name__)
-
-def method_config(name: str, **overrides) -> SearchConfig:
-    if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
-    return SearchConfig(**{**METHODS[name], **overrides})
-
 
 def summarize(results: pa.Table, domain: Domain) -> dict:
     """Accuracy (strict and paper modes), categories, false claims, cost per problem."""

@@ -26,9 +26,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections import Counter
 
-from sbt_core import metrics
+from sbt_core import metrics, selectors
 from sbt_core.domains import Domain
 
 KINDS = ("budget", "samples", "search")
@@ -75,16 +74,10 @@ def sample_curves(domain: Domain, problems: list[dict], samples: list[list[tuple
         lengths = [[k for _, _, k, _ in ss[:n]] for ss in samples]
         pass_n = sum(metrics.pass_at_k(len(r), sum(r), n) for r in right) / div
         best = sum(r[max(range(n), key=lambda i: ss[i][1])] for ss, r in zip(samples, right)) / div
-        votes = 0
-        for ss, r in zip(samples, right):
-            keys = [domain.answer_key(t) for t, *_ in ss[:n]]
-            counted = Counter(k for k in keys if k is not None)
-            if counted:
-                top = max(counted.values())
-                # Ties go to the answer with the best-scored sample, as the majority decoder does.
-                winner = max((i for i, k in enumerate(keys) if k is not None and counted[k] == top),
-                             key=lambda i: ss[i][1])
-                votes += r[winner]
+        # The majority decoder's rule (`selectors`' `majority`) on the first n samples; with no readable
+        # answer there is no right sample either (a right answer always has one), so that problem counts 0.
+        votes = sum(r[selectors.choose("majority", [{"response": t, "score": sc} for t, sc, *_ in ss[:n]], domain)]
+                    for ss, r in zip(samples, right))
         for name, acc in (("pass_at_n", pass_n), ("best_of_n", best), ("majority_at_n", votes / div)):
             curves[name].append(_point(acc, lengths, shape, len(problems), n=n))
     return curves
@@ -121,7 +114,7 @@ def evaluate(lm, problems: list[dict], cfg, kind: str, *, max_new_tokens: int, p
     """One model's curves on `problems` (`cfg`: a `config.StudyEvalConfig`); see the module docstring."""
     import torch
 
-    from sbt_core.config import METHODS, SearchConfig
+    from sbt_core.config import METHODS, SearchConfig, method_config
     from sbt_core.search.common import make_generator
     from sbt_core.search.decoders import sample_n
     from sbt_core.search.run import search
@@ -156,9 +149,8 @@ def evaluate(lm, problems: list[dict], cfg, kind: str, *, max_new_tokens: int, p
     else:
         points = []
         for method in ["greedy", *cfg.search_methods]:
-            search_cfg = SearchConfig(**{**METHODS[method], "temperature": cfg.temperature,
-                                         "max_new_tokens": max_new_tokens, "batch_rows": cfg.batch_rows,
-                                         "seed": cfg.seed})
+            search_cfg = method_config(method, temperature=cfg.temperature, max_new_tokens=max_new_tokens,
+                                       batch_rows=cfg.batch_rows, seed=cfg.seed)
             results = search(lm, problems, search_cfg)
             generated += sum(r.generated_tokens for r in results)
             correct = [d.verify(p, r.output).correct for p, r in zip(problems, results)]

@@ -13,6 +13,25 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+TIERS = ("integration", "slow", "gpu")
+# A test that needs one of these is integration whatever its file says: a real server, S3 over HTTP, or the
+# session's trained model (150 SFT steps).
+INTEGRATION_FIXTURES = {"prefect_server", "s3", "trained"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """The unit tier is every test in no other tier (`-m unit`); `gpu` tests skip without a CUDA device."""
+    import torch
+
+    for item in items:
+        if INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ())) and not item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.integration)
+        if not any(item.get_closest_marker(t) for t in TIERS):
+            item.add_marker(pytest.mark.unit)
+        if item.get_closest_marker("gpu") and not torch.cuda.is_available():
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA device"))
+
+
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory):
     from sbt_core.domains.countdown.config import GenerateConfig

@@ -46,6 +46,7 @@ def test_every_stage_from_the_command_line(tmp_path):
         "--out", tmp_path / "ei2", "--transductive")
 
 
+@pytest.mark.integration  # a subprocess per case
 @pytest.mark.parametrize(
     "args,message",
     [

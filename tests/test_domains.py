@@ -95,7 +95,7 @@ def _valid_solution(solution: str, size: int) -> bool:
     return all(sorted(solution[i] for i in u) == [str(v) for v in range(1, size + 1)] for u in units)
 
 
-@pytest.mark.parametrize("size, n", [(4, 40), (6, 30), (9, 6)])
+@pytest.mark.parametrize("size, n", [(4, 40), (6, 30), pytest.param(9, 6, marks=pytest.mark.integration)])
 def test_generated_puzzles_have_exactly_one_solution_and_keep_it(size, n, tmp_path):
     uris = SUDOKU.generate(SudokuConfig(size=size, num_train=n, num_val=4, workers=1), str(tmp_path))
     train_rows = io.read_parquet(uris["train"]).to_pylist()

@@ -1,6 +1,7 @@
 """Models and tokenizers: named tiny sizes, one loading path, and any local HF model."""
 
 import pytest
+import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
@@ -61,5 +62,16 @@ def test_any_local_hf_model_gets_backtrack_and_resized_embeddings(tmp_path):
     ex = encode_example(tok, format_prompt([3, 4, 7, 9], 24), "3+4=7\n7*9=63\n<backtrack>", 128)
     kept = tok.decode([i for i, l in zip(ex["input_ids"], ex["labels"]) if l != -100]).replace(" ", "")
     assert "7*9=63" not in kept and kept.startswith("3+4=7") and BACKTRACK in kept
-    results = search(LM(model, tok), [{"nums": [3, 4, 7, 9], "target": 24}], SearchConfig(decoder="self_backtrack", n=2, max_new_tokens=8))
-    assert isinstance(results[0].output, str)
+    # Our batched greedy decode on this pretrained model is Hugging Face's greedy `generate`, token for token:
+    # the same text up to and including the first EOS or <backtrack> (EOS dropped from the text, as always).
+    lm, problems = LM(model, tok), [{"nums": [3, 4, 7, 9], "target": 24}, {"nums": [1, 12, 7, 9], "target": 21}]
+    ours = search(lm, problems, SearchConfig(decoder="greedy", max_new_tokens=12))
+    for problem, result in zip(problems, ours):
+        ids = torch.tensor([lm.prompt_ids(problem)])
+        with torch.no_grad():
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=12,
+                                 eos_token_id=lm.stop_ids, pad_token_id=lm.pad_id)[0, ids.shape[1]:].tolist()
+        assert result.output == lm.text(out) and result.generated_tokens == len(out) > 0
+    # And the search runs on it: every candidate it keeps claims the goal, and its cost is counted.
+    (res,) = search(lm, problems[:1], SearchConfig(decoder="self_backtrack", n=2, max_new_tokens=8))
+    assert res.generated_tokens > 0 and all(lm.domain.claims_goal(c["response"]) for c in res.candidates)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from sbt_core import io
+from sbt_core import io, selectors
 from sbt_core.config import SearchConfig
 from sbt_core.domains import DOMAINS
 from sbt_core.domains.countdown import CATEGORIES, verify
@@ -131,7 +131,7 @@ def test_the_sampler_records_backtrack_logprobs_that_match_a_full_forward(lm, da
         assert torch.allclose(torch.tensor(watched), want, atol=1e-4)
 
 
-@pytest.mark.parametrize("decoder", ["greedy", "beam", "sample", "best_of_n", "majority", "self_backtrack", "reference"])
+@pytest.mark.parametrize("decoder", sorted(search_stage.DECODERS))
 def test_every_decoder_runs_and_records_its_work(lm, data_dir, decoder):
     t = io.read_parquet(str(data_dir / "val_new.parquet")).slice(0, 6 if decoder == "reference" else 12)
     problems = t.select(["nums", "target"]).to_pylist()
@@ -142,8 +142,17 @@ def test_every_decoder_runs_and_records_its_work(lm, data_dir, decoder):
     for problem, r in zip(problems, results):
         assert isinstance(r.output, str) and r.generated_tokens > 0 and r.forward_passes > 0 and r.rounds >= 1
         assert verify(problem["nums"], problem["target"], r.output).category in CATEGORIES
-        if decoder == "self_backtrack":
+        best = max(r.candidates, key=lambda c: c["score"])["response"] if r.candidates else None
+        if decoder in ("greedy", "sample", "beam"):  # one decode, and it is the answer
+            assert len(r.candidates) == 1 and r.output == best
+        if decoder == "best_of_n":  # n samples; the answer is the highest mean log-prob (the paper's selector)
+            assert len(r.candidates) == cfg.n and r.output == best
+        if decoder == "majority":  # n samples; the answer is the majority selector's pick among them
+            assert len(r.candidates) == cfg.n
+            assert r.output == r.candidates[selectors.choose("majority", r.candidates, lm.domain)]["response"]
+        if decoder == "self_backtrack":  # only goal-claiming candidates; the best of them wins
             assert all("Goal Reached!" in c["response"] for c in r.candidates) and r.rounds <= 2
+            assert r.output == best or not r.candidates
         if decoder == "reference":
             assert r.rounds <= 2
 
@@ -172,6 +181,7 @@ def test_search_stage_resumes_from_finished_shards(lm, trained, data_dir, tmp_pa
     search_stage.run(cfg, model_path, data, str(part), limit=20, shard_size=8, lm=lm, progress=calls.append)
     strip = lambda t: t.drop_columns(["seconds"])  # noqa: E731 - wall time is the one nondeterministic column
     assert strip(io.read_parquet(full["results"])).equals(strip(io.read_parquet(str(part / "results.parquet"))))
+    assert calls == [8, 8, 4]  # progress counts every problem, the kept shards' included, in shard order
 
 
 def test_the_cache_grown_in_place_decodes_exactly_as_a_concatenating_cache(monkeypatch):

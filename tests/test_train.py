@@ -64,6 +64,7 @@ def _tiny_sft(tmp_path, data_dir, n=64):
 
 
 CFG = dict(batch_size=8, learning_rate=1e-3, warmup_steps=0, logging_steps=1, seed=0)
+GOLDEN_LOSSES = [3.37522149, 3.26323104, 3.10631394, 3.05132031]  # measured 2026-12-02 (see the test)
 
 
 def test_loss_golden_and_determinism(tmp_path, data_dir):
@@ -74,10 +75,10 @@ def test_loss_golden_and_determinism(tmp_path, data_dir):
         runs.append(json.loads((tmp_path / name / "train_metrics.json").read_text()))
     losses = [h["loss"] for h in runs[0]["train/loss_history"]]
     assert losses == [h["loss"] for h in runs[1]["train/loss_history"]]
-    # Golden: a seeded 1m model starts near ln(30) = 3.40 (uniform over the vocabulary) and the
-    # loss falls. Changes to the model, tokenizer, masking or data order move these values.
-    assert losses[0] == pytest.approx(3.4, abs=0.1)
-    assert losses[-1] < losses[0]
+    # Golden: the loss of each of the first 4 steps of a seeded 1m model on 64 problems' D_op ∪ D_back
+    # (torch 2.13 CPU, fp32; the same with 1 and 2 threads). A change to the model, its initialisation,
+    # the tokenizer, the masking, the data or its order moves them; update them only with a reason.
+    assert losses == pytest.approx(GOLDEN_LOSSES, rel=1e-4)
     assert runs[0]["train/tokens_per_second"] > 0 and runs[0]["train/steps"] == 4
 
 
@@ -104,6 +105,7 @@ def test_resume_from_last_complete_checkpoint_equals_uninterrupted_run(tmp_path,
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
 
 
+@pytest.mark.integration
 def test_deepspeed_zero2_one_rank_on_cpu(tmp_path, data_dir):
     """`sbt train --deepspeed` in its own process (DeepSpeed sets up a gloo process group)."""
     pytest.importorskip("deepspeed")
@@ -118,6 +120,7 @@ def test_deepspeed_zero2_one_rank_on_cpu(tmp_path, data_dir):
     assert metrics["train/steps"] == 3 and (out / "model" / "model.safetensors").exists()
 
 
+@pytest.mark.integration
 def test_deepspeed_zero2_two_ranks_launched_by_the_stage(tmp_path, data_dir):
     """num_processes=2: the stage itself relaunches under torchrun; two gloo ranks on CPU, ZeRO-2."""
     pytest.importorskip("deepspeed")

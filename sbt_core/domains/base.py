@@ -85,7 +85,10 @@ class Domain(Protocol):
     def answer_key(self, response: str) -> Any: ...  # what majority vote counts; None: no answer
     def final(self, response: str) -> str: ...  # the response cut after its goal line (distillation)
     def optimal(self, problem: dict) -> str: ...  # D_op's response
-    def backtrack_example(self, problem: dict, error_type: str, rng, at_target: bool = False) -> Example: ...
+    # A D_back row: an optimal prefix, one wrong step of `error_type` (one of `error_types`), `<backtrack>`;
+    # `stats` is what `data_stats` measured on the whole train split (build_data passes it).
+    def backtrack_example(self, problem: dict, error_type: str, rng, at_target: bool = False,
+                          stats: dict | None = None) -> Example: ...
     def trace(self, problem: dict, style: str, rng) -> str: ...  # a search trace (or the direct path)
     def data_stats(self, problems: pa.Table) -> dict: ...  # dataset-wide figures the error builders use
     def extra_metrics(self, problem: dict, response: str) -> dict[str, float]: ...  # averaged in evaluations

@@ -7,10 +7,9 @@ other selector ranks by the model's own mean token log-probability.
 
 from __future__ import annotations
 
-from collections import defaultdict
-
 import torch
 
+from sbt_core import selectors
 from sbt_core.config import SearchConfig
 from sbt_core.search.common import LM, Result, mean
 from sbt_core.search.sampling import left_pad
@@ -63,22 +62,14 @@ def best_of_n(lm: LM, problems, cfg: SearchConfig, generator) -> list[Result]:
 
 
 def majority(lm: LM, problems, cfg: SearchConfig, generator) -> list[Result]:
-    """The most frequent final answer among samples that claim the goal (`Domain.answer_key`: in
-    Countdown the path's multiset of steps, since every right answer ends at the target; in Sudoku
-    the filled grid). Ties go to the higher mean log-prob.
+    """The most frequent final answer among the samples (`selectors`' `majority`: `Domain.answer_key`, in
+    Countdown the path's multiset of steps, since every right answer ends at the target; in Sudoku the
+    filled grid). Ties go to the higher mean log-prob; no readable answer: the best-scored sample.
     """
     results = []
     for samples, passes in sample_n(lm, problems, cfg, cfg.n, cfg.temperature, generator):
-        votes = defaultdict(list)
-        for text, score, *_ in samples:
-            key = lm.domain.answer_key(text)
-            if key is not None:
-                votes[key].append((score, text))
-        if votes:
-            best = max(votes.values(), key=lambda v: (len(v), max(v)[0]))
-            results.append(_result(samples, passes, max(best)[1]))
-        else:
-            results.append(_result(samples, passes, max(samples, key=lambda x: x[1])[0]))
+        pick = selectors.choose("majority", [{"response": t, "score": s} for t, s, *_ in samples], lm.domain)
+        results.append(_result(samples, passes, samples[pick][0]))
     return results
 
 
