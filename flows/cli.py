@@ -14,7 +14,7 @@ from typing import Optional
 
 import typer
 
-from sbt_core.cli import _clean_errors, app, err
+from sbt_core.cli import clean_errors, app, err
 
 PRESETS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -25,6 +25,7 @@ def _prefect_env() -> None:
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "sbt_core")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per API call otherwise
 
 
 def resolve_preset(config: str) -> Path:
@@ -46,12 +47,11 @@ def _flow_setup(config: str, set_: list[str], run_dir: str | None):
 
     cfg = load_run_config(resolve_preset(config), set_)
     _prefect_env()
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per API call otherwise
     return cfg, run_dir or f"runs/{cfg.name}"
 
 
 @app.command()
-@_clean_errors
+@clean_errors
 def run(
     config: str = CONFIG_OPT,
     run_dir: Optional[str] = RUN_DIR_OPT,
@@ -98,7 +98,7 @@ def _print_plan(cfg, run_dir: str) -> None:
 
 
 @app.command()
-@_clean_errors
+@clean_errors
 def status(
     run_dir: str = typer.Argument(..., help="A pipeline's run folder (its run.json holds the config it ran)."),
     config: Optional[str] = typer.Option(None, "--config", "-c", help="Plan this preset or YAML instead of the "
@@ -125,7 +125,7 @@ def status(
 
 
 @app.command()
-@_clean_errors
+@clean_errors
 def gc(
     run_dir: str = typer.Argument(..., help="A run folder: the .superseded/ folders under it are removed."),
     dry_run: bool = typer.Option(False, "--dry-run", help="List superseded work without removing it."),
@@ -147,7 +147,7 @@ def gc(
 
 
 @app.command()
-@_clean_errors
+@clean_errors
 def ablate(config: str = CONFIG_OPT, run_dir: Optional[str] = RUN_DIR_OPT, set_: list[str] = SET_OPT):
     """Ablations of the backtracking model (data mix; b x N grid) as a Prefect flow: run_dir/ablations/."""
     cfg, run_dir = _flow_setup(config, set_, run_dir)
@@ -160,7 +160,7 @@ def ablate(config: str = CONFIG_OPT, run_dir: Optional[str] = RUN_DIR_OPT, set_:
 
 
 @app.command()
-@_clean_errors
+@clean_errors
 def study(
     config: str = typer.Option("study-tiny", "--config", "-c", help="Study preset name (configs/NAME.yaml) or a "
                                "YAML path: `name` and `domains: {label: run config}`."),
@@ -172,7 +172,6 @@ def study(
 
     cfg = load_study_config(resolve_preset(config), set_)
     _prefect_env()
-    logging.getLogger("httpx").setLevel(logging.WARNING)
     from flows.study import study as study_flow
 
     out = study_flow(config=cfg, run_dir=run_dir or f"runs/{cfg.name}")
@@ -181,7 +180,7 @@ def study(
 
 
 @app.command()
-@_clean_errors
+@clean_errors
 def ladder(
     config: str = typer.Option("ladder-cpu", "--config", "-c", help="Ladder preset name (configs/NAME.yaml) or a "
                                "YAML path: `base`, `set` and `rungs: {name: overrides}`."),
@@ -195,7 +194,6 @@ def ladder(
 
     cfg = load_ladder_config(resolve_preset(config), set_, resolve=resolve_preset)
     _prefect_env()
-    logging.getLogger("httpx").setLevel(logging.WARNING)
     from flows.ladder import ladder as ladder_flow
 
     out = ladder_flow(config=cfg, run_dir=run_dir or f"runs/{cfg.name}")
@@ -204,7 +202,7 @@ def ladder(
 
 
 @app.command()
-@_clean_errors
+@clean_errors
 def deploy(
     config: str = typer.Option("tiny", "--config", "-c", help="Preset name or YAML path: the deployments' default parameters."),
     run_dir: Optional[str] = typer.Option(None, help="Default run dir of the deployments (s3://bucket/prefix on a cluster)."),
@@ -226,7 +224,6 @@ def deploy(
 
     cfg = load_run_config(resolve_preset(config), set_)
     _prefect_env()
-    logging.getLogger("httpx").setLevel(logging.WARNING)
     from deployments.register import prefect_yaml, register
 
     if write_prefect_yaml:

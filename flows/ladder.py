@@ -39,8 +39,8 @@ def ladder(config: LadderConfig, run_dir: str = "runs/ladder-cpu") -> dict[str, 
     done: dict[str, dict] = {}
     for name, rung in config.rungs.items():
         spec, model_cfg, sft_cfg, data_cfg = rung.model_spec(config.model)
-        # Data stages are named by their config, not the rung: rungs with the same data share them (a stage's
-        # key includes its name, so a per-rung name would make two rungs take turns rebuilding one folder).
+        # Data stages are named (and their folders placed) by their config, not the rung: rungs with the same data
+        # share them (a per-rung folder name would rebuild the same data once per rung).
         gen = _short(rung.generate)
         recipe = f"{gen}-{_short(data_cfg)}-{spec.recipe}"
         data = ledger(f"generate-{gen}", stages.generate, rung.generate, io.join(run_dir, "data", gen))

@@ -9,7 +9,7 @@ The stages are the pipeline's (`tasks.stages`), cached on their keys and resumab
 a killed study rerun with the same config and run dir redoes only what did not finish. Each part
 lives in run_dir/<label>/ with the pipeline's folder names (data/, data-X/, sft-X/) plus
 study-X/ per model; stage names carry the label (`countdown-sft-dfs`). How a model is evaluated
-follows its recipe (`build_data.RECIPES[...].study`): trace recipes decode once at token budgets,
+follows its recipe (`recipes.RECIPES[...].study`): trace recipes decode once at token budgets,
 direct ones sample n, self-backtracking runs its search; see `sbt_core.study`.
 """
 
@@ -23,7 +23,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows.ledger import Ledger
 from sbt_core import io
-from sbt_core.build_data import RECIPES
+from sbt_core.recipes import RECIPES
 from sbt_core.config import StudyConfig
 from sbt_core.study import decode_length
 from tasks import stages

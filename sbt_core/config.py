@@ -15,13 +15,14 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from sbt_core.domains import DOMAINS
 from sbt_core.domains.base import StrictConfig as _Config
+from sbt_core.recipes import RECIPES
 
 # `generate:` is the settings of the run's domain, told apart by their `domain` field.
 GenerateConfig = Annotated[Union[tuple(d.GenerateConfig for d in DOMAINS.values())], Field(discriminator="domain")]
 
 
 class BuildDataConfig(_Config):
-    recipe: str = Field("self_backtrack", description="What the SFT rows are (`build_data.RECIPES`): optimal, "
+    recipe: str = Field("self_backtrack", description="What the SFT rows are (`recipes.RECIPES`): optimal, "
                         "self_backtrack, dfs_trace, mix_trace, think_trace or direct.")
     seed: int = Field(0, description="Seed for prefix lengths, error types and erroneous steps.")
     error_type_ratio: tuple[float, float, float] = Field(
@@ -271,7 +272,7 @@ class OnPolicyConfig(_Config):
 class ModelSpec(_Config):
     """One model of the run: the data recipe it is trained on, its size and SFT, and how it is evaluated."""
 
-    recipe: str = Field("optimal", description="Data recipe (`build_data.RECIPES`).")
+    recipe: str = Field("optimal", description="Data recipe (`recipes.RECIPES`).")
     stage: str | None = Field(None, description="Suffix of its stages and folders (build-data-X, sft-X, "
                               "eval-sft-X); None: the model's name.")
     label: str | None = Field(None, description="Its name in the report's first column; None: from the recipe.")
@@ -378,8 +379,6 @@ class RunConfig(_Config):
 
     @model_validator(mode="after")
     def _consistent(self):
-        from sbt_core.build_data import RECIPES
-
         if self.generate.domain != self.domain:
             raise ValueError(f"generate.domain is {self.generate.domain!r} but domain is {self.domain!r}")
         for name, spec in self.models.items():
@@ -403,8 +402,6 @@ class RunConfig(_Config):
 
     def model_spec(self, name: str) -> tuple[ModelSpec, ModelConfig, TrainConfig, BuildDataConfig]:
         """A model's spec with the run's defaults filled in: (spec, model, sft, build_data)."""
-        from sbt_core.build_data import RECIPES
-
         spec = self.models[name]
         recipe = RECIPES[spec.recipe]
         model = spec.model or self.model
@@ -529,6 +526,15 @@ def config_from_overrides(model, overrides: list[str]):
     """One config model from `field=value` overrides alone (e.g. `sbt grpo --set steps=50`), parsed and
     reported as the preset loaders do."""
     return _validate(model, _apply({}, overrides), None)
+
+
+def load_stage_config(model, path: str | Path | None = None, overrides: list[str] = (), **values):
+    """One stage's config for its `sbt` command: a YAML file of the model's fields (`--config`), then the
+    command's own flags (`values`; None: not given, so the model's default stands), then `--set field=value`
+    overrides; every error names its field, as the preset loaders do."""
+    tree = _load_tree(path)
+    tree.update({k: v for k, v in values.items() if v is not None})
+    return _validate(model, _apply(tree, list(overrides)), path)
 
 
 def load_study_config(path: str | Path, overrides: list[str] = ()) -> StudyConfig:

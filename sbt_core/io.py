@@ -83,9 +83,14 @@ def move(src: str, dst: str) -> str:
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(str(src).removeprefix("file://"), target)
         return str(dst)
+    # An object store has no rename: copy every object (server side), then delete the source; a kill in
+    # between leaves both copies, never neither.
     fs, path = _fs(src)
     _, target = _fs(dst)
-    _retry(lambda: fs.mv(path, target, recursive=True), f"move {src}")
+    root = path.rstrip("/")
+    for p in fs.find(root):
+        _retry(lambda: fs.copy(p, target.rstrip("/") + p[len(root):]), f"copy {p}")
+    fs.rm(root, recursive=True)
     return str(dst)
 
 

@@ -11,7 +11,7 @@ from sbt_core import io
 
 
 def sbt(*args, ok=True):
-    proc = subprocess.run([sys.executable, "-m", "sbt_core.cli", *map(str, args)], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, "-m", "flows.cli", *map(str, args)], capture_output=True, text=True, timeout=600)
     if ok:
         assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
@@ -26,7 +26,12 @@ def test_every_stage_from_the_command_line(tmp_path):
         assert {"nums", "target", "solution"} <= set(t.column_names)
     assert json.loads((data / "manifest.json").read_text())["outputs"]["train"]["rows"] == 400
     sbt("build-data", "--data", data, "--out", sft)
-    sbt("train", "--data", sft / "sft.parquet", "--out", run, "--max-steps", 4, "--batch-size", 8, "--lr", 1e-3)
+    (tmp_path / "train.yaml").write_text("max_steps: 4\nbatch_size: 8\nlearning_rate: 0.5\n")
+    sbt("train", "--data", sft / "sft.parquet", "--out", run, "--config", tmp_path / "train.yaml", "--lr", 1e-3,
+        "--set", "context_length=96")
+    # The file, then the command's flags, then --set: every TrainConfig field reachable, none re-typed.
+    train_cfg = json.loads((run / "manifest.json").read_text())["config"]["train"]
+    assert (train_cfg["max_steps"], train_cfg["learning_rate"], train_cfg["context_length"]) == (4, 1e-3, 96)
     model = run / "model"
     sbt("search", "--model", model, "--data", data / "train.parquet", "--out", tmp_path / "s", "--n", 2, "--b", 1,
         "--limit", 6, "--max-new-tokens", 24)
@@ -55,6 +60,11 @@ def test_every_stage_from_the_command_line(tmp_path):
         (["build-data", "--data", "missing.parquet", "--out", "X", "--error-ratio", "1:2"], "three weights"),
         (["search", "--model", "nowhere", "--data", "missing.parquet", "--out", "X"], "no such artifact"),
         (["train", "--data", "missing.parquet", "--out", "X", "--lr", "-1"], "learning_rate"),
+        # Every field of the stage's config can be set, and a typo is an error that names it.
+        (["train", "--data", "missing.parquet", "--out", "X", "--set", "context_lenght=64"], "context_lenght: Extra"),
+        (["search", "--model", "m", "--data", "missing.parquet", "--out", "X", "--set", "decoder=nosuch"], "decoder:"),
+        (["generate", "--out", "X", "--num-val", "5"], "--num-val: not an option of the countdown generator"),
+        (["generate", "--out", "X", "--domain", "sudoku", "--num-numbers", "3"], "--num-numbers: not an option"),
         (["import-dataset", "--src", "BAD.jsonl", "--out", "X"], "row 1: field 'search_path' is missing"),
         (["import-dataset", "--src", "BAD", "--out", "X"], "not a Parquet, JSON, JSONL or CSV file"),
         (["import-dataset", "--src", "nobody/no-such-dataset", "--out", "X"], "not in the local Hugging Face cache"),
@@ -63,7 +73,7 @@ def test_every_stage_from_the_command_line(tmp_path):
 def test_bad_input_fails_with_a_message_not_a_traceback(tmp_path, args, message):
     for name in ("BAD", "BAD.jsonl"):
         (tmp_path / name).write_text('{"nums": [1], "target": 1}\n')
-    proc = subprocess.run([sys.executable, "-m", "sbt_core.cli", *args], capture_output=True, text=True, cwd=tmp_path)
+    proc = subprocess.run([sys.executable, "-m", "flows.cli", *args], capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 2 and message in " ".join(proc.stderr.split()) and "Traceback" not in proc.stderr
     assert not (tmp_path / "X").exists() or not any((tmp_path / "X").rglob("*.parquet"))
 

@@ -209,3 +209,16 @@ def test_the_cache_grown_in_place_decodes_exactly_as_a_concatenating_cache(monke
     assert lengths[0] < 50 and lengths[-1] > 200  # rows left early, others grew the cache past 128 positions
     assert grown.tokens == concat.tokens
     assert max(abs(a - b) for x, y in zip(grown.logprobs, concat.logprobs) for a, b in zip(x, y)) < 1e-4
+
+
+@pytest.mark.gpu
+def test_greedy_on_a_gpu_decodes_as_on_the_cpu(data_dir):
+    """The sampler on CUDA (fp32) gives the CPU's greedy tokens on a seeded tiny model."""
+    from sbt_core.models import build_tiny, build_tokenizer
+
+    tok = build_tokenizer("countdown")
+    problems = io.read_parquet(str(data_dir / "val_new.parquet")).slice(0, 16).select(["nums", "target"]).to_pylist()
+    cfg = SearchConfig(decoder="greedy", max_new_tokens=32)
+    cpu = search_stage.search(LM(build_tiny("1m", tok, seed=5), tok), problems, cfg)
+    gpu = search_stage.search(LM(build_tiny("1m", tok, seed=5).cuda(), tok), problems, cfg)
+    assert [r.output for r in cpu] == [r.output for r in gpu]

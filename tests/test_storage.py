@@ -60,3 +60,25 @@ def test_models_load_from_s3_through_a_cached_download(s3, trained, tmp_path, mo
     assert io.localize_dir(uri) == local  # unchanged objects: no second download
     model, tokenizer = load(uri)
     assert tokenizer.convert_tokens_to_ids("<backtrack>") is not None and model.num_parameters() > 0
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_superseded_work_moves_whole_and_is_found_again(where, tmp_path, request):
+    """`io.move` (how a stage folder of another key is set aside) and `io.folders_in` (what `sbt gc` lists)."""
+    base = str(tmp_path / "run") if where == "local" else (request.getfixturevalue("s3") and "s3://sbt-test/mv/run")
+    io.write_json({"key": "k1", "status": "done"}, io.join(base, "sft-bt", "stage.json"))
+    io.write_bytes(io.join(base, "sft-bt", "model", "w.bin"), b"weights")
+    io.write_json({"key": "k2"}, io.join(base, "ei1", "search", "stage.json"))
+    io.move(io.join(base, "sft-bt"), io.join(base, ".superseded", "sft-bt-k1"))
+    io.move(io.join(base, "ei1", "search"), io.join(base, "ei1", ".superseded", "ei1-search-k2"))
+    assert not io.exists(io.join(base, "sft-bt", "stage.json"))
+    assert io.read_bytes(io.join(base, ".superseded", "sft-bt-k1", "model", "w.bin")) == b"weights"
+    assert io.folders_in(base, ".superseded") == sorted([io.join(base, ".superseded", "sft-bt-k1"),
+                                                         io.join(base, "ei1", ".superseded", "ei1-search-k2")])
+    assert io.size(io.join(base, ".superseded", "sft-bt-k1")) > len(b"weights")
+
+
+def test_staging_folders_are_keyed_by_uri_and_stage_key():
+    uri = "s3://bucket/runs/x/sft-bt"
+    assert io.staging_dir(uri, "k1") == io.staging_dir(uri, "k1")
+    assert len({io.staging_dir(uri, "k1"), io.staging_dir(uri, "k2"), io.staging_dir(uri + "2", "k1")}) == 3

@@ -111,7 +111,7 @@ def test_deepspeed_zero2_one_rank_on_cpu(tmp_path, data_dir):
     pytest.importorskip("deepspeed")
     sft = _tiny_sft(tmp_path, data_dir, n=32)
     out = tmp_path / "ds"
-    cmd = [sys.executable, "-m", "sbt_core.cli", "train", "--data", sft, "--out", str(out), "--size", "1m",
+    cmd = [sys.executable, "-m", "flows.cli", "train", "--data", sft, "--out", str(out), "--size", "1m",
            "--max-steps", "3", "--batch-size", "8", "--lr", "1e-3", "--save-steps", "3", "--deepspeed"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -126,7 +126,7 @@ def test_deepspeed_zero2_two_ranks_launched_by_the_stage(tmp_path, data_dir):
     pytest.importorskip("deepspeed")
     sft = _tiny_sft(tmp_path, data_dir, n=32)
     out = tmp_path / "ds2"
-    cmd = [sys.executable, "-m", "sbt_core.cli", "train", "--data", sft, "--out", str(out), "--size", "1m",
+    cmd = [sys.executable, "-m", "flows.cli", "train", "--data", sft, "--out", str(out), "--size", "1m",
            "--max-steps", "3", "--batch-size", "4", "--lr", "1e-3", "--save-steps", "3", "--deepspeed",
            "--num-processes", "2"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
