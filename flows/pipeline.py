@@ -36,6 +36,23 @@ from tasks import stages
 from tasks.stages import StageResult
 
 
+def train_models(ledger: Ledger, config: RunConfig, data: StageResult, here: str, prefix: str = "",
+                 names: list[str] | None = None) -> tuple[dict, dict[str, str], dict[str, StageResult]]:
+    """build-data then SFT for each model of `config` (or of `names`), every model's data first: the stages
+    `{prefix}build-data-{tag}` (folder `here/data-{tag}`) and `{prefix}sft-{tag}` (`here/sft-{tag}`), `tag`
+    being the model's `stage` or its name. Returns (name -> model_spec(name), name -> tag, name -> SFT result).
+    The pipeline, the study and the ablations train their models through it."""
+    specs = {name: config.model_spec(name) for name in names or config.models}
+    tag = {name: spec.stage or name for name, (spec, *_) in specs.items()}
+    rows = {name: ledger(f"{prefix}build-data-{tag[name]}", stages.build_data, data_cfg, data,
+                         io.join(here, f"data-{tag[name]}"), config.domain)
+            for name, (_, _, _, data_cfg) in specs.items()}
+    trained = {name: ledger(f"{prefix}sft-{tag[name]}", stages.sft, sft_cfg, model_cfg, rows[name],
+                            io.join(here, f"sft-{tag[name]}"))
+               for name, (_, model_cfg, sft_cfg, _) in specs.items()}
+    return specs, tag, trained
+
+
 @flow(name="expert-iteration-round", log_prints=True)
 def expert_iteration_round(config: RunConfig, run_dir: str, round: int, model_uri: str) -> dict[str, Any]:
     """Round r: search train problems with the slow search, keep verified outputs, distill, evaluate."""
@@ -104,14 +121,7 @@ def pipeline(config: RunConfig = RunConfig(), run_dir: str = "runs/tiny") -> dic
         io.write_json({"run_dir": str(run_dir), "status": "running", "config": config.model_dump(mode="json")},
                       io.join(run_dir, "run.json"))
     data = ledger("generate", stages.generate, config.generate, io.join(run_dir, "data"))
-    specs = {name: config.model_spec(name) for name in config.models}
-    tag = {name: spec.stage or name for name, (spec, *_) in specs.items()}
-    rows = {name: ledger(f"build-data-{tag[name]}", stages.build_data, data_cfg, data,
-                         io.join(run_dir, f"data-{tag[name]}"), config.domain)
-            for name, (_, _, _, data_cfg) in specs.items()}
-    trained = {name: ledger(f"sft-{tag[name]}", stages.sft, sft_cfg, model_cfg, rows[name],
-                            io.join(run_dir, f"sft-{tag[name]}"))
-               for name, (_, model_cfg, sft_cfg, _) in specs.items()}
+    specs, tag, trained = train_models(ledger, config, data, run_dir)
     evaluations = {name: ledger(f"eval-sft-{tag[name]}", stages.evaluate, config.eval, spec.methods, trained[name],
                                 data, io.join(run_dir, f"eval-sft-{tag[name]}"), config.domain)
                    for name, (spec, *_) in specs.items()}

@@ -18,7 +18,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from flows.ledger import Ledger
-from flows.pipeline import pipeline
+from flows.pipeline import pipeline, train_models
 from sbt_core import io
 from sbt_core.config import RunConfig
 from tasks import stages
@@ -48,11 +48,9 @@ def ablations(config: RunConfig = RunConfig(), run_dir: str = "runs/tiny") -> di
     data = ledger("generate", stages.generate, config.generate, io.join(run_dir, "data"))
     # The preset's backtracking model, exactly as the pipeline builds it (cached after `sbt run`).
     name = config.expert_iteration.model
-    spec, model_cfg, sft_cfg, data_cfg = config.model_spec(name)
-    tag = spec.stage or name
-    data_bt = ledger(f"build-data-{tag}", stages.build_data, data_cfg, data, io.join(run_dir, f"data-{tag}"),
-                     config.domain)
-    model = ledger(f"sft-{tag}", stages.sft, sft_cfg, model_cfg, data_bt, io.join(run_dir, f"sft-{tag}"))
+    specs, _, trained = train_models(ledger, config, data, run_dir, names=[name])
+    _, model_cfg, sft_cfg, data_cfg = specs[name]
+    model = trained[name]
     grid_methods = list(dict.fromkeys([*ab.methods, *ab.search_grid]))
     grid = ledger("ablation-grid-evaluate", stages.evaluate, config.eval, grid_methods, model, data,
                   io.join(run_dir, "ablations", "preset", "eval"), config.domain)

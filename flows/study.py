@@ -22,6 +22,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows.ledger import Ledger
+from flows.pipeline import train_models
 from sbt_core import io
 from sbt_core.recipes import RECIPES
 from sbt_core.config import StudyConfig
@@ -44,12 +45,9 @@ def study(config: StudyConfig, run_dir: str = "runs/study") -> dict[str, Any]:
         parts[label] = {"domain": run.domain, "generate": run.generate.model_dump(mode="json"), "labels": {},
                         "training": {}}
         evaluations[label] = {}
-        for name in run.models:
-            spec, model_cfg, sft_cfg, data_cfg = run.model_spec(name)
-            tag = spec.stage or name
-            rows = ledger(f"{label}-build-data-{tag}", stages.build_data, data_cfg, data,
-                          io.join(here, f"data-{tag}"), run.domain)
-            model = ledger(f"{label}-sft-{tag}", stages.sft, sft_cfg, model_cfg, rows, io.join(here, f"sft-{tag}"))
+        specs, tags, trained = train_models(ledger, run, data, here, prefix=f"{label}-")
+        for name, (spec, *_) in specs.items():
+            tag, model = tags[name], trained[name]
             kind = RECIPES[spec.recipe].study
             evaluations[label][name] = ledger(
                 f"{label}-study-{tag}", stages.study_eval, run.study, kind, model, data,

@@ -30,6 +30,7 @@ from typing import Any, Callable
 from pydantic import Field, field_validator, model_validator
 
 from sbt_core import io, metrics
+from sbt_core.formatting import flops, pct, pct_interval
 from sbt_core.config import (ConfigError, ExecutionConfig, OnPolicyConfig, RunConfig, _apply, _Config,
                              _known_methods, _load_tree, _set_dotted, _validate)
 
@@ -180,12 +181,8 @@ def first_reaching(rows: list[dict], points: float = 0.10) -> dict | None:
     return min(hits, key=lambda r: r["train_flops"]) if hits else None
 
 
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.1f}"
-
-
 def _ci(x: float, ci) -> str:
-    return f"{_pct(x)} [{_pct(ci[0])}, {_pct(ci[1])}]"
+    return pct_interval(x, ci)
 
 
 def _signed_ci(x: float, ci) -> str:
@@ -193,7 +190,7 @@ def _signed_ci(x: float, ci) -> str:
 
 
 def _flops(x: float | None) -> str:
-    return "-" if not x else f"{x:.2e}"
+    return flops(x or None)  # no FLOPs measured (0) reads as unknown
 
 
 def markdown(rows: list[dict], ladder: LadderConfig, notes: list[str] = ()) -> str:
@@ -214,7 +211,7 @@ def markdown(rows: list[dict], ladder: LadderConfig, notes: list[str] = ()) -> s
             f"{(r['train_seconds'] or 0) / 60:.1f} | {r['problems']} | {_ci(a[ladder.baseline], ci[ladder.baseline])}"
             f"{bo} | {_ci(a[ladder.search], ci[ladder.search])} | {_ci(r['ceiling'], r['ceiling_interval'])} | "
             f"{_signed_ci(r['gain'], r['gain_interval'])} | {_ci(r['false_claim_rate'], r['false_claim_interval'])}"
-            f" | {_pct(r['computation_share'])} |")
+            f" | {pct(r['computation_share'])} |")
     levers = [r for r in rows if r.get("lever")]
     if levers:
         lines += ["", "Levers (left out of the trend): " + "; ".join(f"`{r['rung']}`: {r['lever']}" for r in levers)
@@ -232,7 +229,7 @@ def markdown(rows: list[dict], ladder: LadderConfig, notes: list[str] = ()) -> s
             cells = [_ci(r["selectors"][k], metrics.wilson(r["selectors"][k] * n, n)) if k in r["selectors"] else "-"
                      for k in names]
             lines.append(f"| {r['rung']} | " + " | ".join(cells) +
-                         f" | {_pct(r['ceiling'])} | {_pct(r['selection_gap'])} |")
+                         f" | {pct(r['ceiling'])} | {pct(r['selection_gap'])} |")
     lines += ["", "## Where the gain reaches +10 points", ""]
     hit = first_reaching(rows)
     if hit:

@@ -13,6 +13,7 @@ import io as _io
 import re
 
 from sbt_core import io
+from sbt_core.formatting import pct, pct_interval
 from sbt_core.config import METHODS, SearchConfig
 from sbt_core.metrics import mean_interval, paired_change, pass_at_k, wilson
 
@@ -67,10 +68,6 @@ def metrics(summaries: dict[str, dict]) -> dict[str, dict]:
     return out
 
 
-def _pct(x) -> str:
-    return "-" if x is None else f"{100 * x:.1f}"
-
-
 def ci(x: float | None, n: int | None) -> tuple[float, float] | None:
     """The 95% Wilson interval of an accuracy over n problems (None when either is unknown)."""
     return None if x is None or not n else wilson(x * n, n)
@@ -78,8 +75,7 @@ def ci(x: float | None, n: int | None) -> tuple[float, float] | None:
 
 def _pct_ci(x: float | None, n: int | None) -> str:
     """`41.3 [33.7, 49.3]`: a percentage with its 95% interval."""
-    interval = ci(x, n)
-    return _pct(x) if interval is None else f"{_pct(x)} [{_pct(interval[0])}, {_pct(interval[1])}]"
+    return pct_interval(x, ci(x, n))
 
 
 def _n(row: dict, split: str) -> int | None:
@@ -129,11 +125,11 @@ def markdown(rows: dict[str, dict], title: str = "Countdown", notes: list[str] =
     ]
     for key, r in rows.items():
         label = model_label(r["model"], labels)
-        seen_cell = (f" {_pct_ci(r['accuracy_seen'], _n(r, 'seen'))} ({_pct(r['accuracy_seen_paper'])}) |"
+        seen_cell = (f" {_pct_ci(r['accuracy_seen'], _n(r, 'seen'))} ({pct(r['accuracy_seen_paper'])}) |"
                      if seen else "")
         lines.append(
             f"| {label} | `{key}` |{seen_cell} "
-            f"{_pct_ci(r['accuracy_new'], _n(r, 'new'))} ({_pct(r['accuracy_new_paper'])}) | "
+            f"{_pct_ci(r['accuracy_new'], _n(r, 'new'))} ({pct(r['accuracy_new_paper'])}) | "
             f"{r['tokens_per_problem']:.0f} | {_pct_ci(r['false_claim_rate_new'], _n(r, 'new'))} | "
             f"{_categories(r.get('false_claim_categories_new'))} |"
         )
@@ -167,7 +163,7 @@ def selection_markdown(rows: dict[str, dict], held: str = "new targets", labels:
         n = _n(r, "new")
         cells = [_pct_ci(r["selectors_new"].get(k), n) for k in names]
         lines.append(f"| {model_label(r['model'], labels)} | `{key}` | " + " | ".join(cells) +
-                     f" | {_pct_ci(r['any_candidate_correct_new'], n)} | {_pct(r['selection_gap_new'])} |")
+                     f" | {_pct_ci(r['any_candidate_correct_new'], n)} | {pct(r['selection_gap_new'])} |")
     return lines
 
 
@@ -423,12 +419,12 @@ def grpo_markdown(tuned: dict[str, dict], labels: dict[str, str] | None = None) 
         cells = []
         for k in ks:
             d = t["change"][k]
-            wilson_cell = f" [{_pct(lo)}, {_pct(hi)}]" if k == ks[0] else ""
-            cells.append(f"{_pct(b['pass_at_k'][k])} → {_pct(a['pass_at_k'][k])}{wilson_cell}<br>"
+            wilson_cell = f" [{pct(lo)}, {pct(hi)}]" if k == ks[0] else ""
+            cells.append(f"{pct(b['pass_at_k'][k])} → {pct(a['pass_at_k'][k])}{wilson_cell}<br>"
                          f"{_signed(d['mean'])} [{_signed(d['low'])}, {_signed(d['high'])}]")
         reward = (f"{t['reward_first_tenth']:.3f} → {t['reward_last_tenth']:.3f}" if t["history"] else "-")
-        lines.append(f"| {model_label(model, labels)} | {' | '.join(cells)} | {_pct(b['best_of_k'][ks[-1]])} → "
-                     f"{_pct(a['best_of_k'][ks[-1]])} | {b['tokens_per_sample']:.1f} → {a['tokens_per_sample']:.1f} | "
+        lines.append(f"| {model_label(model, labels)} | {' | '.join(cells)} | {pct(b['best_of_k'][ks[-1]])} → "
+                     f"{pct(a['best_of_k'][ks[-1]])} | {b['tokens_per_sample']:.1f} → {a['tokens_per_sample']:.1f} | "
                      f"{t['steps']} ({t['rollouts']}) | {reward} |")
     return "\n".join(lines) + "\n\n![GRPO: pass@k against FLOPs, reward per step](grpo.png)\n"
 
@@ -511,7 +507,7 @@ def run(summaries: dict[str, str], out_dir: str, title: str, notes: list[str] = 
 
 
 def _cell(row: dict | None) -> str:
-    return "-" if row is None else f"{_pct_ci(row['accuracy_new'], _n(row, 'new'))} ({_pct(row['accuracy_seen'])})"
+    return "-" if row is None else f"{_pct_ci(row['accuracy_new'], _n(row, 'new'))} ({pct(row['accuracy_seen'])})"
 
 
 def _grid_cell(row: dict | None) -> str:
@@ -519,9 +515,9 @@ def _grid_cell(row: dict | None) -> str:
         return "-"
     cell = f"{_cell(row)}, {row['tokens_per_problem']:.0f} tok"
     if row.get("rolled_back_share_new") is not None:
-        cell += f", {_pct(row['rolled_back_share_new'])}% rolled back"
+        cell += f", {pct(row['rolled_back_share_new'])}% rolled back"
     if row.get("any_candidate_correct_new") is not None:
-        cell += f", {_pct(row['any_candidate_correct_new'])}% any"
+        cell += f", {pct(row['any_candidate_correct_new'])}% any"
     return cell
 
 
@@ -558,7 +554,7 @@ def ablation_markdown(variants: dict[str, dict[str, dict]], grid: dict[str, dict
         group, _, label = name.partition(": ")
         last = rows.get(keys[-1]) if keys else None
         lines.append(f"| {group} | {label} | " + " | ".join(_cell(rows.get(k)) for k in keys)
-                     + f" | {_pct(last['false_claim_rate_new']) if last else '-'} |")
+                     + f" | {pct(last['false_claim_rate_new']) if last else '-'} |")
     bs, ns = _grid_axes(grid)
     if bs and ns:
         lines += ["", "Self-backtracking on the preset's model: backtrack budget b (rows) against samples per "

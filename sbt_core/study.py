@@ -28,6 +28,7 @@ import math
 import time
 
 from sbt_core import metrics, selectors
+from sbt_core.formatting import flops, pct
 from sbt_core.domains import Domain
 
 KINDS = ("budget", "samples", "search")
@@ -276,17 +277,17 @@ def winners(all_series: list[dict], at: dict[str, float]) -> dict[str, dict]:
     and among all (with the direct model's pass@n, the paper's comparison), and whether the lead is clear
     of the runner-up's 95% interval."""
     out = {}
-    for level, flops in at.items():
+    for level, limit in at.items():
         ranked = []
         for s in all_series:
-            p = best_within(s["points"], flops)
+            p = best_within(s["points"], limit)
             if p is not None:
                 lo, hi = metrics.wilson(p["accuracy"] * p["problems"], p["problems"])
                 ranked.append({"series": s["label"], "model": s["model"], "uses_verifier": s["uses_verifier"],
                                "accuracy": p["accuracy"], "ci": [lo, hi], "flops": p["flops_measured"],
                                "at": {k: p[k] for k in ("budget", "n", "method") if k in p}})
         ranked.sort(key=lambda r: -r["accuracy"])
-        entry = {"flops": flops, "ranked": ranked}
+        entry = {"flops": limit, "ranked": ranked}
         for name, pool in (("verifier_free", [r for r in ranked if not r["uses_verifier"]]), ("with_verifier", ranked)):
             if pool:
                 top = pool[0]
@@ -321,14 +322,6 @@ def mistakes(studies: dict[str, dict], labels: dict[str, str]) -> list[dict]:
                 "mean_tokens_backtracking": sum(b["tokens"] for b, _ in both) / n if n else None,
             })
     return rows
-
-
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.1f}"
-
-
-def _flops(x: float) -> str:
-    return f"{x:.2e}"
 
 
 # Line style per curve: the verifier's pick dashed, sampled and voted curves dotted / dash-dotted.
@@ -422,9 +415,9 @@ def _part_markdown(label, part, all_series, at, won, errs, studies, labels) -> l
     for level, entry in won.items():
         vf, wv = entry.get("verifier_free"), entry.get("with_verifier")
         cell = lambda e: "-" if not e else "none: every model 0%" if e["accuracy"] == 0 else (  # noqa: E731
-            f"**{e['winner']}** {_pct(e['accuracy'])}%" + ("" if e["clear"] else " (within noise)"))
-        rival = "-" if not vf or not vf["runner_up"] else f"{vf['runner_up']} {_pct(vf['runner_up_accuracy'])}%"
-        md.append(f"| {level} | {_flops(entry['flops'])} | {cell(vf)} | {rival} | {cell(wv)} |")
+            f"**{e['winner']}** {pct(e['accuracy'])}%" + ("" if e["clear"] else " (within noise)"))
+        rival = "-" if not vf or not vf["runner_up"] else f"{vf['runner_up']} {pct(vf['runner_up_accuracy'])}%"
+        md.append(f"| {level} | {flops(entry['flops'])} | {cell(vf)} | {rival} | {cell(wv)} |")
     md.append("\n(Each model's best point that costs at most the level's FLOPs; \"within noise\": the runner-up's "
               "95% interval reaches the winner's.)\n")
     md.append("### Every point\n")
@@ -435,8 +428,8 @@ def _part_markdown(label, part, all_series, at, won, errs, studies, labels) -> l
             lo, hi = metrics.wilson(p["accuracy"] * p["problems"], p["problems"])
             where = (f"B={p['budget']}" if "budget" in p else f"n={p['n']}" if "n" in p
                      else f"{p['method']}")
-            md.append(f"| {s['label']} | {where} | {_pct(p['accuracy'])} [{_pct(lo)}, {_pct(hi)}] | "
-                      f"{p['tokens_per_problem']:.0f} | {_flops(p['flops_measured'])} | {_flops(p['flops_formula'])} |")
+            md.append(f"| {s['label']} | {where} | {pct(p['accuracy'])} [{pct(lo)}, {pct(hi)}] | "
+                      f"{p['tokens_per_problem']:.0f} | {flops(p['flops_measured'])} | {flops(p['flops_formula'])} |")
     md.append("\n### Mistakes: wrong branches written vs samples needed\n")
     if errs:
         md.append("| backtracking model | direct model | both solve | wrong branches before the answer (mean; "

@@ -138,15 +138,16 @@ def test_the_study_flow_trains_evaluates_reports_and_caches(prefect_server, tmp_
     out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     run = json.loads((run_dir / "run.json").read_text())
+    # Per part: the pipeline's training order (every model's data, then every SFT), then each model's curves.
     assert run["cached"] == [] and run["ran"] == [
         "countdown-generate",
-        "countdown-build-data-direct", "countdown-sft-direct", "countdown-study-direct",
-        "countdown-grpo-direct", "countdown-study-grpo-direct",
-        "countdown-build-data-dfs", "countdown-sft-dfs", "countdown-study-dfs",
-        "countdown-build-data-sbt", "countdown-sft-sbt", "countdown-study-sbt",
+        "countdown-build-data-direct", "countdown-build-data-dfs", "countdown-build-data-sbt",
+        "countdown-sft-direct", "countdown-sft-dfs", "countdown-sft-sbt",
+        "countdown-study-direct", "countdown-grpo-direct", "countdown-study-grpo-direct",
+        "countdown-study-dfs", "countdown-study-sbt",
         "sudoku-generate",
-        "sudoku-build-data-direct", "sudoku-sft-direct", "sudoku-study-direct",
-        "sudoku-build-data-dfs", "sudoku-sft-dfs", "sudoku-study-dfs",
+        "sudoku-build-data-direct", "sudoku-build-data-dfs", "sudoku-sft-direct", "sudoku-sft-dfs",
+        "sudoku-study-direct", "sudoku-study-dfs",
         "study-report"]
     summary = json.loads((run_dir / "study.json").read_text())
     assert set(summary["parts"]) == {"countdown", "sudoku"}
