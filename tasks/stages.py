@@ -18,7 +18,8 @@ The stage writes `stage.json` in its folder twice: `status: running` with the ke
 before any work, `status: done` with the outputs after all of them are written. A rerun whose key
 matches a `done` record returns it at once, in a Prefect state named `Cached`; a `running` record
 with the same key means a killed or failed attempt, which resumes (SFT from its last checkpoint,
-search from its last shard). A folder holding work of another key is never deleted: it is moved to
+search from its last shard). A folder holding work of another key is never deleted (only a folder
+whose artifacts do not open is cleared, with a warning naming them): it is moved to
 `<parent>/.superseded/<stage>-<old key>/` (the run folder's `.superseded/` for a top-level stage),
 with the reasons (config fields, inputs, code modules) in the log, in the new record and in the
 run's `run.json`; a later run whose key matches superseded work moves it back instead of redoing
@@ -246,15 +247,16 @@ def run_stage(decl: Stage, stage_name: str, params: dict[str, Any], work: Callab
     record = _read_record(record_uri)
     moved = []
     if record and (broken := io.unreadable(out_dir)):
-        # A torn write (every write is temp file + rename, so: a disk fault or a hand edit): start over.
-        logger.warning("%s: unreadable artifacts in %s: %s; setting them aside and rerunning the stage", stage_name,
-                       out_dir, "; ".join(broken))
-        moved.append(_set_aside(stage_name, out_dir, record, ["unreadable artifacts: " + "; ".join(broken)]))
+        # A torn write (every write is temp file + rename, so: a disk fault or a hand edit): start over. A torn
+        # artifact is not finished work, so it is not kept (superseded work of the same key would be restored).
+        logger.warning("%s: unreadable artifacts in %s: %s; rerunning the stage from scratch", stage_name, out_dir,
+                       "; ".join(broken))
+        io.remove(out_dir)
         record = None
     if not (record and record.get("key") == key):
         kept_dir = superseded_dir(stage_name, out_dir, key)
         kept = _read_record(io.join(kept_dir, RECORD))
-        if kept and kept.get("key") == key and kept.get("status") == "done":
+        if kept and kept.get("key") == key and kept.get("status") == "done" and not io.unreadable(kept_dir):
             if record:
                 moved.append(_set_aside(stage_name, out_dir, record, why(record, parts)))
             io.move(kept_dir, out_dir)
