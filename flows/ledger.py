@@ -12,11 +12,11 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import inspect
-import logging
 import time
 from typing import Any, Iterator
 
 from flows import stage_runs
+from sbt_core import io
 from tasks import stages
 from tasks.stages import StageResult
 
@@ -38,15 +38,6 @@ def is_planning() -> bool:
     return _planning.get()
 
 
-def logger() -> logging.Logger | logging.LoggerAdapter:
-    """The flow run's logger, or a plain one when planning (no flow run)."""
-    if is_planning():
-        return logging.getLogger("sbt")
-    from prefect import get_run_logger
-
-    return get_run_logger()
-
-
 class _Pending(dict):
     """The outputs of a stage that would run: a URI under its folder for any name asked (nothing exists yet)."""
 
@@ -55,8 +46,6 @@ class _Pending(dict):
         self.out_dir = out_dir
 
     def __missing__(self, name: str) -> str:
-        from sbt_core import io
-
         return io.join(self.out_dir, name)
 
 

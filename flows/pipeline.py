@@ -28,7 +28,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.states import Completed
 
 from flows import stage_runs
-from flows.ledger import Ledger, logger
+from flows.ledger import Ledger
 from sbt_core import domains, io
 from sbt_core import report as reporting
 from sbt_core.config import ModelConfig, RunConfig
@@ -73,8 +73,8 @@ def expert_iteration_round(config: RunConfig, run_dir: str, round: int, model_ur
                         io.join(here, "eval"), config.domain)
     rows = None if ledger.planning else io.parquet_rows(distilled["outputs"]["sft"])
     if not ledger.planning:
-        logger().info("round %d: %d verified outputs distilled from %d searched problems", round, rows,
-                      min(ei.train_problems, io.parquet_rows(data["outputs"][split])))
+        get_run_logger().info("round %d: %d verified outputs distilled from %d searched problems", round, rows,
+                              min(ei.train_problems, io.parquet_rows(data["outputs"][split])))
     return {"model": model["outputs"]["model"], "model_result": model, "evaluation": evaluation,
             "distilled_rows": rows, "stages": ledger.rows}
 

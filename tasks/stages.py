@@ -220,6 +220,14 @@ def superseded_dir(stage_name: str, out_dir: str, key: str) -> str:
     return io.join(io.parent(out_dir), SUPERSEDED, f"{stage_name}-{key}")
 
 
+def _kept(stage_name: str, out_dir: str, key: str) -> dict | None:
+    """The record of finished, readable superseded work of `key` for this stage, if any (moved back, not redone)."""
+    kept_dir = superseded_dir(stage_name, out_dir, key)
+    kept = _read_record(io.join(kept_dir, RECORD))
+    ok = kept and kept.get("key") == key and kept.get("status") == "done" and not io.unreadable(kept_dir)
+    return kept if ok else None
+
+
 def plan(decl: Stage, stage_name: str, params: dict[str, Any]) -> StageResult:
     """What `run_stage` would do, doing nothing: the StageResult with `plan` ("cached", "resume",
     "restore" from superseded work, or "run") and `why`. A stage that would run has no outputs yet."""
@@ -230,8 +238,7 @@ def plan(decl: Stage, stage_name: str, params: dict[str, Any]) -> StageResult:
     if record and record.get("key") == key:
         done = record.get("status") == "done" and all(io.exists(u) for u in record["outputs"].values())
         return {**record, "plan": "cached", "why": []} if done else {**result, "plan": "resume", "why": []}
-    kept = _read_record(io.join(superseded_dir(stage_name, out_dir, key), RECORD))
-    if kept and kept.get("key") == key and kept.get("status") == "done":
+    if kept := _kept(stage_name, out_dir, key):
         return {**kept, "plan": "restore", "why": ["superseded work of this key is moved back"]}
     return {**result, "plan": "run", "why": why(record, parts) if record else ["no finished work in its folder"]}
 
@@ -254,9 +261,8 @@ def run_stage(decl: Stage, stage_name: str, params: dict[str, Any], work: Callab
         io.remove(out_dir)
         record = None
     if not (record and record.get("key") == key):
-        kept_dir = superseded_dir(stage_name, out_dir, key)
-        kept = _read_record(io.join(kept_dir, RECORD))
-        if kept and kept.get("key") == key and kept.get("status") == "done" and not io.unreadable(kept_dir):
+        if _kept(stage_name, out_dir, key):
+            kept_dir = superseded_dir(stage_name, out_dir, key)
             if record:
                 moved.append(_set_aside(stage_name, out_dir, record, why(record, parts)))
             io.move(kept_dir, out_dir)
