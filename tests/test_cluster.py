@@ -41,7 +41,8 @@ def _client(api: str):
 
 
 def rest(api: str, method: str, path: str, body: dict | None = None):
-    """One REST call; a 503 (the server's SQLite busy) is retried with backoff, as Prefect's own client does."""
+    """One REST call; a 503 (the server's SQLite busy) is retried with backoff, as Prefect's own client does, and
+    so is a GET that timed out (a server starved of CPU by the stages beside it; a GET is safe to repeat)."""
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(f"{api}{path}", method=method, data=data, headers={"Content-Type": "application/json"})
     for attempt in range(6):
@@ -51,6 +52,10 @@ def rest(api: str, method: str, path: str, body: dict | None = None):
             return json.loads(text) if text else None
         except urllib.error.HTTPError as e:
             if e.code != 503 or attempt == 5:
+                raise
+            time.sleep(0.5 * 2**attempt)
+        except TimeoutError:
+            if method != "GET" or attempt == 5:
                 raise
             time.sleep(0.5 * 2**attempt)
 
