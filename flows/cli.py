@@ -114,12 +114,12 @@ def status(
         record = io.join(run_dir, "run.json")
         if not io.exists(record):
             raise FileNotFoundError(f"{record} not found: no pipeline ran there (or give --config)")
-        from sbt_core.config import RunConfig, _apply, _validate
+        from sbt_core.config import load_run_config
 
         saved = io.read_json(record).get("config")
         if saved is None:
             raise ValueError(f"{record} records no config (written by an older sbt): give --config")
-        cfg = _validate(RunConfig, _apply(saved, set_), record)
+        cfg = load_run_config(overrides=set_, tree=saved)
         _prefect_env()
     _print_plan(cfg, run_dir)
 

@@ -188,9 +188,9 @@ def grpo(
 ):
     """GRPO from the domain's verifier (TRL); resumes from the last checkpoint in --out."""
     from sbt_core import grpo as stage
-    from sbt_core.config import GRPOConfig, config_from_overrides
+    from sbt_core.config import GRPOConfig, load_stage_config
 
-    cfg = config_from_overrides(GRPOConfig, set_)
+    cfg = load_stage_config(GRPOConfig, None, set_)
     out_uris = stage.train(cfg, model, data, out, domain=domain, max_completion_length=max_completion_length)
     typer.echo("\n".join(f"{k}: {v}" for k, v in out_uris.items()))
 

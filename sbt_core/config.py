@@ -514,18 +514,13 @@ def _validate(model, tree: dict, path):
         raise ConfigError(f"invalid configuration{where}:\n{format_validation_error(e)}") from None
 
 
-def load_run_config(path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:
-    """A preset YAML plus `key.sub=value` overrides (values parsed as YAML: 3, 1e-3, [1,2], null)."""
-    tree = _load_tree(path)
+def load_run_config(path: str | Path | None = None, overrides: list[str] = (), tree: dict | None = None) -> RunConfig:
+    """A preset YAML (or a `tree` already read, e.g. the config a run recorded in run.json) plus `key.sub=value`
+    overrides (values parsed as YAML: 3, 1e-3, [1,2], null)."""
+    tree = _load_tree(path) if tree is None else dict(tree)
     if any(item.strip().startswith("models.") for item in overrides) and "models" not in tree:
         tree["models"] = {k: v.model_dump(mode="json", exclude_defaults=True) for k, v in DEFAULT_MODELS.items()}
     return _validate(RunConfig, _apply(tree, overrides), path)
-
-
-def config_from_overrides(model, overrides: list[str]):
-    """One config model from `field=value` overrides alone (e.g. `sbt grpo --set steps=50`), parsed and
-    reported as the preset loaders do."""
-    return _validate(model, _apply({}, overrides), None)
 
 
 def load_stage_config(model, path: str | Path | None = None, overrides: list[str] = (), **values):
