@@ -10,8 +10,11 @@ work, and fails with a one-line message (exit code 2), not a traceback, on bad i
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import sys
+import types
+import typing
 from typing import Optional
 
 import typer
@@ -20,8 +23,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from sbt_core import domains
-from sbt_core.config import (DEFAULT_METHODS, BuildDataConfig, ModelConfig, SearchConfig, TrainConfig,
+from sbt_core.config import (BuildDataConfig, EvalConfig, GRPOConfig, ModelConfig, SearchConfig, TrainConfig,
                              format_validation_error)
+from sbt_core.search import registry
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Self-backtracking and search traces on Countdown and Sudoku: data, SFT, search.")
@@ -53,71 +57,109 @@ def _progress(total: int, label: str):
     return p, lambda *a: p.advance(task, a[-1] if a else 1)
 
 
+def config_options(models, choose=None, what: str = "", aliases: dict[str, tuple[str, ...]] | None = None, skip: tuple[str, ...] = ()):
+    """Give a command one option per scalar field of its config model (`--field-name`, helped by the field's
+    description and default: nothing re-typed), plus `--config FILE` and `--set field=value` for every field.
+
+    The command receives `cfg`, validated by `config.load_stage_config` (file, then flags, then `--set`).
+    `models` may be several models (a domain's generator settings): the options are their union, and
+    `choose(kwargs)` picks the one this call validates into (`what(kwargs)` names it in errors); an option
+    of another model is an error, not a no-op.
+    """
+    from sbt_core.config import load_stage_config
+
+    models = models if isinstance(models, (list, tuple)) else [models]
+    fields = {}
+    for model in models:
+        for name, f in model.model_fields.items():
+            if name not in skip and name not in fields and (kind := _scalar(f.annotation)) is not None:
+                fields[name] = (kind, f)
+
+    def decorate(fn):
+        options = []
+        for name, (kind, f) in fields.items():
+            choices = typing.get_args(f.annotation) if typing.get_origin(f.annotation) is typing.Literal else ()
+            about = f.description + (f" One of: {', '.join(map(str, choices))}." if choices else "")
+            default = "" if len(models) > 1 else f" (default: {f.default})"
+            options.append(inspect.Parameter(
+                f"_opt_{name}", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[str if kind is tuple else kind],
+                default=typer.Option(None, f"--{name.replace('_', '-')}", *(aliases or {}).get(name, ()),
+                                     help=f"{about}{default}", show_default=False)))
+        options += [inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[str],
+                                      default=CONFIG_FILE),
+                    inspect.Parameter("set_", inspect.Parameter.KEYWORD_ONLY, annotation=list[str], default=SET)]
+
+        @functools.wraps(fn)
+        def command(**kwargs):
+            flags = {name: _flag_value(name, kwargs.pop(f"_opt_{name}"), kind) for name, (kind, _) in fields.items()}
+            model = choose(kwargs) if choose else models[0]
+            foreign = [k for k, v in flags.items() if v is not None and k not in model.model_fields]
+            if foreign:
+                raise ValueError(f"{', '.join('--' + k.replace('_', '-') for k in foreign)}: not an option of "
+                                 f"{what(kwargs)} (its fields: {', '.join(f for f in model.model_fields if f not in skip)})")
+            cfg = load_stage_config(model, kwargs.pop("config"), kwargs.pop("set_"), **flags)
+            return fn(cfg, **kwargs)
+
+        own = [p for p in inspect.signature(fn).parameters.values() if p.name != "cfg"]
+        command.__signature__ = inspect.Signature(own + options)
+        return command
+
+    return decorate
+
+
+def _scalar(annotation):
+    """The CLI type of a field (int, float, bool or str; a Literal's values' type), None for lists, tuples, dicts."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return _scalar(args[0]) if len(args) == 1 else None
+    if typing.get_origin(annotation) is typing.Literal:
+        return type(args[0])
+    if typing.get_origin(annotation) is tuple and all(a in (int, float) for a in args):
+        return tuple  # numbers separated by ':' (`--error-type-ratio 1:2:2`)
+    return annotation if annotation in (int, float, bool, str) else None
+
+
+def _flag_value(name: str, value, kind):
+    if kind is not tuple or value is None:
+        return value
+    try:
+        return tuple(float(x) for x in value.split(":"))
+    except ValueError:
+        raise ValueError(f"--{name.replace('_', '-')}: numbers separated by ':' (like 1:2:2), not {value!r}") from None
+
+
 CONFIG_FILE = typer.Option(None, "--config", help="YAML file of the stage's config fields (see sbt_core.config).")
 SET = typer.Option([], "--set", help="Override one config field: --set field=value (YAML value; repeatable).")
 
 
 @app.command()
 @clean_errors
+@config_options([d.GenerateConfig for d in domains.DOMAINS.values()], choose=lambda kw: domains.get(kw["domain"]).GenerateConfig,
+                what=lambda kw: f"the {kw['domain']} generator", skip=("domain",))
 def generate(
+    cfg,
     out: str = typer.Option(..., help="Output folder (local or s3://)."),
     domain: str = typer.Option("countdown", help=DOMAIN_HELP),
-    num_train: Optional[int] = typer.Option(None, help="Problems in train (Countdown 500,000; Sudoku 100,000)."),
-    num_val_seen: Optional[int] = typer.Option(None, help="Countdown: problems in val_seen (1,000)."),
-    num_val_new: Optional[int] = typer.Option(None, help="Countdown: problems in val_new (1,000)."),
-    num_val: Optional[int] = typer.Option(None, help="Sudoku: puzzles in val (1,000)."),
-    seed: Optional[int] = typer.Option(None, help="Seed (0)."),
-    num_numbers: Optional[int] = typer.Option(None, help="Countdown: numbers per problem (4)."),
-    number_max: Optional[int] = typer.Option(None, help="Countdown: largest number (99)."),
-    size: Optional[int] = typer.Option(None, help="Sudoku: grid size, 4, 6 or 9 (9)."),
-    givens: Optional[int] = typer.Option(None, help="Sudoku: givens to dig down to (default: a minimal puzzle)."),
-    workers: Optional[int] = typer.Option(None, help="Worker processes (0, the default: one per core)."),
-    config: Optional[str] = CONFIG_FILE,
-    set_: list[str] = SET,
 ):
     """Generate problems with their solutions: Countdown train/val_seen/val_new, Sudoku train/val."""
-    from sbt_core.config import load_stage_config
-
-    d = domains.get(domain)
-    flags = dict(seed=seed, workers=workers, num_train=num_train, num_val_seen=num_val_seen, num_val_new=num_val_new,
-                 num_numbers=num_numbers, number_max=number_max, num_val=num_val, size=size, givens=givens)
-    # Each domain takes the options its generator has; one of another domain's is a mistake, not a no-op.
-    foreign = [k for k, v in flags.items() if v is not None and k not in d.GenerateConfig.model_fields]
-    if foreign:
-        raise ValueError(f"{', '.join('--' + k.replace('_', '-') for k in foreign)}: not an option of the {domain} "
-                         f"generator (its fields: {', '.join(f for f in d.GenerateConfig.model_fields if f != 'domain')})")
-    cfg = load_stage_config(d.GenerateConfig, config, set_, **flags)
     p, advance = _progress(cfg.total, "generate")
     with p:
-        uris = d.generate(cfg, out, progress=advance)
+        uris = domains.get(domain).generate(cfg, out, progress=advance)
     typer.echo("\n".join(f"{k}: {v}" for k, v in uris.items()))
 
 
 @app.command("build-data")
 @clean_errors
+@config_options(BuildDataConfig, aliases={"error_type_ratio": ("--error-ratio",)})
 def build_data(
+    cfg,
     data: str = typer.Option(..., help="train.parquet of `sbt generate` (or its folder)."),
     out: str = typer.Option(..., help="Output folder."),
     domain: str = typer.Option("countdown", help=DOMAIN_HELP),
-    recipe: Optional[str] = typer.Option(None, help="optimal, self_backtrack (default), dfs_trace, mix_trace, "
-                                         "think_trace, direct."),
-    seed: Optional[int] = typer.Option(None, help="Seed (0)."),
-    error_ratio: Optional[str] = typer.Option(None, help="Weights of the domain's three D_back error types (1:2:2)."),
-    backtrack_per_optimal: Optional[float] = typer.Option(None, help="D_back rows per D_op row (1.0)."),
-    config: Optional[str] = CONFIG_FILE,
-    set_: list[str] = SET,
 ):
     """SFT rows by recipe: D_op, D_op ∪ D_back, search traces or the direct path."""
     from sbt_core import build_data as stage
-    from sbt_core.config import load_stage_config
 
-    ratio = None
-    if error_ratio is not None:
-        ratio = tuple(float(x) for x in error_ratio.split(":"))
-        if len(ratio) != 3:
-            raise ValueError("--error-ratio needs three weights, like 1:2:2")
-    cfg = load_stage_config(BuildDataConfig, config, set_, recipe=recipe, seed=seed, error_type_ratio=ratio,
-                            backtrack_per_optimal=backtrack_per_optimal)
     src = data if data.endswith(".parquet") else f"{data.rstrip('/')}/train.parquet"
     typer.echo(stage.run(cfg, src, out, domain)["sft"])
 
@@ -137,7 +179,9 @@ def import_dataset(
 
 @app.command()
 @clean_errors
+@config_options(TrainConfig, aliases={"learning_rate": ("--lr",)})
 def train(
+    cfg,
     data: str = typer.Option(..., help="SFT rows (sft.parquet of build-data, import-dataset or distill-data), or "
                              "the paper's released layout as it is (a file, a folder or a cached dataset name)."),
     out: str = typer.Option(..., help="Run folder: checkpoints/, model/, train_metrics.json."),
@@ -145,30 +189,10 @@ def train(
     vocabulary: Optional[str] = typer.Option(None, help="Tiny model's vocabulary: countdown (default), "
                                              "countdown-trace (dfs/mix/think/direct recipes) or sudoku."),
     model_path: Optional[str] = typer.Option(None, help="Local HF model folder (instead of --size)."),
-    lr: Optional[float] = typer.Option(None, help="Peak learning rate (1e-5)."),
-    epochs: Optional[float] = typer.Option(None, help="Epochs (3)."),
-    max_steps: Optional[int] = typer.Option(None, help="Optimiser steps (-1, the default: epochs)."),
-    max_minutes: Optional[float] = typer.Option(None, help="Wall-time limit."),
-    batch_size: Optional[int] = typer.Option(None, help="Per-device batch (16)."),
-    warmup_steps: Optional[int] = typer.Option(None, help="Warm-up steps (1)."),
-    save_steps: Optional[int] = typer.Option(None, help="Checkpoint interval (500)."),
-    seed: Optional[int] = typer.Option(None, help="Seed (42)."),
-    deepspeed: Optional[bool] = typer.Option(None, "--deepspeed", help="Use DeepSpeed ZeRO-2."),
-    bf16: Optional[bool] = typer.Option(None, "--bf16", help="bf16 (GPU only)."),
-    num_processes: Optional[int] = typer.Option(None, help="Processes (one per GPU); >1 launches torchrun "
-                                                "(gloo on CPU)."),
-    config: Optional[str] = CONFIG_FILE,
-    set_: list[str] = typer.Option([], "--set", help="Override any TrainConfig field: --set context_length=512 "
-                                   "(repeatable)."),
 ):
     """Fine-tune with the paper's masked loss; resumes from the last checkpoint in --out."""
     from sbt_core import train as stage
-    from sbt_core.config import load_stage_config
 
-    cfg = load_stage_config(TrainConfig, config, set_, learning_rate=lr, epochs=epochs, max_steps=max_steps,
-                            max_minutes=max_minutes, batch_size=batch_size, warmup_steps=warmup_steps,
-                            save_steps=save_steps, seed=seed, deepspeed=deepspeed, bf16=bf16,
-                            num_processes=num_processes)
     model_cfg = ModelConfig(size=None if model_path else size, path=model_path,
                             vocabulary=None if model_path else vocabulary)
     out_uris = stage.train(cfg, model_cfg, data, out)
@@ -177,52 +201,36 @@ def train(
 
 @app.command()
 @clean_errors
+@config_options(GRPOConfig)
 def grpo(
+    cfg,
     model: str = typer.Option(..., help="The SFT model folder GRPO starts from (its `model/`)."),
     data: str = typer.Option(..., help="Train problems (a generate split, e.g. data/train.parquet)."),
     out: str = typer.Option(..., help="Run folder: checkpoints/, model/, grpo_metrics.json."),
     domain: str = typer.Option("countdown", help=DOMAIN_HELP),
-    set_: list[str] = typer.Option([], "--set", help="GRPOConfig field=value, e.g. --set steps=50 "
-                                   "--set learning_rate=1e-4 (see `sbt_core.config.GRPOConfig`)."),
     max_completion_length: int = typer.Option(64, help="Rollout token limit when the config sets none."),
 ):
     """GRPO from the domain's verifier (TRL); resumes from the last checkpoint in --out."""
     from sbt_core import grpo as stage
-    from sbt_core.config import GRPOConfig, load_stage_config
 
-    cfg = load_stage_config(GRPOConfig, None, set_)
     out_uris = stage.train(cfg, model, data, out, domain=domain, max_completion_length=max_completion_length)
     typer.echo("\n".join(f"{k}: {v}" for k, v in out_uris.items()))
 
 
-@app.command()
+@app.command(help=f"Run one decoder over a split; resumes from finished shards. Decoders: {registry.help_text()}.")
 @clean_errors
+@config_options(SearchConfig, aliases={"backtrack_budget": ("--b",)})
 def search(
+    cfg,
     model: str = typer.Option(..., help="Model folder."),
     data: str = typer.Option(..., help="Problems (a split's parquet)."),
     out: str = typer.Option(..., help="Output folder: results.parquet, shards/, manifest.json."),
-    decoder: Optional[str] = typer.Option(None, help="greedy, beam, sample, best_of_n, majority, self_backtrack "
-                                          "(default), reference."),
-    n: Optional[int] = typer.Option(None, help="N: samples / beams (32)."),
-    b: Optional[int] = typer.Option(None, help="b: backtrack budget (1)."),
-    temperature: Optional[float] = typer.Option(None, help="Sampling temperature (0.7)."),
-    selector: Optional[str] = typer.Option(None, help="Best-of-N selector: logprob (default) or oracle."),
-    max_new_tokens: Optional[int] = typer.Option(None, help="Token limit per continuation (64)."),
-    batch_rows: Optional[int] = typer.Option(None, help="Sequences per model batch (2048)."),
     limit: Optional[int] = typer.Option(None, min=1, help="Only the first LIMIT problems."),
-    seed: Optional[int] = typer.Option(None, help="Seed (4)."),
     domain: str = typer.Option("countdown", help=DOMAIN_HELP),
-    config: Optional[str] = CONFIG_FILE,
-    set_: list[str] = typer.Option([], "--set", help="Override any SearchConfig field (repeatable)."),
 ):
-    """Run one decoder over a split; resumes from finished shards."""
-    from sbt_core.config import load_stage_config
     from sbt_core.io import read_parquet
     from sbt_core.search import run as stage
 
-    cfg = load_stage_config(SearchConfig, config, set_, decoder=decoder, n=n, backtrack_budget=b,
-                            temperature=temperature, selector=selector, max_new_tokens=max_new_tokens,
-                            batch_rows=batch_rows, seed=seed)
     total = min(limit or 10**12, len(read_parquet(data)))
     p, advance = _progress(total, f"search {cfg.decoder}")
     with p:
@@ -231,26 +239,20 @@ def search(
 
 @app.command()
 @clean_errors
+@config_options(EvalConfig)
 def evaluate(
+    cfg,
     model: str = typer.Option(..., help="Model folder."),
     data: str = typer.Option(..., help="Data folder (Countdown: val_seen/val_new.parquet; Sudoku: val.parquet)."),
     out: str = typer.Option(..., help="Output folder: summary.json, summary.md, per-method results."),
-    methods: str = typer.Option(",".join(DEFAULT_METHODS),
-                                help="Comma-separated method names (see sbt_core.config.METHODS)."),
-    limit: Optional[int] = typer.Option(None, min=1, help="Problems per split (default: all)."),
-    max_new_tokens: Optional[int] = typer.Option(None, help="Token limit per continuation (64)."),
-    seed: Optional[int] = typer.Option(None, help="Seed (4)."),
+    methods: str = typer.Option(",".join(registry.DEFAULT_METHODS),
+                                help=f"Comma-separated method names: {', '.join(registry.METHODS)}."),
     domain: str = typer.Option("countdown", help=DOMAIN_HELP),
-    config: Optional[str] = CONFIG_FILE,
-    set_: list[str] = typer.Option([], "--set", help="Override any EvalConfig field: --set temperature=1.0 "
-                                   "(repeatable)."),
 ):
     """Accuracy on the domain's evaluation splits (strict and paper verifier modes) for several decoders."""
     from sbt_core import evaluate as stage
-    from sbt_core.config import EvalConfig, load_stage_config
     from sbt_core.io import read_parquet
 
-    cfg = load_stage_config(EvalConfig, config, set_, limit=limit, max_new_tokens=max_new_tokens, seed=seed)
     # All problems unless a limit is given (EvalConfig's 200 is the pipeline's default, not this command's).
     limit = cfg.limit if "limit" in cfg.model_fields_set else None
     cfgs = {m: cfg.search_config(m) for m in methods.split(",") if m}

@@ -16,6 +16,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from sbt_core.domains import DOMAINS
 from sbt_core.domains.base import StrictConfig as _Config
 from sbt_core.recipes import RECIPES
+from sbt_core.search.registry import DECODERS, DEFAULT_METHODS, METHODS
 
 # `generate:` is the settings of the run's domain, told apart by their `domain` field.
 GenerateConfig = Annotated[Union[tuple(d.GenerateConfig for d in DOMAINS.values())], Field(discriminator="domain")]
@@ -87,8 +88,8 @@ class TrainConfig(_Config):
 
 
 class SearchConfig(_Config):
-    decoder: Literal["greedy", "beam", "sample", "best_of_n", "majority", "self_backtrack", "reference"] = Field(
-        "self_backtrack", description="Decoding strategy."
+    decoder: Literal[tuple(DECODERS)] = Field(
+        "self_backtrack", description="Decoding strategy (`search.registry.DECODERS`)."
     )
     n: int = Field(32, ge=1, description="Samples per expansion / beams / Best-of-N size (the paper's N).")
     backtrack_budget: int = Field(1, ge=0, description="Backtrack rounds after the first expansion (the paper's b).")
@@ -99,29 +100,6 @@ class SearchConfig(_Config):
     max_new_tokens: int = Field(64, ge=1, description="Token limit of one continuation.")
     batch_rows: int = Field(2048, ge=1, description="Sequences decoded together in one batch.")
     seed: int = Field(4, description="Sampling seed (the paper's eval: 4).")
-
-
-# Named methods, as rows of the paper's Table 1 (plus pass@N, which consults the verifier).
-METHODS = {
-    "greedy": dict(decoder="greedy"),
-    "beam": dict(decoder="beam", n=5),
-    "best_of_n_8": dict(decoder="best_of_n", n=8),
-    "best_of_n_16": dict(decoder="best_of_n", n=16),
-    "best_of_n_32": dict(decoder="best_of_n", n=32),
-    "pass_at_16": dict(decoder="best_of_n", n=16, selector="oracle"),
-    "majority_16": dict(decoder="majority", n=16),
-    "sbt_b0_n8": dict(decoder="self_backtrack", n=8, backtrack_budget=0),
-    "sbt_b0_n16": dict(decoder="self_backtrack", n=16, backtrack_budget=0),
-    "sbt_b0_n32": dict(decoder="self_backtrack", n=32, backtrack_budget=0),
-    "sbt_b1_n8": dict(decoder="self_backtrack", n=8, backtrack_budget=1),
-    "sbt_b1_n16": dict(decoder="self_backtrack", n=16, backtrack_budget=1),
-    "sbt_b1_n32": dict(decoder="self_backtrack", n=32, backtrack_budget=1),
-    "sbt_b2_n8": dict(decoder="self_backtrack", n=8, backtrack_budget=2),
-    "sbt_b2_n16": dict(decoder="self_backtrack", n=16, backtrack_budget=2),
-    "sbt_b2_n32": dict(decoder="self_backtrack", n=32, backtrack_budget=2),
-    "reference_b1_n32": dict(decoder="reference", n=32, backtrack_budget=1),
-}
-DEFAULT_METHODS = ["greedy", "best_of_n_16", "pass_at_16", "sbt_b0_n16", "sbt_b0_n32", "sbt_b1_n16", "sbt_b1_n32"]
 
 
 SFT_METHODS = ["greedy", "beam", "best_of_n_8", "best_of_n_16", "best_of_n_32"]
@@ -177,7 +155,8 @@ class StudyEvalConfig(_Config):
     direct_max_new_tokens: int = Field(512, ge=1, description="Token limit of one direct sample (the paper's "
                                        "direct context: 512).")
     search_methods: list[str] = Field(["sbt_b0_n8", "sbt_b1_n8", "sbt_b1_n16", "sbt_b1_n32"],
-                                      description="The self-backtracking search's (b, N) points (`config.METHODS`).")
+                                      description="The self-backtracking search's (b, N) points "
+                                      "(`search.registry.METHODS`).")
     batch_rows: int = Field(2048, ge=1, description="Sequences decoded together.")
     seed: int = Field(4, description="Sampling seed.")
 
@@ -228,7 +207,7 @@ class GRPOConfig(_Config):
                                "estimator over max(k) samples per problem).")
     eval_limit: int = Field(200, ge=1, description="Held-out problems of the before/after pass@k evaluation.")
     methods: list[str] | None = Field(None, description="Methods run on each tuned model (`eval-grpo-X`, "
-                                      "`config.METHODS`); None: the model's own `methods`.")
+                                      "`search.registry.METHODS`); None: the model's own `methods`.")
     use_vllm: bool = Field(False, description="Rollouts through vLLM (GPU workers with `pip install vllm`); "
                            "off: TRL's transformers generation (CPU and GPU).")
     vllm_mode: Literal["colocate", "server"] = Field(
@@ -278,7 +257,7 @@ class ModelSpec(_Config):
     label: str | None = Field(None, description="Its name in the report's first column; None: from the recipe.")
     model: ModelConfig | None = Field(None, description="Size / path; None: the run's `model`.")
     sft: TrainConfig | None = Field(None, description="SFT settings; None: the run's `sft`.")
-    methods: list[str] = Field(["greedy"], description="Methods evaluated on it (`config.METHODS`).")
+    methods: list[str] = Field(["greedy"], description="Methods evaluated on it (`search.registry.METHODS`).")
 
     _methods = field_validator("methods")(_known_methods)
 

@@ -14,7 +14,8 @@ import re
 
 from sbt_core import io
 from sbt_core.formatting import pct, pct_interval
-from sbt_core.config import METHODS, SearchConfig
+from sbt_core.config import SearchConfig
+from sbt_core.search.registry import METHODS
 from sbt_core.metrics import mean_interval, paired_change, pass_at_k, wilson
 
 VERIFIER_MODE = "strict"

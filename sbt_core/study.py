@@ -115,7 +115,8 @@ def evaluate(lm, problems: list[dict], cfg, kind: str, *, max_new_tokens: int, p
     """One model's curves on `problems` (`cfg`: a `config.StudyEvalConfig`); see the module docstring."""
     import torch
 
-    from sbt_core.config import METHODS, SearchConfig, method_config
+    from sbt_core.config import SearchConfig, method_config
+    from sbt_core.search.registry import METHODS
     from sbt_core.search.common import make_generator
     from sbt_core.search.decoders import sample_n
     from sbt_core.search.run import search

@@ -57,7 +57,7 @@ def test_every_stage_from_the_command_line(tmp_path):
     [
         (["generate", "--out", "X", "--num-train", "0"], "num_train"),
         (["build-data", "--data", "missing.parquet", "--out", "X"], "no such artifact"),
-        (["build-data", "--data", "missing.parquet", "--out", "X", "--error-ratio", "1:2"], "three weights"),
+        (["build-data", "--data", "missing.parquet", "--out", "X", "--error-ratio", "1:2"], "error_type_ratio.2: Field required"),
         (["search", "--model", "nowhere", "--data", "missing.parquet", "--out", "X"], "no such artifact"),
         (["train", "--data", "missing.parquet", "--out", "X", "--lr", "-1"], "learning_rate"),
         # Every field of the stage's config can be set, and a typo is an error that names it.

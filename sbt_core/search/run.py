@@ -9,6 +9,7 @@ Run: `sbt search --model runs/sft/model --data data/countdown/val_new.parquet --
 
 from __future__ import annotations
 
+import importlib
 import logging
 import time
 
@@ -19,22 +20,20 @@ from sbt_core import io
 from sbt_core.config import SearchConfig
 from sbt_core.domains import Domain
 from sbt_core.models import load
-from sbt_core.search.backtrack import self_backtrack
+from sbt_core.search import backtrack, decoders, reference, registry  # noqa: F401 (the registry's entries)
 from sbt_core.search.common import LM, Result, make_generator
-from sbt_core.search.decoders import beam, best_of_n, greedy, majority, sample
-from sbt_core.search.reference import reference
 
 log = logging.getLogger(__name__)
 
-DECODERS = {
-    "greedy": greedy,
-    "beam": beam,
-    "sample": sample,
-    "best_of_n": best_of_n,
-    "majority": majority,
-    "self_backtrack": self_backtrack,
-    "reference": reference,
-}
+
+def _function(entry: str):
+    module, _, name = entry.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+# name -> decoder function, resolved from `registry.DECODERS` (whose modules are imported above, so they
+# are in this stage's code fingerprint).
+DECODERS = {name: _function(d.entry) for name, d in registry.DECODERS.items()}
 
 # After `id` and the domain's problem columns (`results_schema`):
 RESULT_FIELDS = pa.schema(
