@@ -21,7 +21,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from flows.ledger import Ledger
 from sbt_core import io
-from sbt_core import report as reporting
+from sbt_core.reports.formatting import embed_images
 from sbt_core.ladder import LadderConfig
 from tasks import stages
 
@@ -60,7 +60,7 @@ def ladder(config: LadderConfig, run_dir: str = "runs/ladder-cpu") -> dict[str, 
              "training FLOPs are 6·N·D: N parameters, D tokens processed (prompts included, attention left out)"]
     out = ledger("ladder-report", stages.ladder_report, config, done, io.join(run_dir, "report"), notes)
     md = io.read_bytes(out["outputs"]["ladder_md"]).decode()
-    create_markdown_artifact(reporting.embed_images(md, {"ladder.png": io.read_bytes(out["outputs"]["ladder_png"])}),
+    create_markdown_artifact(embed_images(md, {"ladder.png": io.read_bytes(out["outputs"]["ladder_png"])}),
                              key="sbt-ladder", description="The compute ladder: gain over greedy against training FLOPs")
     ran = [r["stage"] for r in ledger.rows if not r["cached"]]
     get_run_logger().info("ladder: ran %d stages, %d cached; %s", len(ran), len(ledger.rows) - len(ran),

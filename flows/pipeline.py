@@ -30,7 +30,8 @@ from prefect.states import Completed
 from flows import stage_runs
 from flows.ledger import Ledger
 from sbt_core import domains, io
-from sbt_core import report as reporting
+from sbt_core.reports import pipeline as reporting
+from sbt_core.reports.formatting import embed_images
 from sbt_core.config import ModelConfig, RunConfig
 from tasks import stages
 from tasks.stages import StageResult
@@ -125,13 +126,11 @@ def pipeline(config: RunConfig = RunConfig(), run_dir: str = "runs/tiny") -> dic
     evaluations = {name: ledger(f"eval-sft-{tag[name]}", stages.evaluate, config.eval, spec.methods, trained[name],
                                 data, io.join(run_dir, f"eval-sft-{tag[name]}"), config.domain)
                    for name, (spec, *_) in specs.items()}
-    labels = {name: spec.label for name, (spec, *_) in specs.items() if spec.label}
     tuned = {}
     for name in config.grpo.models:
         out = ledger.subflow(grpo_round, config, run_dir, name, trained[name]["outputs"]["model"])
         ledger.merge(out["stages"])
         evaluations[f"grpo_{name}"], tuned[name] = out["evaluation"], out["grpo"]
-        labels[f"grpo_{name}"] = f"{labels.get(name) or reporting.model_label(name)} + GRPO"
     model_uri = trained[config.expert_iteration.model]["outputs"]["model"] if config.expert_iteration.rounds else None
     distilled = {}
     for r in range(1, config.expert_iteration.rounds + 1):
@@ -145,10 +144,11 @@ def pipeline(config: RunConfig = RunConfig(), run_dir: str = "runs/tiny") -> dic
         *[f"expert-iteration round {r}: {n} verified outputs distilled" for r, n in distilled.items()],
     ]
     report = ledger("report", stages.report, config.name, evaluations, io.join(run_dir, "report"),
-                    config.expert_iteration.method, notes, labels, tuned or None)
+                    models=config.report_models(), domain=config.domain, search_method=config.expert_iteration.method,
+                    notes=notes, grpo=tuned or None)
     if ledger.planning:
         return {"run_dir": str(run_dir), **ledger.summary()}
-    _publish(report)
+    _publish(report, config.report_models())
     wall = time.monotonic() - t0
     work = sum(r["work_seconds"] for r in ledger.rows)
     summary = {
@@ -175,14 +175,14 @@ def pipeline(config: RunConfig = RunConfig(), run_dir: str = "runs/tiny") -> dic
     return summary
 
 
-def _publish(report: StageResult) -> None:
+def _publish(report: StageResult, models: dict[str, dict]) -> None:
     """The report as Prefect artifacts: its table (same order and units) and its markdown, plots embedded."""
     out = report["outputs"]
     rows = io.read_json(out["metrics"])
     plots = {io.basename(out[k]): io.read_bytes(out[k]) for k in ("plot_scaling", "plot_rounds", "plot_grpo")
              if k in out}
-    markdown = reporting.embed_images(io.read_bytes(out["report"]).decode(), plots)
-    create_table_artifact(reporting.table(rows), key="sbt-metrics",
+    markdown = embed_images(io.read_bytes(out["report"]).decode(), plots)
+    create_table_artifact(reporting.table(rows, reporting.Models(models)), key="sbt-metrics",
                           description="The report's table: accuracy in % (strict verifier), tokens, false claims")
     create_markdown_artifact(markdown, key="sbt-report", description="The run's report (Table 1 shape)")
 

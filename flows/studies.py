@@ -70,7 +70,8 @@ def ablations(config: RunConfig = RunConfig(), run_dir: str = "runs/tiny") -> di
              "build_data field of the preset and retrains the backtracking model with the preset's SFT settings",
              "the b x N grid runs on the preset's backtracking model; no row consults the verifier"]
     out = ledger("ablation-report", stages.ablation_report, config.name, evaluations, grid,
-                 io.join(run_dir, "ablations"), notes)
+                 io.join(run_dir, "ablations"), model=config.expert_iteration.model, models=config.report_models(),
+                 domain=config.domain, notes=notes)
     get_run_logger().info("ablations: %s", out["outputs"]["ablations_md"])
     return {"ablations": out["outputs"]["ablations_md"], "stages": ledger.rows}
 
@@ -78,7 +79,7 @@ def ablations(config: RunConfig = RunConfig(), run_dir: str = "runs/tiny") -> di
 @flow(name="sbt-seeds", log_prints=True)
 def seeds(config: RunConfig = RunConfig(), run_dir: str = "runs/tiny", count: int = 3) -> dict[str, Any]:
     """The pipeline at seed offsets 0..count-1; writes run_dir/seeds.md and seeds.json."""
-    from sbt_core import report
+    from sbt_core.reports import seeds as report
 
     if count < 1:
         raise ValueError(f"count: need at least one seed, got {count}")
@@ -88,6 +89,6 @@ def seeds(config: RunConfig = RunConfig(), run_dir: str = "runs/tiny", count: in
         summary = pipeline.with_options(flow_run_name=f"{config.name}-seed{offset}")(
             config=config.with_seed_offset(offset), run_dir=where)
         metrics[offset] = summary["metrics"]
-    out = report.run_seeds(metrics, run_dir, config.name)
+    out = report.run(metrics, run_dir, config.name, config.report_models())
     get_run_logger().info("seeds: %s", out["seeds_md"])
     return {**out, "metrics": metrics}

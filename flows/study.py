@@ -84,12 +84,12 @@ def study(config: StudyConfig, run_dir: str = "runs/study") -> dict[str, Any]:
 
 def _publish(out: StageResult) -> None:
     """study.md (plots embedded) and its winners table as Prefect artifacts."""
-    from sbt_core import report as reporting
+    from sbt_core.reports.formatting import embed_images
 
     o = out["outputs"]
     plots = {io.basename(uri): io.read_bytes(uri) for k, uri in o.items() if k.startswith("plot_") and
              not k.endswith("_top")}
-    markdown = reporting.embed_images(io.read_bytes(o["study_md"]).decode(), plots)
+    markdown = embed_images(io.read_bytes(o["study_md"]).decode(), plots)
     summary = io.read_json(o["study_json"])
     rows = []
     for label, part in summary["parts"].items():

@@ -73,7 +73,7 @@ def token_lengths(table: pa.Table, vocabulary: str) -> dict[str, dict[str, float
     return out
 
 
-def run(cfg: BuildDataConfig, problems_uri: str, out_dir: str, domain: str = "countdown") -> dict[str, str]:
+def run(cfg: BuildDataConfig, problems_uri: str, out_dir: str, domain: str = domains.DEFAULT) -> dict[str, str]:
     """Stage entry: read the train problems, write `sft.parquet` and the manifest (with token lengths)."""
     d = domains.get(domain)
     table = build(io.read_parquet(problems_uri), cfg, d)

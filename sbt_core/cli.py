@@ -139,7 +139,7 @@ SET = typer.Option([], "--set", help="Override one config field: --set field=val
 def generate(
     cfg,
     out: str = typer.Option(..., help="Output folder (local or s3://)."),
-    domain: str = typer.Option("countdown", help=DOMAIN_HELP),
+    domain: str = typer.Option(domains.DEFAULT, help=DOMAIN_HELP),
 ):
     """Generate problems with their solutions: Countdown train/val_seen/val_new, Sudoku train/val."""
     p, advance = _progress(cfg.total, "generate")
@@ -155,7 +155,7 @@ def build_data(
     cfg,
     data: str = typer.Option(..., help="train.parquet of `sbt generate` (or its folder)."),
     out: str = typer.Option(..., help="Output folder."),
-    domain: str = typer.Option("countdown", help=DOMAIN_HELP),
+    domain: str = typer.Option(domains.DEFAULT, help=DOMAIN_HELP),
 ):
     """SFT rows by recipe: D_op, D_op ∪ D_back, search traces or the direct path."""
     from sbt_core import build_data as stage
@@ -173,7 +173,7 @@ def import_dataset(
     split: str = typer.Option("train", help="Split to import (train, validation)."),
 ):
     """Import the paper's released Countdown rows into our Parquet schema (through `datasets`)."""
-    uris = domains.get("countdown").import_released(src, out, split)
+    uris = domains.released().import_released(src, out, split)
     typer.echo("\n".join(f"{k}: {v}" for k, v in uris.items()))
 
 
@@ -207,7 +207,7 @@ def grpo(
     model: str = typer.Option(..., help="The SFT model folder GRPO starts from (its `model/`)."),
     data: str = typer.Option(..., help="Train problems (a generate split, e.g. data/train.parquet)."),
     out: str = typer.Option(..., help="Run folder: checkpoints/, model/, grpo_metrics.json."),
-    domain: str = typer.Option("countdown", help=DOMAIN_HELP),
+    domain: str = typer.Option(domains.DEFAULT, help=DOMAIN_HELP),
     max_completion_length: int = typer.Option(64, help="Rollout token limit when the config sets none."),
 ):
     """GRPO from the domain's verifier (TRL); resumes from the last checkpoint in --out."""
@@ -226,7 +226,7 @@ def search(
     data: str = typer.Option(..., help="Problems (a split's parquet)."),
     out: str = typer.Option(..., help="Output folder: results.parquet, shards/, manifest.json."),
     limit: Optional[int] = typer.Option(None, min=1, help="Only the first LIMIT problems."),
-    domain: str = typer.Option("countdown", help=DOMAIN_HELP),
+    domain: str = typer.Option(domains.DEFAULT, help=DOMAIN_HELP),
 ):
     from sbt_core.io import read_parquet
     from sbt_core.search import run as stage
@@ -247,7 +247,7 @@ def evaluate(
     out: str = typer.Option(..., help="Output folder: summary.json, summary.md, per-method results."),
     methods: str = typer.Option(",".join(registry.DEFAULT_METHODS),
                                 help=f"Comma-separated method names: {', '.join(registry.METHODS)}."),
-    domain: str = typer.Option("countdown", help=DOMAIN_HELP),
+    domain: str = typer.Option(domains.DEFAULT, help=DOMAIN_HELP),
 ):
     """Accuracy on the domain's evaluation splits (strict and paper verifier modes) for several decoders."""
     from sbt_core import evaluate as stage
@@ -270,7 +270,7 @@ def distill_data(
     results: str = typer.Option(..., help="results.parquet of `sbt search` on the train split."),
     out: str = typer.Option(..., help="Output folder."),
     transductive: bool = typer.Option(False, "--transductive", help="Allow self-training on an evaluation split."),
-    domain: str = typer.Option("countdown", help=DOMAIN_HELP),
+    domain: str = typer.Option(domains.DEFAULT, help=DOMAIN_HELP),
 ):
     """Verified-correct search outputs as a new SFT set (expert iteration)."""
     from sbt_core import distill as stage

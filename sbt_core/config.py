@@ -6,6 +6,7 @@ Validators do no I/O.
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
@@ -13,10 +14,10 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from sbt_core.domains import DOMAINS
+from sbt_core.domains import DEFAULT, DOMAINS
 from sbt_core.domains.base import StrictConfig as _Config
 from sbt_core.recipes import RECIPES
-from sbt_core.search.registry import DECODERS, DEFAULT_METHODS, METHODS
+from sbt_core.search.registry import DECODERS, METHODS
 
 # `generate:` is the settings of the run's domain, told apart by their `domain` field.
 GenerateConfig = Annotated[Union[tuple(d.GenerateConfig for d in DOMAINS.values())], Field(discriminator="domain")]
@@ -258,13 +259,24 @@ class ModelSpec(_Config):
     model: ModelConfig | None = Field(None, description="Size / path; None: the run's `model`.")
     sft: TrainConfig | None = Field(None, description="SFT settings; None: the run's `sft`.")
     methods: list[str] = Field(["greedy"], description="Methods evaluated on it (`search.registry.METHODS`).")
+    bare_methods: list[str] = Field([], description="Methods (names or shell patterns, `sbt_*`) whose report rows "
+                                    "are named by the method alone, as the paper's Table 1 names them: `best_of_n_N` "
+                                    "of the SFT model, `sbt_bB_nN` of the backtracking model; other rows are "
+                                    "`<model>_<method>`.")
 
     _methods = field_validator("methods")(_known_methods)
 
+    @field_validator("bare_methods")
+    @classmethod
+    def _bare_name_methods(cls, patterns: list[str]) -> list[str]:
+        if unmatched := [p for p in patterns if not fnmatch.filter(METHODS, p)]:
+            raise ValueError(f"{unmatched} match no method of {sorted(METHODS)}")
+        return patterns
+
 
 DEFAULT_MODELS = {
-    "sft": ModelSpec(recipe="optimal", stage="op", methods=SFT_METHODS),
-    "bt": ModelSpec(recipe="self_backtrack", stage="bt", methods=BT_METHODS),
+    "sft": ModelSpec(recipe="optimal", stage="op", methods=SFT_METHODS, bare_methods=["best_of_n_*"]),
+    "bt": ModelSpec(recipe="self_backtrack", stage="bt", methods=BT_METHODS, bare_methods=["sbt_*"]),
 }
 
 
@@ -327,8 +339,8 @@ class RunConfig(_Config):
     """The whole pipeline: one preset in configs/*.yaml, overridable with dotted keys."""
 
     name: str = Field("tiny", description="Preset name (runs/<name>/ by default).")
-    domain: str = Field("countdown", description=f"The task domain: one of {sorted(DOMAINS)}.")
-    generate: GenerateConfig = Field(DOMAINS["countdown"].GenerateConfig(), description="The domain's generator.")
+    domain: str = Field(DEFAULT, description=f"The task domain: one of {sorted(DOMAINS)}.")
+    generate: GenerateConfig = Field(DOMAINS[DEFAULT].GenerateConfig(), description="The domain's generator.")
     build_data: BuildDataConfig = Field(BuildDataConfig(), description="Data recipes' shared settings (each model "
                                         "sets its own `recipe`).")
     models: dict[str, ModelSpec] = Field(DEFAULT_MODELS, description="The models trained and evaluated, by name.")
@@ -346,7 +358,7 @@ class RunConfig(_Config):
     def _generate_domain(cls, tree: Any) -> Any:
         """`generate:` takes the run's domain when it names none."""
         if isinstance(tree, dict):
-            domain = tree.get("domain", "countdown")
+            domain = tree.get("domain", DEFAULT)
             gen = tree.get("generate")
             if domain not in DOMAINS:
                 raise ValueError(f"domain: unknown domain {domain!r}; choose one of {sorted(DOMAINS)}")
@@ -387,6 +399,22 @@ class RunConfig(_Config):
         if model.size and model.vocabulary is None:
             model = model.model_copy(update={"vocabulary": recipe.vocabulary(DOMAINS[self.domain])})
         return spec, model, spec.sft or self.sft, self.build_data.model_copy(update={"recipe": spec.recipe})
+
+    def report_models(self) -> dict[str, dict]:
+        """Every model the run evaluates, in the report's order, named as its stages and rows name it: the
+        `models`, then `grpo_<model>` for each GRPO-tuned one, then `ei<r>` for each expert-iteration round.
+        Each: `label` (the report's first column), `bare` (methods whose rows carry their name alone),
+        `recipe`, and `round` (0: the model expert iteration starts from; r: round r's; None: neither)."""
+        out = {}
+        for name, spec in self.models.items():
+            out[name] = {"label": spec.label or RECIPES[spec.recipe].label, "bare": list(spec.bare_methods),
+                         "recipe": spec.recipe,
+                         "round": 0 if self.expert_iteration.rounds and name == self.expert_iteration.model else None}
+        for name in self.grpo.models:
+            out[f"grpo_{name}"] = {"label": f"{out[name]['label']} + GRPO", "bare": [], "recipe": None, "round": None}
+        for r in range(1, self.expert_iteration.rounds + 1):
+            out[f"ei{r}"] = {"label": f"expert iteration round {r}", "bare": [], "recipe": None, "round": r}
+        return out
 
     def grpo_eval(self) -> tuple[int, StudyEvalConfig]:
         """The GRPO rollout length (`grpo.max_completion_length`, else `eval.max_new_tokens`), and the pass@k

@@ -50,7 +50,7 @@ def distill(results: pa.Table, domain: Domain) -> pa.Table:
     )
 
 
-def run(results_uri: str, out_dir: str, *, domain: str = "countdown", transductive: bool = False) -> dict[str, str]:
+def run(results_uri: str, out_dir: str, *, domain: str = domains.DEFAULT, transductive: bool = False) -> dict[str, str]:
     """Stage entry: write `sft.parquet` of verified outputs; refuses eval splits unless transductive."""
     split = source_split(results_uri)
     if split != "train" and not transductive:

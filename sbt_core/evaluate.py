@@ -67,7 +67,7 @@ def summarize(results: pa.Table, domain: Domain) -> dict:
     }
 
 
-def markdown_table(summary: dict, splits=("val_seen", "val_new")) -> str:
+def markdown_table(summary: dict, splits: tuple[str, ...]) -> str:
     """Methods as rows; strict and paper accuracy per split, tokens/problem, false claims."""
     head = "| method | " + " | ".join(
         f"{s} strict | {s} paper | {s} false-claim | {s} tokens/problem" for s in splits
@@ -87,7 +87,7 @@ def markdown_table(summary: dict, splits=("val_seen", "val_new")) -> str:
 
 def run(
     model_path: str, data_dir: str, out_dir: str, methods: dict[str, SearchConfig], *,
-    domain: str = "countdown", splits=None, limit: int | None = None, progress=None,
+    domain: str = domains.DEFAULT, splits=None, limit: int | None = None, progress=None,
 ) -> dict[str, str]:
     """Stage entry: one search per (method, split); writes summary.json and summary.md."""
     d = domains.get(domain)

@@ -135,7 +135,7 @@ def history(log_history: list[dict]) -> list[dict]:
     return out
 
 
-def train(cfg: GRPOConfig, model_uri: str, data_uri: str, out_dir: str, *, domain: str = "countdown",
+def train(cfg: GRPOConfig, model_uri: str, data_uri: str, out_dir: str, *, domain: str = domains.DEFAULT,
           max_completion_length: int = 64, callbacks=(), staging_key: str = "") -> dict[str, str]:
     """Stage entry: GRPO on the train problems in `data_uri`, starting from `model_uri`; writes out_dir/model.
 

@@ -17,13 +17,14 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from sbt_core import io
-from sbt_core.domains import BACKTRACK, DOMAINS
+from sbt_core.domains import BACKTRACK, DEFAULT, DOMAINS
 
 log = logging.getLogger(__name__)
 
 PAD, EOS, BOS, UNK = "<pad>", "</s>", "<s>", "<unk>"
 # Every domain's vocabularies by name: (fixed phrases, one token each; characters, one token each).
 VOCABULARIES = {name: v for d in DOMAINS.values() for name, v in d.vocabularies.items()}
+DEFAULT_VOCABULARY = next(iter(DOMAINS[DEFAULT].vocabularies))
 # Sizes after arXiv 2504.07052's Qwen2 configs (3M, 17M), plus a ~1M model for laptops.
 SIZES = {
     "1m": dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4, intermediate_size=512),
@@ -32,7 +33,7 @@ SIZES = {
 }
 
 
-def build_tokenizer(vocabulary: str = "countdown") -> PreTrainedTokenizerFast:
+def build_tokenizer(vocabulary: str = DEFAULT_VOCABULARY) -> PreTrainedTokenizerFast:
     """A word-level tokenizer whose decode is the exact inverse of encode on a domain's format."""
     if vocabulary not in VOCABULARIES:
         raise ValueError(f"unknown vocabulary {vocabulary!r}; choose one of {sorted(VOCABULARIES)}")
@@ -67,7 +68,7 @@ def build_tiny(size: str, tokenizer: PreTrainedTokenizerFast, seed: int = 0, max
 def create_tiny(size: str, out_dir: str | Path, seed: int = 0, vocabulary: str | None = None,
                 max_positions: int = 256) -> Path:
     """Build and save a tiny model with its tokenizer; load it back with `load`."""
-    tokenizer = build_tokenizer(vocabulary or "countdown")
+    tokenizer = build_tokenizer(vocabulary or DEFAULT_VOCABULARY)
     model = build_tiny(size, tokenizer, seed, max_positions)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)

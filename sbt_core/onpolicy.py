@@ -75,7 +75,7 @@ def harvest(lm: LM, problems: list[dict], cfg: OnPolicyConfig) -> tuple[list[dic
 
 
 def run(cfg: OnPolicyConfig, model_path: str, problems_uri: str, base_uri: str, out_dir: str,
-        domain: str = "countdown") -> dict[str, str]:
+        domain: str = domains.DEFAULT) -> dict[str, str]:
     """Stage entry: `sft.parquet` = the base SFT rows (`base_uri`) plus on-policy D_back rows; manifest with the
     harvest's counts."""
     d = domains.get(domain)

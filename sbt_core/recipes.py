@@ -31,7 +31,7 @@ def self_backtrack(domain: Domain, problem: dict, rng, cfg: BuildDataConfig, sta
     for _ in range(n_back):
         kind = domain.error_types[rng.choice(len(domain.error_types), p=weights)]
         # Drawn only when asked for, so the paper's data (share 0) keeps its bytes.
-        at_target = kind == "computational" and cfg.computational_at_target > 0 and (
+        at_target = kind == domain.at_target_error and cfg.computational_at_target > 0 and (
             rng.random() < cfg.computational_at_target)
         rows.append(domain.backtrack_example(problem, kind, rng, at_target, stats))
     return rows
@@ -49,6 +49,7 @@ def _trace(style: str, kind: str = "trace") -> Callable[..., list[Example]]:
 @dataclass(frozen=True)
 class Recipe:
     build: Callable[..., list[Example]]  # (domain, problem, rng, cfg, stats) -> rows
+    label: str  # its model's name in reports ("SFT on ...")
     style: str | None = None  # the domain's trace style it needs; None: the step format
     study: str = "samples"  # how `sbt study` spends compute on its model (`study.KINDS`)
 
@@ -63,10 +64,10 @@ class Recipe:
 
 
 RECIPES = {
-    "optimal": Recipe(optimal),
-    "self_backtrack": Recipe(self_backtrack, study="search"),
-    "dfs_trace": Recipe(_trace("dfs"), "dfs", "budget"),
-    "mix_trace": Recipe(_trace("mix"), "mix", "budget"),
-    "think_trace": Recipe(_trace("think"), "think", "budget"),
-    "direct": Recipe(_trace("direct", "direct"), "direct"),
+    "optimal": Recipe(optimal, "SFT on optimal paths (D_op)"),
+    "self_backtrack": Recipe(self_backtrack, "SFT on D_op ∪ D_back", study="search"),
+    "dfs_trace": Recipe(_trace("dfs"), "SFT on DFS traces", "dfs", "budget"),
+    "mix_trace": Recipe(_trace("mix"), "SFT on mix-backtracking traces", "mix", "budget"),
+    "think_trace": Recipe(_trace("think"), "SFT on think-backtracking traces", "think", "budget"),
+    "direct": Recipe(_trace("direct", "direct"), "SFT on direct solutions", "direct"),
 }

@@ -86,7 +86,7 @@ def sft_rows(data: str):
         if "search_path" not in rows.column_names or not io.is_local(data):
             raise ValueError(f"{data}: SFT rows need `prompt` and `response` columns (build-data, distill-data and "
                              "import-dataset write them), or the released layout (nums, target, search_path) locally")
-    return domains.get("countdown").load_released(data)
+    return domains.released().load_released(data)
 
 
 def tokenised(rows, tokenizer, context_length: int):

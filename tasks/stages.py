@@ -379,7 +379,7 @@ def generate(stage_name: str, cfg: GenerateConfig, out_dir: str):
 
 
 @stage("build-data", entry="sbt_core.build_data:run")
-def build_data(stage_name: str, cfg: BuildDataConfig, data: StageResult, out_dir: str, domain: str = "countdown"):
+def build_data(stage_name: str, cfg: BuildDataConfig, data: StageResult, out_dir: str, domain: str = domains.DEFAULT):
     from sbt_core import build_data as core
 
     return core.run(cfg, data["outputs"]["train"], out_dir, domain)
@@ -404,7 +404,7 @@ def sft(stage_name: str, cfg: TrainConfig, model: ModelConfig, data: StageResult
 @stage("grpo", entry="sbt_core.grpo:train", heavy=True,
        ignore=("cfg.models", "cfg.eval_ks", "cfg.eval_limit", "cfg.methods"))
 def grpo(stage_name: str, cfg: GRPOConfig, model: StageResult, data: StageResult, out_dir: str,
-         domain: str = "countdown", max_completion_length: int = 64):
+         domain: str = domains.DEFAULT, max_completion_length: int = 64):
     """GRPO from the verifier's reward on the train problems, starting from `model` (`grpo.train`)."""
     from sbt_core import grpo as core
 
@@ -416,7 +416,7 @@ def grpo(stage_name: str, cfg: GRPOConfig, model: StageResult, data: StageResult
 
 @stage("evaluate", entry="sbt_core.evaluate:run", heavy=True)
 def evaluate(stage_name: str, cfg: EvalConfig, methods: list[str], model: StageResult, data: StageResult,
-             out_dir: str, domain: str = "countdown"):
+             out_dir: str, domain: str = domains.DEFAULT):
     from sbt_core import evaluate as core
 
     splits = cfg.splits or domains.get(domain).eval_splits
@@ -429,7 +429,7 @@ def evaluate(stage_name: str, cfg: EvalConfig, methods: list[str], model: StageR
 
 @stage("search", entry="sbt_core.search.run:run", heavy=True)
 def search(stage_name: str, cfg: SearchConfig, model: StageResult, data: StageResult, split: str, limit: int,
-           out_dir: str, domain: str = "countdown"):
+           out_dir: str, domain: str = domains.DEFAULT):
     from sbt_core.search import run as core
 
     bar = Progress(stage_name, min(limit, io.parquet_rows(data["outputs"][split])), "problems searched")
@@ -439,7 +439,7 @@ def search(stage_name: str, cfg: SearchConfig, model: StageResult, data: StageRe
 
 @stage("distill", entry="sbt_core.distill:run")
 def distill(stage_name: str, results: StageResult, out_dir: str, transductive: bool = False,
-            domain: str = "countdown"):
+            domain: str = domains.DEFAULT):
     from sbt_core import distill as core
 
     return core.run(results["outputs"]["results"], out_dir, domain=domain, transductive=transductive)
@@ -450,36 +450,37 @@ def _with_copies_up(made: dict[str, str], run_dir: str) -> dict[str, str]:
     return {**made, **{f"{name}_top": io.copy(uri, io.join(run_dir, io.basename(uri))) for name, uri in made.items()}}
 
 
-@stage("report", entry="sbt_core.report:run")
-def report(stage_name: str, title: str, evaluations: dict[str, StageResult], out_dir: str, search_method: str,
-           notes: list[str] = (), labels: dict[str, str] | None = None,
+@stage("report", entry="sbt_core.reports.pipeline:run")
+def report(stage_name: str, title: str, evaluations: dict[str, StageResult], out_dir: str, *,
+           models: dict[str, dict], domain: str, search_method: str, notes: list[str] = (),
            grpo: dict[str, dict[str, StageResult]] | None = None):
-    """report.md, metrics.json and plots in out_dir, with copies one level up (the run folder).
+    """report.md, metrics.json and plots in out_dir, with copies one level up (the run folder). `models`:
+    `RunConfig.report_models()`.
 
     `grpo[model]`: {"before", "after" (its pass@k study-evals), "grpo" (the GRPO stage)} per model tuned.
     """
-    from sbt_core import report as core
+    from sbt_core.reports import pipeline as core
 
     summaries = {model: ev["outputs"]["summary"] for model, ev in evaluations.items()}
     tuned = {model: {"before": r["before"]["outputs"]["study"], "after": r["after"]["outputs"]["study"],
                      "metrics": r["grpo"]["outputs"]["metrics"]} for model, r in (grpo or {}).items()}
-    made = core.run(summaries, out_dir, title, list(notes), search_method, labels, tuned)
+    made = core.run(summaries, out_dir, title, models, domain, list(notes), search_method, tuned)
     return _with_copies_up(made, io.parent(out_dir))
 
 
-@stage("ablation-report", entry="sbt_core.report:run_ablations")
+@stage("ablation-report", entry="sbt_core.reports.ablations:run")
 def ablation_report(stage_name: str, title: str, variants: dict[str, StageResult], grid: StageResult, out_dir: str,
-                    notes: list[str] = ()):
-    """ablations.md, ablations.json and ablations.png in out_dir."""
-    from sbt_core import report as core
+                    *, model: str, models: dict[str, dict], domain: str, notes: list[str] = ()):
+    """ablations.md, ablations.json and ablations.png in out_dir: `model` retrained per variant."""
+    from sbt_core.reports import ablations as core
 
     summaries = {name: ev["outputs"]["summary"] for name, ev in variants.items()}
-    return core.run_ablations(summaries, grid["outputs"]["summary"], out_dir, title, list(notes))
+    return core.run(summaries, grid["outputs"]["summary"], out_dir, title, model, models, domain, list(notes))
 
 
 @stage("study-eval", entry="sbt_core.study:run", heavy=True)
 def study_eval(stage_name: str, cfg: StudyEvalConfig, kind: str, model: StageResult, data: StageResult, out_dir: str,
-               domain: str = "countdown", max_new_tokens: int = 64):
+               domain: str = domains.DEFAULT, max_new_tokens: int = 64):
     """One model's accuracy-vs-compute curves (`study.run`): kind budget, samples or search."""
     from sbt_core import study as core
 
@@ -489,7 +490,7 @@ def study_eval(stage_name: str, cfg: StudyEvalConfig, kind: str, model: StageRes
                     max_new_tokens=max_new_tokens, progress=bar)
 
 
-@stage("study-report", entry="sbt_core.study:report")
+@stage("study-report", entry="sbt_core.reports.study:run")
 def study_report(stage_name: str, title: str, parts: dict[str, dict], evaluations: dict[str, dict[str, StageResult]],
                  out_dir: str, notes: list[str] = ()):
     """study.md, study.json and one plot per part in out_dir, with copies one level up (the run folder).
@@ -497,29 +498,29 @@ def study_report(stage_name: str, title: str, parts: dict[str, dict], evaluation
     `parts[label]`: {"domain", "generate", "labels", "training" (model -> its SFT metrics URI)};
     `evaluations[label][model]`: its study-eval result.
     """
-    from sbt_core import study as core
+    from sbt_core.reports import study as core
 
     full = {label: {**part, "studies": {m: io.read_json(ev["outputs"]["study"]) for m, ev in evaluations[label].items()},
                     "training": {m: io.read_json(uri) for m, uri in part.get("training", {}).items()}}
             for label, part in parts.items()}
-    return _with_copies_up(core.report(full, out_dir, title, list(notes)), io.parent(out_dir))
+    return _with_copies_up(core.run(full, out_dir, title, list(notes)), io.parent(out_dir))
 
 
 @stage("onpolicy", entry="sbt_core.onpolicy:run", heavy=True, ignore=("cfg.source",))
 def onpolicy(stage_name: str, cfg: OnPolicyConfig, model: StageResult, data: StageResult, base: StageResult,
-             out_dir: str, domain: str = "countdown"):
+             out_dir: str, domain: str = domains.DEFAULT):
     """`base`'s SFT rows plus D_back rows from `model`'s own wrong steps on the train problems (`sbt_core.onpolicy`)."""
     from sbt_core import onpolicy as core
 
     return core.run(cfg, model["outputs"]["model"], data["outputs"]["train"], base["outputs"]["sft"], out_dir, domain)
 
 
-@stage("ladder-report", entry=("sbt_core.ladder:report", "sbt_core.ladder:rung_row"))
+@stage("ladder-report", entry=("sbt_core.reports.ladder:run", "sbt_core.reports.ladder:rung_row"))
 def ladder_report(stage_name: str, ladder: LadderConfig, rungs: dict[str, dict[str, StageResult]], out_dir: str,
                   notes: list[str] = ()):
     """ladder.md, ladder.json and ladder.png in out_dir, with copies one level up (the ladder's run folder);
     `rungs[name]` holds its `sft` and `eval` results."""
-    from sbt_core import ladder as core
+    from sbt_core.reports import ladder as core
 
     rows = []
     for name, per in rungs.items():
@@ -528,7 +529,7 @@ def ladder_report(stage_name: str, ladder: LadderConfig, rungs: dict[str, dict[s
         results = {m: io.join(per["eval"]["dir"], m, split, "results.parquet") for m in ladder.methods}
         rows.append(core.rung_row(name, ladder.rungs[name], ladder, io.read_json(per["sft"]["outputs"]["metrics"]),
                                   summary, results))
-    return _with_copies_up(core.report(rows, ladder, out_dir, list(notes)), io.parent(out_dir))
+    return _with_copies_up(core.run(rows, ladder, out_dir, list(notes)), io.parent(out_dir))
 
 
 TASKS = {t.name: t for t in (generate, build_data, sft, grpo, evaluate, search, distill, report, ablation_report,

@@ -205,7 +205,10 @@ def test_rest_trigger_failure_retry_and_s3_artifacts(cluster):
 
 def check_artifacts(api: str, flow_run_ids: list[str], metrics: dict) -> None:
     """The report with its plots inside, the table in the report's order and units, one progress bar a stage."""
-    from sbt_core.report import row_order
+    from sbt_core.config import load_run_config
+    from sbt_core.reports.pipeline import Models
+
+    row_order = Models(load_run_config(ROOT / "configs" / "smoke.yaml").report_models()).order
 
     arts = rest(api, "POST", "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": flow_run_ids}}, "limit": 200})
     by_key = {a["key"]: a for a in sorted(arts, key=lambda a: a["created"])}  # newest wins

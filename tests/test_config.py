@@ -9,7 +9,7 @@ import yaml
 from typer.testing import CliRunner
 
 from sbt_core.config import ConfigError, RunConfig, StudyConfig, load_run_config, load_study_config
-from sbt_core.report import metrics, row_key
+from sbt_core.reports.pipeline import Models, metrics
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 STUDIES = sorted(p.stem for p in CONFIGS.glob("*.yaml") if "domains" in yaml.safe_load(p.read_text()))
@@ -113,13 +113,24 @@ def test_sbt_run_rejects_bad_config_before_any_work(tmp_path):
 
 
 def test_row_keys_follow_the_contract():
+    """Rows are keyed by the config's model specs: the default models give the pipeline's contract."""
+    models = Models(RunConfig().report_models())
+    row_key = models.key
     assert [row_key("sft", m) for m in ("greedy", "beam", "best_of_n_8")] == ["sft_greedy", "sft_beam", "best_of_n_8"]
     assert [row_key("bt", m) for m in ("greedy", "beam", "sbt_b1_n32")] == ["bt_greedy", "bt_beam", "sbt_b1_n32"]
     assert row_key("ei2", "sbt_b1_n32") == "ei2_sbt_b1_n32"
+    assert list(RunConfig().report_models()) == ["sft", "bt", "ei1", "ei2", "ei3"]
+    # Another spec names its own rows, and `bare_methods` decides which carry the method's name alone.
+    custom = RunConfig(models={"dfs": {"recipe": "dfs_trace", "methods": ["greedy", "sbt_b1_n8"],
+                                       "bare_methods": ["sbt_*"]}}, expert_iteration={"model": "dfs", "rounds": 0})
+    assert [Models(custom.report_models()).key("dfs", m) for m in ("greedy", "sbt_b1_n8")] == ["dfs_greedy", "sbt_b1_n8"]
+    assert custom.report_models()["dfs"]["label"] == "SFT on DFS traces"
+    with pytest.raises(ValueError, match="match no method"):
+        RunConfig(models={"x": {"recipe": "optimal", "bare_methods": ["nosuch_*"]}})
     split = {"accuracy_strict": 0.5, "accuracy_paper": 0.25, "tokens_per_problem": 10.0, "false_claim_rate": 0.1,
              "false_claim_categories": {}, "problems": 4}
     rows = metrics({"bt": {"sbt_b1_n32": {"val_seen": split, "val_new": {**split, "accuracy_strict": 1.0}},
-                           "greedy": {"val_seen": split, "val_new": split}}})
+                           "greedy": {"val_seen": split, "val_new": split}}}, models, ("val_seen", "val_new"))
     assert list(rows) == ["bt_greedy", "sbt_b1_n32"]  # the configured method order, not alphabetical
     assert rows["sbt_b1_n32"]["accuracy_new"] == 1.0 and rows["sbt_b1_n32"]["accuracy_seen"] == 0.5
 

@@ -39,6 +39,44 @@ def test_nothing_outside_the_domains_folder_imports_a_specific_domain():
     assert leaks == []
 
 
+def _domain_words() -> set[str]:
+    """What only some domains have: their names, eval splits, problem columns, generator fields and error
+    types (a name every domain shares, such as `train` or `seed`, or a field of the shared configs, such as a
+    model's `size`, is no domain's)."""
+    from pydantic import BaseModel
+
+    from sbt_core import config
+
+    ds = list(DOMAINS.values())
+    words = set(DOMAINS)
+    for part in (lambda d: set(d.eval_splits) | {"train"}, lambda d: set(d.columns),
+                 lambda d: set(d.GenerateConfig.model_fields), lambda d: set(d.error_types)):
+        sets = [part(d) for d in ds]
+        words |= set.union(*sets) - set.intersection(*sets)
+    shared = {f for m in vars(config).values() if isinstance(m, type) and issubclass(m, BaseModel)
+              and m.__module__ == config.__name__ for f in m.model_fields}
+    return words - shared
+
+
+def test_nothing_outside_the_domains_folder_names_a_domain_split_or_field_by_string():
+    """The twin of the import ban: a string such as "val_new", "num_numbers" or "sudoku" outside `domains/`
+    (docstrings aside) is a domain leaking into shared code; it belongs to the domain object."""
+    words, leaks = _domain_words(), []
+    assert {"countdown", "sudoku", "val_new", "val", "num_numbers", "nums", "givens", "computational"} <= words
+    for top in ("sbt_core", "tasks", "flows", "deployments"):
+        for path in (ROOT / top).rglob("*.py"):
+            if (ROOT / "sbt_core" / "domains") in path.parents:
+                continue
+            tree = ast.parse(path.read_text())
+            docs = {id(n.body[0].value) for n in ast.walk(tree)
+                    if isinstance(n, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and n.body
+                    and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
+            leaks += [f"{path.relative_to(ROOT)}:{n.lineno}: {n.value!r}" for n in ast.walk(tree)
+                      if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docs
+                      and n.value in words]
+    assert leaks == []
+
+
 def test_every_domain_has_the_protocols_parts():
     for name, d in DOMAINS.items():
         assert d.name == name and d.GenerateConfig().domain == name

@@ -16,6 +16,7 @@ import yaml
 
 from flows.cli import resolve_preset
 from sbt_core import io, ladder
+from sbt_core.reports import ladder as ladder_report
 from sbt_core.config import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -90,7 +91,7 @@ def test_rows_carry_intervals_the_paired_gain_and_the_trend(tmp_path):
         res = {"greedy": _results(tmp_path, f"g{i}", greedy), "sbt_b1_n32": _results(tmp_path, f"s{i}", search),
                "best_of_n_32": _results(tmp_path, f"g{i}", greedy)}
         metrics = {"train/steps": 900, "train/flops": flops, "train/seconds": 60.0, "train/parameters": 10**6}
-        rows.append(ladder.rung_row(name, cfg.rungs[name], cfg, metrics,
+        rows.append(ladder_report.rung_row(name, cfg.rungs[name], cfg, metrics,
                                     _summary(100, g / 100, s / 100, 0.9, {"computation_error": 3, "not_reached": 1}),
                                     res))
     r = rows[-1]
@@ -100,18 +101,18 @@ def test_rows_carry_intervals_the_paired_gain_and_the_trend(tmp_path):
     assert r["interval"]["greedy"][0] < 0.30 < r["interval"]["greedy"][1]
     assert r["computation_share"] == pytest.approx(0.75) and r["false_claim_rate"] == pytest.approx(0.04)
     assert r["selection_gap"] == pytest.approx(0.45)
-    assert ladder.first_reaching(rows)["rung"] == "1m-3600"
-    t = ladder.trend(rows)  # gains 2, 8, 15 points against log10 FLOPs 13, 13.3, 13.6
+    assert ladder_report.first_reaching(rows)["rung"] == "1m-3600"
+    t = ladder_report.trend(rows)  # gains 2, 8, 15 points against log10 FLOPs 13, 13.3, 13.6
     assert t["slope_per_decade"] == pytest.approx(0.216, abs=0.01)
     assert t["flops_for"]["+10"] < t["flops_for"]["+40"]
-    md = ladder.markdown(rows, cfg)
+    md = ladder_report.markdown(rows, cfg)
     assert "| 1m-3600 | 1m | 3 | 900 | 4.00e+13 |" in md and "+15.0 [" in md
     assert "Smallest training compute with gain ≥ +10 points: rung `1m-3600`" in md
     assert "majority answer" in md and "ceiling" in md
     flat = [dict(r, gain=0.0) for r in rows]
-    assert ladder.first_reaching(flat) is None
-    assert "No rung reaches +10 points" in ladder.markdown(flat, cfg)
-    assert ladder.trend(flat)["flops_for"]["+10"] is None
+    assert ladder_report.first_reaching(flat) is None
+    assert "No rung reaches +10 points" in ladder_report.markdown(flat, cfg)
+    assert ladder_report.trend(flat)["flops_for"]["+10"] is None
 
 
 TINY = {

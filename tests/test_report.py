@@ -4,12 +4,29 @@ from __future__ import annotations
 
 import pytest
 
-from sbt_core import report
+from sbt_core.config import RunConfig
+from sbt_core.reports import ablations, grpo, pipeline, seeds
+from sbt_core.reports.pipeline import Models
+
+# The default run's models, as the pipeline names them: sft, bt (round 0), ei1..ei3.
+MODELS = RunConfig().report_models()
+SPLITS = ("val_seen", "val_new")
 
 
-def _row(new: float, seen: float | None = None) -> dict:
+def _model_method(key: str) -> tuple[str, str]:
+    """The default models' row key back into (model, method)."""
+    if key.startswith("best_of_n"):
+        return "sft", key
+    if key.startswith("sbt_"):
+        return "bt", key
+    model, _, method = key.partition("_")
+    return model, method
+
+
+def _row(new: float, seen: float | None = None, key: str | None = None) -> dict:
     seen = new if seen is None else seen
-    return {"accuracy_new": new, "accuracy_seen": seen, "accuracy_new_paper": new, "accuracy_seen_paper": seen,
+    model, method = _model_method(key) if key else ("?", "?")
+    return {"model": model, "method": method, "accuracy_new": new, "accuracy_seen": seen, "accuracy_new_paper": new, "accuracy_seen_paper": seen,
             "false_claim_rate_new": 0.1,
             "tokens_per_problem": 10.0, "false_claim_categories_new": {"computation_error": 3, "not_reached": 1}}
 
@@ -21,11 +38,11 @@ PAPER = {  # the paper's Table 1 shape (new targets), rounded
 
 
 def _by_criterion(rows: dict) -> dict[str, bool]:
-    return {c["criterion"]: c["holds"] for c in report.shape_checks(rows)}
+    return {c["criterion"]: c["holds"] for c in pipeline.shape_checks(rows, Models(MODELS))}
 
 
 def test_the_papers_numbers_pass_every_check():
-    checks = _by_criterion({k: _row(v) for k, v in PAPER.items()})
+    checks = _by_criterion({k: _row(v, key=k) for k, v in PAPER.items()})
     assert len(checks) == 7 and all(checks.values()), checks
     assert "`best_of_n_8` < `sbt_b1_n8`" in checks and "`ei3_greedy` ≥ `sbt_b1_n32` (round 0)" in checks
 
@@ -38,7 +55,7 @@ def test_the_papers_numbers_pass_every_check():
     ({"ei1_greedy": 0.41}, ["`ei1_greedy` ≥ 1.4 × `bt_greedy`"]),
 ])
 def test_each_check_fails_on_its_own_violation(change, failing):
-    checks = _by_criterion({k: _row(v) for k, v in {**PAPER, **change}.items()})
+    checks = _by_criterion({k: _row(v, key=k) for k, v in {**PAPER, **change}.items()})
     assert sorted(k for k, ok in checks.items() if not ok) == sorted(failing)
 
 
@@ -50,15 +67,15 @@ def test_checks_whose_rows_are_missing_are_left_out():
 def test_report_markdown_shows_categories_and_the_shape():
     rows = {k: {**_row(v), "model": "sft" if k.startswith(("sft", "best")) else "bt"} for k, v in PAPER.items()
             if not k.startswith("ei")}
-    md = report.markdown(rows, "t")
+    md = pipeline.markdown(rows, Models(MODELS), "countdown", "t")
     assert "computation 3 · not 1" in md and "## The paper's shape" in md and "| **no** |" not in md
 
 
 def test_seeds_markdown_gives_mean_spread_and_per_seed_checks():
-    per_seed = {0: {k: _row(v) for k, v in PAPER.items()},
-                1: {k: _row(v) for k, v in {**PAPER, "sbt_b1_n32": 0.64}.items()},
-                2: {k: _row(v) for k, v in {**PAPER, "sbt_b1_n32": 0.84}.items()}}
-    md = report.seeds_markdown(per_seed, "t")
+    per_seed = {0: {k: _row(v, key=k) for k, v in PAPER.items()},
+                1: {k: _row(v, key=k) for k, v in {**PAPER, "sbt_b1_n32": 0.64}.items()},
+                2: {k: _row(v, key=k) for k, v in {**PAPER, "sbt_b1_n32": 0.84}.items()}}
+    md = seeds.seeds_markdown(per_seed, Models(MODELS), "t")
     # sd 10 over 3 seeds: the mean's t-interval is 74 ± 4.303 x 10 / sqrt(3)
     assert "| `sbt_b1_n32` | 74.0 ± 10.0 (95% CI 49.2 to 98.8; range 64.0-84.0) |" in md
     # bt_greedy is 30 in every seed: gains +44, +34, +54
@@ -72,13 +89,14 @@ def test_ablation_tables_and_plot():
             for b in (0, 1, 2) for n in (8, 16, 32)}
     grid["bt_greedy"] = {**_row(0.05), "model": "bt", "method": "greedy"}
     variants = {"error-type ratio: 1:2:2": grid,  # the preset's model carries the whole grid
-                "D_op:D_back: 1:2": {"bt_greedy": _row(0.07), "sbt_b1_n32": _row(0.5)}}
-    md = report.ablation_markdown(variants, grid, "t")
+                "D_op:D_back: 1:2": {"bt_greedy": {**_row(0.07), "model": "bt", "method": "greedy"},
+                                     "sbt_b1_n32": {**_row(0.5), "model": "bt", "method": "sbt_b1_n32"}}}
+    md = ablations.ablation_markdown(variants, grid, Models(MODELS), "new targets", "t")
     assert "| ablation | variant | `bt_greedy` | `sbt_b1_n32` | false claims (new) |" in md
     assert "| D_op:D_back | 1:2 | 7.0 (7.0) | 50.0 (50.0) | 10.0 |" in md
     assert "| error-type ratio | 1:2:2 | 5.0 (5.0) | 42.0 (42.0) | 10.0 |" in md
     assert "| 2 | 28.0 (28.0), 10 tok | 36.0 (36.0), 10 tok | 52.0 (52.0), 10 tok |" in md
-    assert report.ablation_plot(variants, grid)[:4] == b"\x89PNG"
+    assert ablations.ablation_plot(variants, grid, Models(MODELS))[:4] == b"\x89PNG"
 
 
 def test_summary_counts_false_claims_rollbacks_and_what_a_perfect_selector_would_reach():
@@ -101,9 +119,9 @@ def test_summary_counts_false_claims_rollbacks_and_what_a_perfect_selector_would
     assert s["false_claim_categories"] == {"computation_error": 1}
     assert s["any_candidate_correct_strict"] == pytest.approx(2 / 3)
     assert s["rolled_back_share"] == pytest.approx(2 / 3)
-    rows = report.metrics({"bt": {"sbt_b1_n32": {"val_new": s}}})
+    rows = pipeline.metrics({"bt": {"sbt_b1_n32": {"val_new": s}}}, Models(MODELS), SPLITS)
     assert rows["sbt_b1_n32"]["rolled_back_share_new"] == pytest.approx(2 / 3)
-    cell = report._grid_cell(rows["sbt_b1_n32"])
+    cell = ablations._grid_cell(rows["sbt_b1_n32"])
     assert cell.endswith("66.7% rolled back, 66.7% any")
 
 
@@ -111,7 +129,7 @@ def test_seeds_rows_follow_the_report_order_not_the_names():
     rows = {k: {**_row(0.3), "model": m, "method": meth} for k, m, meth in [
         ("best_of_n_16", "sft", "best_of_n_16"), ("best_of_n_8", "sft", "best_of_n_8"),
         ("ei1_greedy", "ei1", "greedy"), ("sbt_b1_n32", "bt", "sbt_b1_n32"), ("sft_greedy", "sft", "greedy")]}
-    md = report.seeds_markdown({0: rows, 1: rows}, "t")  # metrics.json comes back sorted by name
+    md = seeds.seeds_markdown({0: rows, 1: rows}, Models(MODELS), "t")  # metrics.json comes back sorted by name
     order = [line.split("`")[1] for line in md.splitlines() if line.startswith("| `") and "≥" not in line]
     assert order[:5] == ["sft_greedy", "best_of_n_8", "best_of_n_16", "sbt_b1_n32", "ei1_greedy"]
 
@@ -130,13 +148,13 @@ def _samples_study(rights: list[int], n: int = 4) -> dict:
 def test_grpo_summary_pairs_before_and_after_on_the_same_problems(tmp_path):
     before, after = _samples_study([0, 1, 2, 4]), _samples_study([1, 1, 2, 4])
     history = [{"step": s, "reward": 0.1 * s} for s in range(1, 11)]
-    t = report.grpo_summary(before, after, {"train/steps": 10, "grpo/rollouts": 320, "grpo/history": history})
+    t = grpo.grpo_summary(before, after, {"train/steps": 10, "grpo/rollouts": 320, "grpo/history": history})
     assert t["before"]["pass_at_k"][1] == pytest.approx(7 / 16) and t["after"]["pass_at_k"][1] == pytest.approx(8 / 16)
     assert t["change"][1]["mean"] == pytest.approx(1 / 16) and t["change"][4]["mean"] == pytest.approx(1 / 4)
     assert t["reward_first_tenth"] == pytest.approx(0.1) and t["reward_last_tenth"] == pytest.approx(1.0)
-    md = report.grpo_markdown({"sft": t})
+    md = grpo.grpo_markdown({"sft": t}, {"sft": MODELS["sft"]["label"]})
     assert "| SFT on optimal paths (D_op) | 43.8 → 50.0 [" in md and "+6.2 [" in md and "pass@4" in md
-    assert report.grpo_plot({"sft": t})[:4] == b"\x89PNG"
+    assert grpo.grpo_plot({"sft": t})[:4] == b"\x89PNG"
 
 
 def test_every_accuracy_carries_its_interval_and_pooled_methods_get_the_selector_rows():
@@ -150,12 +168,12 @@ def test_every_accuracy_carries_its_interval_and_pooled_methods_get_the_selector
                                                         selectors={"logprob": 0.6, "released_sum": 0.2,
                                                                    "majority": 0.65, "likelihood_vote": 0.64,
                                                                    "value": 0.4})}}}
-    rows = report.metrics(summaries)
-    md = report.markdown(rows, "t")
+    rows = pipeline.metrics(summaries, Models(MODELS), SPLITS)
+    md = pipeline.markdown(rows, Models(MODELS), "countdown", "t")
     assert "| SFT on D_op ∪ D_back | `bt_greedy` | 50.0 [43.1, 56.9] (50.0) |" in md  # Wilson, 200 problems
     assert "## Selection without a verifier (new targets)" in md  # val_new alone is still new targets
     selection = md.split("## Selection")[1]
     row = next(line for line in selection.splitlines() if line.startswith("| SFT on D_op ∪ D_back | `sbt_b1_n32` | 60.0 ["))
     assert "65.0 [" in row and "| 90.0 [" in row and row.endswith("| 30.0 |")
     assert "bt_greedy" not in selection  # one sample per problem: nothing to select
-    assert report.table(rows)[0]["new targets 95% interval"] == "43.1-56.9"
+    assert pipeline.table(rows, Models(MODELS))[0]["new targets 95% interval"] == "43.1-56.9"

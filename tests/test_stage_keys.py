@@ -27,13 +27,15 @@ def _short(entry: str) -> set[str]:
 
 
 def test_each_stage_hashes_the_modules_it_reaches_and_no_others():
-    report, train, generate = _short("sbt_core.report:run"), _short("sbt_core.train:train"), _short("sbt_core.domains:get")
-    assert {"report", "metrics", "io", "config", "sbt_core"} <= report and "train" not in report
-    assert {"train", "models", "config", "io"} <= train and "report" not in train
+    report, train = _short("sbt_core.reports.pipeline:run"), _short("sbt_core.train:train")
+    generate = _short("sbt_core.domains:get")
+    assert {"reports.pipeline", "reports.grpo", "metrics", "io", "config", "sbt_core"} <= report
+    assert "train" not in report and "reports.ablations" not in report
+    assert {"train", "models", "config", "io"} <= train and not any(m.startswith("reports") for m in train)
     assert "domains.countdown.generate" in generate and "domains.sudoku.solver" in generate
-    assert not {"train", "report", "evaluate", "search.run"} & generate
-    # study-eval and study-report share a module; only the report reaches the report's plotting code.
-    assert "report" not in _short("sbt_core.study:run") and "report" in _short("sbt_core.study:report")
+    assert not {"train", "reports.pipeline", "evaluate", "search.run"} & generate
+    # study-eval does not reach the study's report.
+    assert "reports.study" not in _short("sbt_core.study:run") and "reports.study" in _short("sbt_core.reports.study:run")
     # A registry dict names the decoders: the search reaches every decoder's module through it.
     assert {"search.backtrack", "search.decoders", "search.reference"} <= _short("sbt_core.search.run:run")
     assert all(len(h) == 12 for h in fingerprint.code("sbt_core.train:train").values())
@@ -115,10 +117,10 @@ def test_a_code_edit_reruns_what_it_touches_and_a_changed_config_keeps_the_old_w
     assert everything[0] == "generate" and everything[-1] == "report" and "sft-bt" in everything
 
     # A comment in the report's module: the report alone reruns.
-    with open(source / "sbt_core" / "report.py", "a") as f:
+    with open(source / "sbt_core" / "reports" / "pipeline.py", "a") as f:
         f.write("\n# a comment: nothing but the report reads this file\n")
     plan = _plan(_sbt(api, source, "status", str(run)).stdout)
-    assert "code changed: report" in plan["report"] and "cached" in plan["sft-bt"]
+    assert "code changed: reports.pipeline" in plan["report"] and "cached" in plan["sft-bt"]
     _sbt(api, source, "run", *FAST, "--run-dir", str(run))
     assert _ran(run) == ["report"]
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from sbt_core import io, metrics, study
+from sbt_core.reports import study as study_report
 from sbt_core.config import StudyEvalConfig
 from sbt_core.domains import get
 
@@ -35,12 +36,12 @@ def _studies():
 
 def test_compute_levels_come_from_the_direct_models_n_and_each_series_gets_its_best_point_within_them():
     studies = _studies()
-    all_series = study.series(studies, {"dfs": "DFS"})
+    all_series = study_report.series(studies, {"dfs": "DFS"})
     assert [s["label"] for s in all_series] == ["direct · pass@n (verifier picks)", "direct · best-of-n (log-prob)",
                                                 "DFS · greedy, token budget"]
-    at = study.levels(all_series)
+    at = study_report.levels(all_series)
     assert at == {"low": 100, "middle": 800, "high": 6400}
-    won = study.winners(all_series, at)
+    won = study_report.winners(all_series, at)
     # Low: the trace's 50-FLOP point (5%) is all it can afford; the direct model's n=1 wins, clearly.
     assert won["low"]["verifier_free"]["winner"] == "direct · best-of-n (log-prob)"
     assert won["low"]["verifier_free"]["clear"]
@@ -50,7 +51,7 @@ def test_compute_levels_come_from_the_direct_models_n_and_each_series_gets_its_b
     assert won["middle"]["with_verifier"]["winner"] == "direct · pass@n (verifier picks)"
     assert not won["middle"]["with_verifier"]["clear"]  # 60% vs 50% of 100 problems: the intervals overlap
     assert won["high"]["with_verifier"]["accuracy"] == 0.80
-    assert study.best_within(all_series[2]["points"], 49) is None
+    assert study_report.best_within(all_series[2]["points"], 49) is None
 
 
 def test_the_wilson_interval_covers_the_proportion_and_narrows_with_more_problems():
@@ -73,7 +74,7 @@ def test_the_mistakes_analysis_counts_only_problems_both_models_solve():
             {"solved": True, "tokens": 500, "dead_ends": 9},  # the direct model never solves this one
             {"solved": True, "tokens": 100, "dead_ends": 0}]}},
     }
-    [row] = study.mistakes(studies, {"dfs": "DFS"})
+    [row] = study_report.mistakes(studies, {"dfs": "DFS"})
     assert row["both_solve"] == 2 and row["backtracking"] == "DFS"
     assert row["mean_dead_ends"] == 2.0 and row["dead_ends_histogram"] == {0: 1, 1: 0, 2: 0, 3: 1}
     assert row["mean_first_right_sample"] == 2.0 and row["mean_expected_samples"] == pytest.approx(4 / 3)

@@ -7,6 +7,7 @@ from sbt_core.domains.countdown.domain import COUNTDOWN
 from sbt_core.domains.sudoku.domain import SUDOKU
 
 DOMAINS: dict[str, Domain] = {"countdown": COUNTDOWN, "sudoku": SUDOKU}
+DEFAULT = "countdown"  # the domain of a command or config that names none
 
 
 def get(name: str) -> Domain:
@@ -16,4 +17,10 @@ def get(name: str) -> Domain:
     return DOMAINS[name]
 
 
-__all__ = ["BACKTRACK", "DOMAINS", "GOAL", "Domain", "Example", "StrictConfig", "Verdict", "get"]
+def released() -> Domain:
+    """The domain whose released SFT data `sbt import-dataset` reads (the first paper released Countdown's):
+    the one with `load_released` / `import_released`."""
+    return next(d for d in DOMAINS.values() if hasattr(d, "import_released"))
+
+
+__all__ = ["BACKTRACK", "DEFAULT", "DOMAINS", "GOAL", "Domain", "Example", "StrictConfig", "Verdict", "get", "released"]

@@ -71,8 +71,15 @@ class Domain(Protocol):
     GenerateConfig: ClassVar[type[StrictConfig]]  # its `domain` field is the registry name
     columns: ClassVar[tuple[str, ...]]  # problem columns the data splits carry (besides `id`)
     eval_splits: ClassVar[tuple[str, ...]]  # splits an evaluation reads, the held-out one last
+    # What reports call each eval split: (heading, short form), e.g. ("new targets", "new").
+    split_labels: ClassVar[dict[str, tuple[str, str]]]
     categories: ClassVar[tuple[str, ...]]  # verdict categories, "correct" first
     error_types: ClassVar[tuple[str, ...]]  # D_back error types, in the order of build_data's ratio
+    # The error type whose wrong result may be the target (`BuildDataConfig.computational_at_target`); None: none.
+    at_target_error: ClassVar[str | None]
+    # The second paper's figures on this domain (arXiv 2504.07052; `study` prints them beside ours), or None:
+    # {"setting", "matches" (a generate-config dict -> bool), "budgets", "ns", "rows": {label: [% solved]}}.
+    study_figures: ClassVar[dict | None]
     # Tokenizer vocabularies by name: fixed phrases (one token each) and single characters.
     vocabularies: ClassVar[dict[str, tuple[tuple[str, ...], tuple[str, ...]]]]
     # Trace styles this domain writes (`trace(problem, style, rng)`), e.g. dfs, mix, think, direct.
@@ -93,6 +100,7 @@ class Domain(Protocol):
     def data_stats(self, problems: pa.Table) -> dict: ...  # dataset-wide figures the error builders use
     def extra_metrics(self, problem: dict, response: str) -> dict[str, float]: ...  # averaged in evaluations
     def dead_ends(self, response: str) -> int: ...  # wrong branches abandoned before the answer (or the end)
+    def difficulty(self, cfg: Any) -> Any: ...  # the generator setting a ladder's trend holds fixed
 
 
 def write_splits(tables: dict[str, pa.Table], cfg: StrictConfig, out_dir: str) -> dict[str, str]:

@@ -31,7 +31,7 @@ def mean(xs) -> float:
 class LM:
     """A causal LM with its tokenizer and the domain whose text it writes: token ids in, token ids out."""
 
-    def __init__(self, model, tokenizer, domain: str | Domain = "countdown"):
+    def __init__(self, model, tokenizer, domain: str | Domain = domains.DEFAULT):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.domain = domains.get(domain) if isinstance(domain, str) else domain

@@ -16,7 +16,7 @@ import time
 import pyarrow as pa
 import torch
 
-from sbt_core import io
+from sbt_core import domains, io
 from sbt_core.config import SearchConfig
 from sbt_core.domains import Domain
 from sbt_core.models import load
@@ -93,7 +93,7 @@ def results_table(problems: pa.Table, results: list[Result], seconds: float, dom
 
 
 def run(
-    cfg: SearchConfig, model_path: str, data_uri: str, out_dir: str, *, domain: str = "countdown",
+    cfg: SearchConfig, model_path: str, data_uri: str, out_dir: str, *, domain: str = domains.DEFAULT,
     limit: int | None = None, shard_size: int = 256, lm: LM | None = None, progress=None,
 ) -> dict[str, str]:
     """Stage entry: writes `results.parquet` (+ shards/ and the manifest); returns its URI."""

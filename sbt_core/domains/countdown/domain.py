@@ -24,8 +24,24 @@ class Countdown:
     GenerateConfig = GenerateConfig
     columns = ("nums", "target")
     eval_splits = ("val_seen", "val_new")
+    split_labels = {"val_seen": ("seen targets", "seen"), "val_new": ("new targets", "new")}
     categories = CATEGORIES
     error_types = backtrack.ERROR_TYPES
+    at_target_error = "computational"
+    # arXiv 2504.07052's figures (`shared/reference/backtrack_study.md`): Qwen2 models from scratch, 200 problems.
+    study_figures = {
+        "setting": "4 numbers in 1..99",
+        "matches": lambda g: g.get("num_numbers") == 4 and g.get("number_max") == 99,
+        "budgets": [256, 512, 1024, 2048, 4096], "ns": [1, 2, 4, 8, 16],
+        "rows": {
+            "3M DFS (greedy, by budget)": [10.5, 13.5, 28.5, 33.5, 41.5],
+            "3M direct (best-of-n, by n)": [8.5, 20.5, 30, 41.5, 52],
+            "17M DFS (greedy, by budget)": [7.5, 11.5, 25.5, 35, 41.5],
+            "17M mix (greedy, by budget)": [12.5, 17.5, 32, 41, 51],
+            "17M think (greedy, by budget)": [17, 28.5, 45.5, 53.5, 59.5],
+            "17M direct (best-of-n, by n)": [17, 25, 37, 50, 61],
+        },
+    }
     trace_styles = trace.STYLES
     vocabularies = {
         "countdown": (_STEP_PHRASES, _STEP_CHARS),
@@ -37,6 +53,9 @@ class Countdown:
 
     def prompt(self, problem: dict) -> str:
         return format_prompt(problem["nums"], problem["target"])
+
+    def difficulty(self, cfg: GenerateConfig) -> int:
+        return cfg.num_numbers
 
     def verify(self, problem: dict, response: str, strict: bool = True) -> Verdict:
         """Step responses as they are; a search trace by the path it claims (see `trace`)."""

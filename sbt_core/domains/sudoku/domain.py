@@ -36,8 +36,22 @@ class Sudoku:
     GenerateConfig = GenerateConfig
     columns = ("puzzle", "solution")
     eval_splits = ("val",)
+    split_labels = {"val": ("held-out (val)", "val")}
     categories = verify.CATEGORIES
     error_types = ERROR_TYPES
+    at_target_error = None
+    # arXiv 2504.07052's figures (`shared/reference/backtrack_study.md`): Qwen2 models from scratch, 200 puzzles.
+    study_figures = {
+        "setting": "9x9, about 24 givens",
+        "matches": lambda g: g.get("size") == 9,
+        "budgets": [400, 512, 1024, 2048, 4096], "ns": [1, 2, 4, 8, 16],
+        "rows": {
+            "17M DFS (greedy, by budget)": [10, 20.5, 45, 51, 53],
+            "17M direct (best-of-n, by n)": [13, 25, 29.5, 44.5, 58],
+            "38M DFS (greedy, by budget)": [9, 40.5, 66, 74.5, 77],
+            "38M direct (best-of-n, by n)": [6.5, 16, 30, 39.5, 58],
+        },
+    }
     trace_styles = ("dfs", "direct")
     vocabularies = {
         "sudoku": (("###Question:", "###Response:", GOAL, "sudoku", "guess", "revert", "nocand", solver.INVALID)
@@ -46,6 +60,9 @@ class Sudoku:
 
     def generate(self, cfg: GenerateConfig, out_dir: str, progress: Callable | None = None) -> dict[str, str]:
         return generate.run(cfg, out_dir, progress)
+
+    def difficulty(self, cfg: GenerateConfig) -> int:
+        return cfg.size
 
     def prompt(self, problem: dict) -> str:
         p = problem["puzzle"]
