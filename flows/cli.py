@@ -38,6 +38,8 @@ def resolve_preset(config: str) -> Path:
 
 CONFIG_OPT = typer.Option("tiny", "--config", "-c", help="Preset name (configs/NAME.yaml) or a YAML path.")
 RUN_DIR_OPT = typer.Option(None, help="Artifacts folder (default runs/<preset name>).")
+DRY_RUN = typer.Option(False, "--dry-run", help="Run nothing: print, stage by stage, cached or would run, and why "
+                       "(config field, input, or code module).")
 SET_OPT = typer.Option([], "--set", help="Override a config value: --set eval.limit=50 (repeatable).")
 
 
@@ -58,13 +60,14 @@ def run(
     set_: list[str] = SET_OPT,
     seeds: int = typer.Option(1, min=1, help="Run the pipeline at this many seed offsets (0, 1, ...) and write "
                               "seeds.md with mean and spread (offset 0 in --run-dir, the others in seeds/)."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Run nothing: print, stage by stage, cached or would "
-                                 "run, and why (config field, input, or code module)."),
+    dry_run: bool = DRY_RUN,
 ):
     """Run the whole pipeline (data, SFT, evaluation, expert iteration, report) as a Prefect flow."""
     cfg, run_dir = _flow_setup(config, set_, run_dir)
     if dry_run:
-        _print_plan(cfg, run_dir)
+        from flows.pipeline import pipeline
+
+        _print_plan(pipeline, config=cfg, run_dir=run_dir)
         return
     if seeds > 1:
         from flows.studies import seeds as seeds_flow
@@ -83,13 +86,13 @@ def run(
     typer.echo(f"report: {summary['report']}\nmetrics: {summary['metrics']}")
 
 
-def _print_plan(cfg, run_dir: str) -> None:
-    """The pipeline planned against run_dir's stage records: one line per stage (no Prefect run, no work)."""
+def _print_plan(flow, **params) -> None:
+    """A flow (pipeline, study, ladder) planned against its run dir's stage records: one line per stage, cached
+    or would run and why (no Prefect run, no work)."""
     from flows.ledger import planning
-    from flows.pipeline import pipeline
 
     with planning():
-        plan = pipeline.fn(config=cfg, run_dir=run_dir)
+        plan = flow.fn(**params)
     width = max(len(row["stage"]) for row in plan["plan"])
     for row in plan["plan"]:
         typer.echo(f"{row['stage']:<{width}}  {row['plan']:<7}  {'; '.join(row['why'])}".rstrip())
@@ -121,7 +124,9 @@ def status(
             raise ValueError(f"{record} records no config (written by an older sbt): give --config")
         cfg = load_run_config(overrides=set_, tree=saved)
         _prefect_env()
-    _print_plan(cfg, run_dir)
+    from flows.pipeline import pipeline
+
+    _print_plan(pipeline, config=cfg, run_dir=run_dir)
 
 
 @app.command()
@@ -166,6 +171,7 @@ def study(
                                "YAML path: `name` and `domains: {label: run config}`."),
     run_dir: Optional[str] = RUN_DIR_OPT,
     set_: list[str] = typer.Option([], "--set", help="Override a value: --set domains.countdown.study.limit=50."),
+    dry_run: bool = DRY_RUN,
 ):
     """Backtracking vs direct models at equal test-time compute, as a Prefect flow: run_dir/study.md."""
     from sbt_core.config import load_study_config
@@ -174,6 +180,9 @@ def study(
     _prefect_env()
     from flows.study import study as study_flow
 
+    if dry_run:
+        _print_plan(study_flow, config=cfg, run_dir=run_dir or f"runs/{cfg.name}")
+        return
     out = study_flow(config=cfg, run_dir=run_dir or f"runs/{cfg.name}")
     err.print(f"ran {len(out['ran'])} stages, {len(out['cached'])} cached, {out['wall_seconds']:.0f} s")
     typer.echo(f"study: {out['study_md']}\njson: {out['study_json']}")
@@ -187,6 +196,7 @@ def ladder(
     run_dir: Optional[str] = RUN_DIR_OPT,
     set_: list[str] = typer.Option([], "--set", help="Override a value: --set set.eval.limit=50, "
                                    "--set rungs.1m-1800.sft.max_steps=100 (repeatable)."),
+    dry_run: bool = DRY_RUN,
 ):
     """The compute ladder as a Prefect flow: per rung SFT and evaluation, then run_dir/ladder.md. Resumable:
     rerun the same command after a kill, or with more rungs."""
@@ -196,6 +206,9 @@ def ladder(
     _prefect_env()
     from flows.ladder import ladder as ladder_flow
 
+    if dry_run:
+        _print_plan(ladder_flow, config=cfg, run_dir=run_dir or f"runs/{cfg.name}")
+        return
     out = ladder_flow(config=cfg, run_dir=run_dir or f"runs/{cfg.name}")
     err.print(f"ran {len(out['ran'])} stages, {len(out['cached'])} cached, {out['wall_seconds']:.0f} s")
     typer.echo(f"ladder: {out['ladder_md']}\njson: {out['ladder_json']}")

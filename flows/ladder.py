@@ -59,6 +59,8 @@ def ladder(config: LadderConfig, run_dir: str = "runs/ladder-cpu") -> dict[str, 
              f"{io.code_version()}; each rung trains `{config.model}` from scratch with its own schedule",
              "training FLOPs are 6·N·D: N parameters, D tokens processed (prompts included, attention left out)"]
     out = ledger("ladder-report", stages.ladder_report, config, done, io.join(run_dir, "report"), notes)
+    if ledger.planning:
+        return {"run_dir": str(run_dir), **ledger.summary()}
     md = io.read_bytes(out["outputs"]["ladder_md"]).decode()
     create_markdown_artifact(embed_images(md, {"ladder.png": io.read_bytes(out["outputs"]["ladder_png"])}),
                              key="sbt-ladder", description="The compute ladder: gain over greedy against training FLOPs")

@@ -70,6 +70,8 @@ def study(config: StudyConfig, run_dir: str = "runs/study") -> dict[str, Any]:
              "paper's best-of-n does."]
     out = ledger("study-report", stages.study_report, config.name, parts, evaluations, io.join(run_dir, "report"),
                  notes)
+    if ledger.planning:
+        return {"run_dir": str(run_dir), **ledger.summary()}
     _publish(out)
     wall = time.monotonic() - t0
     summary = {"run_dir": str(run_dir), "study_md": out["outputs"]["study_md_top"],

@@ -9,6 +9,8 @@ import pytest
 
 from sbt_core import io
 
+ROOT = Path(__file__).resolve().parent.parent
+
 
 def sbt(*args, ok=True):
     proc = subprocess.run([sys.executable, "-m", "flows.cli", *map(str, args)], capture_output=True, text=True, timeout=600)
@@ -76,6 +78,20 @@ def test_bad_input_fails_with_a_message_not_a_traceback(tmp_path, args, message)
     proc = subprocess.run([sys.executable, "-m", "flows.cli", *args], capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 2 and message in " ".join(proc.stderr.split()) and "Traceback" not in proc.stderr
     assert not (tmp_path / "X").exists() or not any((tmp_path / "X").rglob("*.parquet"))
+
+
+@pytest.mark.integration  # a subprocess per flow
+@pytest.mark.parametrize("command,preset,last", [("study", "smoke-study", "study-report"),
+                                                 ("ladder", "ladder-cpu", "ladder-report")])
+def test_study_and_ladder_dry_runs_plan_every_stage_and_touch_nothing(tmp_path, command, preset, last):
+    run_dir = tmp_path / "r"
+    proc = subprocess.run([sys.executable, "-m", "flows.cli", command, "-c", preset, "--run-dir", str(run_dir),
+                           "--dry-run"], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[-1].split()[:2] == [last, "run"] and all(line.split()[1] == "run" for line in lines)
+    n = len(lines)
+    assert f"{n} of {n} stages would run" in proc.stderr and not run_dir.exists()
 
 
 def test_the_core_never_imports_the_orchestrator():
