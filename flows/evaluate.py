@@ -37,10 +37,10 @@ def evaluate_latest(config: RunConfig = RunConfig(), run_dir: str = "runs/tiny")
     """Evaluate the newest model of `run_dir` on the domain's evaluation splits."""
     stages.use_storage_block()
     model = latest_model(run_dir, config)
-    data = stages.generate("generate", config.generate, io.join(run_dir, "data"), return_state=True).result()
+    data = stages.generate("generate", cfg=config.generate, out_dir=io.join(run_dir, "data"), return_state=True).result()
     out_dir = io.join(run_dir, "eval-latest", model["key"])
-    state = stages.evaluate("eval-latest", config.eval, config.eval.ei_methods, model, data, out_dir, config.domain,
-                            return_state=True)
+    state = stages.evaluate("eval-latest", cfg=config.eval, methods=config.eval.ei_methods, model=model, data=data,
+                            out_dir=out_dir, domain=config.domain, return_state=True)
     result = state.result()
     summary = io.read_json(result["outputs"]["summary"])
     table = [{"method": m, "split": s, "accuracy_strict": v["accuracy_strict"], "accuracy_paper": v["accuracy_paper"],

@@ -43,22 +43,24 @@ def ladder(config: LadderConfig, run_dir: str = "runs/ladder-cpu") -> dict[str, 
         # share them (a per-rung folder name would rebuild the same data once per rung).
         gen = _short(rung.generate)
         recipe = f"{gen}-{_short(data_cfg)}-{spec.recipe}"
-        data = ledger(f"generate-{gen}", stages.generate, rung.generate, io.join(run_dir, "data", gen))
-        built = ledger(f"build-data-{recipe}", stages.build_data, data_cfg, data, io.join(run_dir, "data", recipe),
-                       rung.domain)
+        data = ledger(f"generate-{gen}", stages.generate, cfg=rung.generate, out_dir=io.join(run_dir, "data", gen))
+        built = ledger(f"build-data-{recipe}", stages.build_data, cfg=data_cfg, data=data,
+                       out_dir=io.join(run_dir, "data", recipe), domain=rung.domain)
         if name in config.onpolicy:  # a lever: this rung's data plus another model's own wrong steps
             op = config.onpolicy[name]
             source = done[op.source]["sft"] if op.source in done else stages.external(op.source)
-            built = ledger(f"{name}-onpolicy", stages.onpolicy, op, source, data, built,
-                           io.join(run_dir, name, "onpolicy"), rung.domain)
-        model = ledger(f"{name}-sft", stages.sft, sft_cfg, model_cfg, built, io.join(run_dir, name, "sft"))
-        evaluation = ledger(f"{name}-evaluate", stages.evaluate, rung.eval, config.methods, model, data,
-                            io.join(run_dir, name, "eval"), rung.domain)
+            built = ledger(f"{name}-onpolicy", stages.onpolicy, cfg=op, model=source, data=data, base=built,
+                           out_dir=io.join(run_dir, name, "onpolicy"), domain=rung.domain)
+        model = ledger(f"{name}-sft", stages.sft, cfg=sft_cfg, model=model_cfg, data=built,
+                       out_dir=io.join(run_dir, name, "sft"))
+        evaluation = ledger(f"{name}-evaluate", stages.evaluate, cfg=rung.eval, methods=config.methods, model=model,
+                            data=data, out_dir=io.join(run_dir, name, "eval"), domain=rung.domain)
         done[name] = {"sft": model, "eval": evaluation}
     notes = [f"ladder `{config.name}`, config hash {io.config_hash(config.model_dump(mode='json'))}, code "
              f"{io.code_version()}; each rung trains `{config.model}` from scratch with its own schedule",
              "training FLOPs are 6·N·D: N parameters, D tokens processed (prompts included, attention left out)"]
-    out = ledger("ladder-report", stages.ladder_report, config, done, io.join(run_dir, "report"), notes)
+    out = ledger("ladder-report", stages.ladder_report, ladder=config, rungs=done, out_dir=io.join(run_dir, "report"),
+                 notes=notes)
     if ledger.planning:
         return {"run_dir": str(run_dir), **ledger.summary()}
     md = io.read_bytes(out["outputs"]["ladder_md"]).decode()

@@ -57,16 +57,17 @@ class Ledger:
         self.planning = is_planning()
         self.rows: list[dict[str, Any]] = []
 
-    def __call__(self, name: str, task, *args, **kwargs) -> StageResult:
+    def __call__(self, name: str, task, **params) -> StageResult:
+        """Run stage instance `name` of `task` with its parameters by keyword (the declaration's names)."""
         if self.planning:
-            return self._plan(name, task, *args, **kwargs)
+            return self._plan(name, task, **params)
         t0 = time.monotonic()
         ex = self.execution
         target = ex.gpu_deployment if task.name in stages.HEAVY else ex.cpu_deployment
         if ex.mode == "deployments" and target:
-            result, cached, reused = stage_runs.call(target, task, name, *args, **kwargs)
+            result, cached, reused = stage_runs.call(target, task, name, **params)
         else:
-            state = task(name, *args, return_state=True, **kwargs)
+            state = task(name, return_state=True, **params)
             # A task run in this process is never reused from an earlier attempt (see `stage_runs.call`).
             result, cached, reused = state.result(), state.name == "Cached", False
         moved = result.get("superseded", []) if not reused else []
@@ -75,10 +76,10 @@ class Ledger:
                           **({"reused_run": True} if reused else {}), **({"superseded": moved} if moved else {})})
         return result
 
-    def _plan(self, name: str, task, *args, **kwargs) -> StageResult:
-        params = inspect.signature(task.fn).bind(name, *args, **kwargs)
-        params.apply_defaults()
-        params = dict(params.arguments)
+    def _plan(self, name: str, task, **given) -> StageResult:
+        bound = inspect.signature(task.fn).bind(name, **given)
+        bound.apply_defaults()
+        params = dict(bound.arguments)
         params.pop("stage_name")
         result = stages.plan(stages.STAGES[task.name], name, params)
         if result["plan"] not in ("cached", "restore"):

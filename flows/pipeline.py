@@ -45,11 +45,11 @@ def train_models(ledger: Ledger, config: RunConfig, data: StageResult, here: str
     The pipeline, the study and the ablations train their models through it."""
     specs = {name: config.model_spec(name) for name in names or config.models}
     tag = {name: spec.stage or name for name, (spec, *_) in specs.items()}
-    rows = {name: ledger(f"{prefix}build-data-{tag[name]}", stages.build_data, data_cfg, data,
-                         io.join(here, f"data-{tag[name]}"), config.domain)
+    rows = {name: ledger(f"{prefix}build-data-{tag[name]}", stages.build_data, cfg=data_cfg, data=data,
+                         out_dir=io.join(here, f"data-{tag[name]}"), domain=config.domain)
             for name, (_, _, _, data_cfg) in specs.items()}
-    trained = {name: ledger(f"{prefix}sft-{tag[name]}", stages.sft, sft_cfg, model_cfg, rows[name],
-                            io.join(here, f"sft-{tag[name]}"))
+    trained = {name: ledger(f"{prefix}sft-{tag[name]}", stages.sft, cfg=sft_cfg, model=model_cfg, data=rows[name],
+                            out_dir=io.join(here, f"sft-{tag[name]}"))
                for name, (_, model_cfg, sft_cfg, _) in specs.items()}
     return specs, tag, trained
 
@@ -60,18 +60,19 @@ def expert_iteration_round(config: RunConfig, run_dir: str, round: int, model_ur
     stages.use_storage_block()
     ei = config.expert_iteration
     ledger = Ledger(config)
-    data = ledger("generate", stages.generate, config.generate, io.join(run_dir, "data"))
+    data = ledger("generate", stages.generate, cfg=config.generate, out_dir=io.join(run_dir, "data"))
     base = stages.external(model_uri)
     here = io.join(run_dir, f"ei{round}")
     split = domains.get(config.domain).eval_splits[-1] if ei.transductive else "train"
-    searched = ledger(f"ei{round}-search", stages.search, config.eval.search_config(ei.method), base, data, split,
-                      ei.train_problems, io.join(here, "search"), config.domain)
-    distilled = ledger(f"ei{round}-distill", stages.distill, searched, io.join(here, "data"), ei.transductive,
-                       config.domain)
-    model = ledger(f"ei{round}-sft", stages.sft, ei.train, ModelConfig(size=None, path=model_uri), distilled,
-                   io.join(here, "sft"), base)
-    evaluation = ledger(f"ei{round}-evaluate", stages.evaluate, config.eval, config.eval.ei_methods, model, data,
-                        io.join(here, "eval"), config.domain)
+    searched = ledger(f"ei{round}-search", stages.search, cfg=config.eval.search_config(ei.method), model=base,
+                      data=data, split=split, limit=ei.train_problems, out_dir=io.join(here, "search"),
+                      domain=config.domain)
+    distilled = ledger(f"ei{round}-distill", stages.distill, results=searched, out_dir=io.join(here, "data"),
+                       transductive=ei.transductive, domain=config.domain)
+    model = ledger(f"ei{round}-sft", stages.sft, cfg=ei.train, model=ModelConfig(size=None, path=model_uri),
+                   data=distilled, out_dir=io.join(here, "sft"), base=base)
+    evaluation = ledger(f"ei{round}-evaluate", stages.evaluate, cfg=config.eval, methods=config.eval.ei_methods,
+                        model=model, data=data, out_dir=io.join(here, "eval"), domain=config.domain)
     rows = None if ledger.planning else io.parquet_rows(distilled["outputs"]["sft"])
     if not ledger.planning:
         get_run_logger().info("round %d: %d verified outputs distilled from %d searched problems", round, rows,
@@ -94,17 +95,18 @@ def grpo_round(config: RunConfig, run_dir: str, model: str, model_uri: str | Non
     spec, *_ = config.model_spec(model)
     tag = spec.stage or model
     ledger = Ledger(config)
-    data = ledger("generate", stages.generate, config.generate, io.join(run_dir, "data"))
+    data = ledger("generate", stages.generate, cfg=config.generate, out_dir=io.join(run_dir, "data"))
     base = stages.external(model_uri or io.join(run_dir, f"sft-{tag}", "model"))
     length, passk = config.grpo_eval()
-    before = ledger(f"passk-{tag}", stages.study_eval, passk, "samples", base, data, io.join(run_dir, f"passk-{tag}"),
-                    config.domain, length)
-    tuned = ledger(f"grpo-{tag}", stages.grpo, config.grpo, base, data, io.join(run_dir, f"grpo-{tag}"),
-                   config.domain, length)
-    after = ledger(f"passk-grpo-{tag}", stages.study_eval, passk, "samples", tuned, data,
-                   io.join(run_dir, f"passk-grpo-{tag}"), config.domain, length)
-    evaluation = ledger(f"eval-grpo-{tag}", stages.evaluate, config.eval, config.grpo.methods or spec.methods, tuned,
-                        data, io.join(run_dir, f"eval-grpo-{tag}"), config.domain)
+    before = ledger(f"passk-{tag}", stages.study_eval, cfg=passk, kind="samples", model=base, data=data,
+                    out_dir=io.join(run_dir, f"passk-{tag}"), domain=config.domain, max_new_tokens=length)
+    tuned = ledger(f"grpo-{tag}", stages.grpo, cfg=config.grpo, model=base, data=data,
+                   out_dir=io.join(run_dir, f"grpo-{tag}"), domain=config.domain, max_completion_length=length)
+    after = ledger(f"passk-grpo-{tag}", stages.study_eval, cfg=passk, kind="samples", model=tuned, data=data,
+                   out_dir=io.join(run_dir, f"passk-grpo-{tag}"), domain=config.domain, max_new_tokens=length)
+    evaluation = ledger(f"eval-grpo-{tag}", stages.evaluate, cfg=config.eval,
+                        methods=config.grpo.methods or spec.methods, model=tuned, data=data,
+                        out_dir=io.join(run_dir, f"eval-grpo-{tag}"), domain=config.domain)
     return {"model": tuned["outputs"]["model"], "evaluation": evaluation,
             "grpo": {"before": before, "after": after, "grpo": tuned}, "stages": ledger.rows}
 
@@ -121,10 +123,11 @@ def pipeline(config: RunConfig = RunConfig(), run_dir: str = "runs/tiny") -> dic
         # The config first, so that `sbt status RUN_DIR` can plan a run that was killed before its end.
         io.write_json({"run_dir": str(run_dir), "status": "running", "config": config.model_dump(mode="json")},
                       io.join(run_dir, "run.json"))
-    data = ledger("generate", stages.generate, config.generate, io.join(run_dir, "data"))
+    data = ledger("generate", stages.generate, cfg=config.generate, out_dir=io.join(run_dir, "data"))
     specs, tag, trained = train_models(ledger, config, data, run_dir)
-    evaluations = {name: ledger(f"eval-sft-{tag[name]}", stages.evaluate, config.eval, spec.methods, trained[name],
-                                data, io.join(run_dir, f"eval-sft-{tag[name]}"), config.domain)
+    evaluations = {name: ledger(f"eval-sft-{tag[name]}", stages.evaluate, cfg=config.eval, methods=spec.methods,
+                                model=trained[name], data=data, out_dir=io.join(run_dir, f"eval-sft-{tag[name]}"),
+                                domain=config.domain)
                    for name, (spec, *_) in specs.items()}
     tuned = {}
     for name in config.grpo.models:
@@ -143,9 +146,9 @@ def pipeline(config: RunConfig = RunConfig(), run_dir: str = "runs/tiny") -> dic
         "Self-backtracking rows never consult the verifier: the model's mean log-probability picks the answer.",
         *[f"expert-iteration round {r}: {n} verified outputs distilled" for r, n in distilled.items()],
     ]
-    report = ledger("report", stages.report, config.name, evaluations, io.join(run_dir, "report"),
-                    models=config.report_models(), domain=config.domain, search_method=config.expert_iteration.method,
-                    notes=notes, grpo=tuned or None)
+    report = ledger("report", stages.report, title=config.name, evaluations=evaluations,
+                    out_dir=io.join(run_dir, "report"), models=config.report_models(), domain=config.domain,
+                    search_method=config.expert_iteration.method, notes=notes, grpo=tuned or None)
     if ledger.planning:
         return {"run_dir": str(run_dir), **ledger.summary()}
     _publish(report, config.report_models())

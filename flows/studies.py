@@ -45,15 +45,15 @@ def ablations(config: RunConfig = RunConfig(), run_dir: str = "runs/tiny") -> di
     stages.use_storage_block()
     ab = config.ablations
     ledger = Ledger(config)
-    data = ledger("generate", stages.generate, config.generate, io.join(run_dir, "data"))
+    data = ledger("generate", stages.generate, cfg=config.generate, out_dir=io.join(run_dir, "data"))
     # The preset's backtracking model, exactly as the pipeline builds it (cached after `sbt run`).
     name = config.expert_iteration.model
     specs, _, trained = train_models(ledger, config, data, run_dir, names=[name])
     _, model_cfg, sft_cfg, data_cfg = specs[name]
     model = trained[name]
     grid_methods = list(dict.fromkeys([*ab.methods, *ab.search_grid]))
-    grid = ledger("ablation-grid-evaluate", stages.evaluate, config.eval, grid_methods, model, data,
-                  io.join(run_dir, "ablations", "preset", "eval"), config.domain)
+    grid = ledger("ablation-grid-evaluate", stages.evaluate, cfg=config.eval, methods=grid_methods, model=model,
+                  data=data, out_dir=io.join(run_dir, "ablations", "preset", "eval"), domain=config.domain)
     evaluations: dict[str, Any] = {}
     for name, build_cfg in ablation_variants(config).items():
         if build_cfg == data_cfg:
@@ -61,17 +61,18 @@ def ablations(config: RunConfig = RunConfig(), run_dir: str = "runs/tiny") -> di
             continue
         tag = _slug(name)
         here = io.join(run_dir, "ablations", tag)
-        d = ledger(f"ablation-{tag}-build-data", stages.build_data, build_cfg, data, io.join(here, "data-bt"),
-                   config.domain)
-        m = ledger(f"ablation-{tag}-sft", stages.sft, sft_cfg, model_cfg, d, io.join(here, "sft-bt"))
-        evaluations[name] = ledger(f"ablation-{tag}-evaluate", stages.evaluate, config.eval, ab.methods, m, data,
-                                   io.join(here, "eval"), config.domain)
+        d = ledger(f"ablation-{tag}-build-data", stages.build_data, cfg=build_cfg, data=data,
+                   out_dir=io.join(here, "data-bt"), domain=config.domain)
+        m = ledger(f"ablation-{tag}-sft", stages.sft, cfg=sft_cfg, model=model_cfg, data=d,
+                   out_dir=io.join(here, "sft-bt"))
+        evaluations[name] = ledger(f"ablation-{tag}-evaluate", stages.evaluate, cfg=config.eval, methods=ab.methods,
+                                   model=m, data=data, out_dir=io.join(here, "eval"), domain=config.domain)
     notes = [f"preset `{config.name}`; {config.eval.limit or 'all'} problems per split; each variant changes one "
              "build_data field of the preset and retrains the backtracking model with the preset's SFT settings",
              "the b x N grid runs on the preset's backtracking model; no row consults the verifier"]
-    out = ledger("ablation-report", stages.ablation_report, config.name, evaluations, grid,
-                 io.join(run_dir, "ablations"), model=config.expert_iteration.model, models=config.report_models(),
-                 domain=config.domain, notes=notes)
+    out = ledger("ablation-report", stages.ablation_report, title=config.name, variants=evaluations, grid=grid,
+                 out_dir=io.join(run_dir, "ablations"), model=config.expert_iteration.model,
+                 models=config.report_models(), domain=config.domain, notes=notes)
     get_run_logger().info("ablations: %s", out["outputs"]["ablations_md"])
     return {"ablations": out["outputs"]["ablations_md"], "stages": ledger.rows}
 

@@ -41,7 +41,7 @@ def study(config: StudyConfig, run_dir: str = "runs/study") -> dict[str, Any]:
     evaluations: dict[str, dict[str, StageResult]] = {}
     for label, run in config.domains.items():
         here = io.join(run_dir, label)
-        data = ledger(f"{label}-generate", stages.generate, run.generate, io.join(here, "data"))
+        data = ledger(f"{label}-generate", stages.generate, cfg=run.generate, out_dir=io.join(here, "data"))
         parts[label] = {"domain": run.domain, "generate": run.generate.model_dump(mode="json"), "labels": {},
                         "training": {}}
         evaluations[label] = {}
@@ -49,27 +49,28 @@ def study(config: StudyConfig, run_dir: str = "runs/study") -> dict[str, Any]:
         for name, (spec, *_) in specs.items():
             tag, model = tags[name], trained[name]
             kind = RECIPES[spec.recipe].study
-            evaluations[label][name] = ledger(
-                f"{label}-study-{tag}", stages.study_eval, run.study, kind, model, data,
-                io.join(here, f"study-{tag}"), run.domain, run.eval.max_new_tokens)
+            evaluations[label][name] = ledger(f"{label}-study-{tag}", stages.study_eval, cfg=run.study, kind=kind,
+                                              model=model, data=data, out_dir=io.join(here, f"study-{tag}"),
+                                              domain=run.domain, max_new_tokens=run.eval.max_new_tokens)
             parts[label]["labels"][name] = spec.label or name
             if "metrics" in model["outputs"]:  # (an SFT on no rows keeps its base model and measures nothing)
                 parts[label]["training"][name] = model["outputs"]["metrics"]
             if name in run.grpo.models:  # GRPO with rollouts as long as the model's own evaluation decodes
                 length = run.grpo.max_completion_length or decode_length(run.study, kind, run.eval.max_new_tokens)
-                tuned = ledger(f"{label}-grpo-{tag}", stages.grpo, run.grpo, model, data,
-                               io.join(here, f"grpo-{tag}"), run.domain, length)
-                evaluations[label][f"grpo_{name}"] = ledger(
-                    f"{label}-study-grpo-{tag}", stages.study_eval, run.study, kind, tuned, data,
-                    io.join(here, f"study-grpo-{tag}"), run.domain, run.eval.max_new_tokens)
+                tuned = ledger(f"{label}-grpo-{tag}", stages.grpo, cfg=run.grpo, model=model, data=data,
+                               out_dir=io.join(here, f"grpo-{tag}"), domain=run.domain, max_completion_length=length)
+                evaluations[label][f"grpo_{name}"] = ledger(f"{label}-study-grpo-{tag}", stages.study_eval,
+                                                            cfg=run.study, kind=kind, model=tuned, data=data,
+                                                            out_dir=io.join(here, f"study-grpo-{tag}"),
+                                                            domain=run.domain, max_new_tokens=run.eval.max_new_tokens)
                 parts[label]["labels"][f"grpo_{name}"] = f"{spec.label or name} + GRPO"
                 parts[label]["training"][f"grpo_{name}"] = tuned["outputs"]["metrics"]
     notes = [f"study `{config.name}`; config hash {io.config_hash(config.model_dump(mode='json'))}; "
              f"code {io.code_version()}",
              "Verifier-free rows never consult the verifier; pass@n rows (dashed in the plots) let it pick, as the "
              "paper's best-of-n does."]
-    out = ledger("study-report", stages.study_report, config.name, parts, evaluations, io.join(run_dir, "report"),
-                 notes)
+    out = ledger("study-report", stages.study_report, title=config.name, parts=parts, evaluations=evaluations,
+                 out_dir=io.join(run_dir, "report"), notes=notes)
     if ledger.planning:
         return {"run_dir": str(run_dir), **ledger.summary()}
     _publish(out)

@@ -372,21 +372,21 @@ def _train_progress(progress: Progress):
 
 
 @stage("generate", entry="sbt_core.domains:get")
-def generate(stage_name: str, cfg: GenerateConfig, out_dir: str):
+def generate(stage_name: str, *, cfg: GenerateConfig, out_dir: str):
     """The problems of `cfg.domain` (its generator's settings)."""
     bar = Progress(stage_name, cfg.total, "problems")
     return domains.get(cfg.domain).generate(cfg, out_dir, progress=bar)
 
 
 @stage("build-data", entry="sbt_core.build_data:run")
-def build_data(stage_name: str, cfg: BuildDataConfig, data: StageResult, out_dir: str, domain: str = domains.DEFAULT):
+def build_data(stage_name: str, *, cfg: BuildDataConfig, data: StageResult, out_dir: str, domain: str = domains.DEFAULT):
     from sbt_core import build_data as core
 
     return core.run(cfg, data["outputs"]["train"], out_dir, domain)
 
 
 @stage("sft", entry="sbt_core.train:train", heavy=True)
-def sft(stage_name: str, cfg: TrainConfig, model: ModelConfig, data: StageResult, out_dir: str,
+def sft(stage_name: str, *, cfg: TrainConfig, model: ModelConfig, data: StageResult, out_dir: str,
         base: StageResult | None = None):
     """SFT; `base` is the StageResult of the model fine-tuned further (its URI goes in model.path)."""
     from sbt_core import train as core
@@ -415,7 +415,7 @@ def grpo(stage_name: str, cfg: GRPOConfig, model: StageResult, data: StageResult
 
 
 @stage("evaluate", entry="sbt_core.evaluate:run", heavy=True)
-def evaluate(stage_name: str, cfg: EvalConfig, methods: list[str], model: StageResult, data: StageResult,
+def evaluate(stage_name: str, *, cfg: EvalConfig, methods: list[str], model: StageResult, data: StageResult,
              out_dir: str, domain: str = domains.DEFAULT):
     from sbt_core import evaluate as core
 
@@ -428,7 +428,7 @@ def evaluate(stage_name: str, cfg: EvalConfig, methods: list[str], model: StageR
 
 
 @stage("search", entry="sbt_core.search.run:run", heavy=True)
-def search(stage_name: str, cfg: SearchConfig, model: StageResult, data: StageResult, split: str, limit: int,
+def search(stage_name: str, *, cfg: SearchConfig, model: StageResult, data: StageResult, split: str, limit: int,
            out_dir: str, domain: str = domains.DEFAULT):
     from sbt_core.search import run as core
 
@@ -438,7 +438,7 @@ def search(stage_name: str, cfg: SearchConfig, model: StageResult, data: StageRe
 
 
 @stage("distill", entry="sbt_core.distill:run")
-def distill(stage_name: str, results: StageResult, out_dir: str, transductive: bool = False,
+def distill(stage_name: str, *, results: StageResult, out_dir: str, transductive: bool = False,
             domain: str = domains.DEFAULT):
     from sbt_core import distill as core
 
@@ -451,7 +451,7 @@ def _with_copies_up(made: dict[str, str], run_dir: str) -> dict[str, str]:
 
 
 @stage("report", entry="sbt_core.reports.pipeline:run")
-def report(stage_name: str, title: str, evaluations: dict[str, StageResult], out_dir: str, *,
+def report(stage_name: str, *, title: str, evaluations: dict[str, StageResult], out_dir: str,
            models: dict[str, dict], domain: str, search_method: str, notes: list[str] = (),
            grpo: dict[str, dict[str, StageResult]] | None = None):
     """report.md, metrics.json and plots in out_dir, with copies one level up (the run folder). `models`:
@@ -469,8 +469,8 @@ def report(stage_name: str, title: str, evaluations: dict[str, StageResult], out
 
 
 @stage("ablation-report", entry="sbt_core.reports.ablations:run")
-def ablation_report(stage_name: str, title: str, variants: dict[str, StageResult], grid: StageResult, out_dir: str,
-                    *, model: str, models: dict[str, dict], domain: str, notes: list[str] = ()):
+def ablation_report(stage_name: str, *, title: str, variants: dict[str, StageResult], grid: StageResult,
+                    out_dir: str, model: str, models: dict[str, dict], domain: str, notes: list[str] = ()):
     """ablations.md, ablations.json and ablations.png in out_dir: `model` retrained per variant."""
     from sbt_core.reports import ablations as core
 
@@ -479,7 +479,7 @@ def ablation_report(stage_name: str, title: str, variants: dict[str, StageResult
 
 
 @stage("study-eval", entry="sbt_core.study:run", heavy=True)
-def study_eval(stage_name: str, cfg: StudyEvalConfig, kind: str, model: StageResult, data: StageResult, out_dir: str,
+def study_eval(stage_name: str, *, cfg: StudyEvalConfig, kind: str, model: StageResult, data: StageResult, out_dir: str,
                domain: str = domains.DEFAULT, max_new_tokens: int = 64):
     """One model's accuracy-vs-compute curves (`study.run`): kind budget, samples or search."""
     from sbt_core import study as core
@@ -491,7 +491,7 @@ def study_eval(stage_name: str, cfg: StudyEvalConfig, kind: str, model: StageRes
 
 
 @stage("study-report", entry="sbt_core.reports.study:run")
-def study_report(stage_name: str, title: str, parts: dict[str, dict], evaluations: dict[str, dict[str, StageResult]],
+def study_report(stage_name: str, *, title: str, parts: dict[str, dict], evaluations: dict[str, dict[str, StageResult]],
                  out_dir: str, notes: list[str] = ()):
     """study.md, study.json and one plot per part in out_dir, with copies one level up (the run folder).
 
@@ -507,7 +507,7 @@ def study_report(stage_name: str, title: str, parts: dict[str, dict], evaluation
 
 
 @stage("onpolicy", entry="sbt_core.onpolicy:run", heavy=True, ignore=("cfg.source",))
-def onpolicy(stage_name: str, cfg: OnPolicyConfig, model: StageResult, data: StageResult, base: StageResult,
+def onpolicy(stage_name: str, *, cfg: OnPolicyConfig, model: StageResult, data: StageResult, base: StageResult,
              out_dir: str, domain: str = domains.DEFAULT):
     """`base`'s SFT rows plus D_back rows from `model`'s own wrong steps on the train problems (`sbt_core.onpolicy`)."""
     from sbt_core import onpolicy as core
@@ -516,7 +516,7 @@ def onpolicy(stage_name: str, cfg: OnPolicyConfig, model: StageResult, data: Sta
 
 
 @stage("ladder-report", entry=("sbt_core.reports.ladder:run", "sbt_core.reports.ladder:rung_row"))
-def ladder_report(stage_name: str, ladder: LadderConfig, rungs: dict[str, dict[str, StageResult]], out_dir: str,
+def ladder_report(stage_name: str, *, ladder: LadderConfig, rungs: dict[str, dict[str, StageResult]], out_dir: str,
                   notes: list[str] = ()):
     """ladder.md, ladder.json and ladder.png in out_dir, with copies one level up (the ladder's run folder);
     `rungs[name]` holds its `sft` and `eval` results."""
