@@ -29,11 +29,15 @@ def _prefect_env() -> None:
 
 
 def resolve_preset(config: str) -> Path:
-    """A path, or a preset name from configs/ (`tiny` -> configs/tiny.yaml)."""
+    """A YAML file, or a preset name from configs/ (`tiny` -> configs/tiny.yaml), even beside a folder of that
+    name (a run folder `./smoke/` does not hide the `smoke` preset)."""
     path = Path(config)
-    if path.exists() or path.suffix in (".yaml", ".yml"):
+    if path.is_file() or path.suffix in (".yaml", ".yml"):
         return path
-    return PRESETS / f"{config}.yaml"
+    preset = PRESETS / f"{config}.yaml"
+    if not preset.is_file() and path.is_dir():
+        raise FileNotFoundError(f"{config} is a folder, not a config file or a preset of {PRESETS}")
+    return preset
 
 
 CONFIG_OPT = typer.Option("tiny", "--config", "-c", help="Preset name (configs/NAME.yaml) or a YAML path.")
@@ -47,9 +51,13 @@ def _flow_setup(config: str, set_: list[str], run_dir: str | None):
     """The validated preset and run dir, with Prefect's environment set (before prefect is imported)."""
     from sbt_core.config import load_run_config
 
+    from sbt_core import io
+
     cfg = load_run_config(resolve_preset(config), set_)
+    run_dir = run_dir or f"runs/{cfg.name}"
+    io.check_folder(run_dir)  # before Prefect starts: a file named like the run folder is a one-line error
     _prefect_env()
-    return cfg, run_dir or f"runs/{cfg.name}"
+    return cfg, run_dir
 
 
 @app.command()
@@ -176,7 +184,10 @@ def study(
     """Backtracking vs direct models at equal test-time compute, as a Prefect flow: run_dir/study.md."""
     from sbt_core.config import load_study_config
 
+    from sbt_core import io
+
     cfg = load_study_config(resolve_preset(config), set_)
+    io.check_folder(run_dir or f"runs/{cfg.name}")
     _prefect_env()
     from flows.study import study as study_flow
 
@@ -202,7 +213,10 @@ def ladder(
     rerun the same command after a kill, or with more rungs."""
     from sbt_core.ladder import load_ladder_config
 
+    from sbt_core import io
+
     cfg = load_ladder_config(resolve_preset(config), set_, resolve=resolve_preset)
+    io.check_folder(run_dir or f"runs/{cfg.name}")
     _prefect_env()
     from flows.ladder import ladder as ladder_flow
 

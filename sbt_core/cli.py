@@ -30,6 +30,7 @@ from sbt_core.search import registry
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Self-backtracking and search traces on Countdown and Sudoku: data, SFT, search.")
 DOMAIN_HELP = f"Task domain: {', '.join(domains.DOMAINS)}."
+DATA_DOMAIN_HELP = f"Task domain: {', '.join(domains.DOMAINS)} (default: the one the data's manifest names)."
 err = Console(stderr=True)
 
 
@@ -43,11 +44,40 @@ def clean_errors(fn):
             return fn(*args, **kwargs)
         except ValidationError as e:
             err.print(f"[red]error:[/red] invalid configuration\n{format_validation_error(e)}")
-        except (ValueError, FileNotFoundError, KeyError) as e:
+        except (ValueError, KeyError, FileNotFoundError, NotADirectoryError, IsADirectoryError, FileExistsError) as e:
             err.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2)
 
     return wrapper
+
+
+def data_domain(given: str | None, data: str) -> str:
+    """The domain of `data` (a stage's folder, or a file in one): the one its manifest's config names; `given` must
+    agree with it. Without a manifest that names one: `given`, else the default domain."""
+    from sbt_core import io
+
+    folder = data if not str(data).endswith((".parquet", ".json", ".jsonl", ".csv")) else io.parent(data)
+    manifest = io.join(folder, io.MANIFEST)
+    recorded = None
+    if io.exists(manifest):
+        config = io.read_json(manifest).get("config") or {}
+        recorded = config.get("domain") if isinstance(config, dict) else None
+    if given and recorded and given != recorded:
+        raise ValueError(f"--domain {given}: {data} holds {recorded} data (its manifest says so)")
+    return domains.get(given or recorded or domains.DEFAULT).name
+
+
+def _built_data(data: str) -> dict:
+    """What build-data's manifest beside `data` says of its rows: `vocabulary` and `longest` (tokens of prompt,
+    response and EOS in that vocabulary); {} without one."""
+    from sbt_core import io
+
+    manifest = io.join(io.parent(data) if str(data).endswith(".parquet") else data, io.MANIFEST)
+    if not io.exists(manifest):
+        return {}
+    record = io.read_json(manifest)
+    lengths = (record.get("stats") or {}).get("token_lengths") or {}
+    return {"vocabulary": (record.get("config") or {}).get("vocabulary"), "longest": (lengths.get("all") or {}).get("max")}
 
 
 def _progress(total: int, label: str):
@@ -155,13 +185,13 @@ def build_data(
     cfg,
     data: str = typer.Option(..., help="train.parquet of `sbt generate` (or its folder)."),
     out: str = typer.Option(..., help="Output folder."),
-    domain: str = typer.Option(domains.DEFAULT, help=DOMAIN_HELP),
+    domain: Optional[str] = typer.Option(None, help=DATA_DOMAIN_HELP),
 ):
     """SFT rows by recipe: D_op, D_op ∪ D_back, search traces or the direct path."""
     from sbt_core import build_data as stage
 
     src = data if data.endswith(".parquet") else f"{data.rstrip('/')}/train.parquet"
-    typer.echo(stage.run(cfg, src, out, domain)["sft"])
+    typer.echo(stage.run(cfg, src, out, data_domain(domain, src))["sft"])
 
 
 @app.command("import-dataset")
@@ -186,15 +216,23 @@ def train(
                              "the paper's released layout as it is (a file, a folder or a cached dataset name)."),
     out: str = typer.Option(..., help="Run folder: checkpoints/, model/, train_metrics.json."),
     size: Optional[str] = typer.Option("1m", help="Tiny from-scratch model: 1m, 3m or 17m."),
-    vocabulary: Optional[str] = typer.Option(None, help="Tiny model's vocabulary: countdown (default), "
-                                             "countdown-trace (dfs/mix/think/direct recipes) or sudoku."),
+    vocabulary: Optional[str] = typer.Option(None, help="Tiny model's vocabulary (default: the one build-data "
+                                             "wrote the rows in, from its manifest; else the default domain's)."),
     model_path: Optional[str] = typer.Option(None, help="Local HF model folder (instead of --size)."),
 ):
     """Fine-tune with the paper's masked loss; resumes from the last checkpoint in --out."""
     from sbt_core import train as stage
 
+    built = _built_data(data)  # build-data's manifest: the rows' vocabulary and token lengths
+    if not model_path and vocabulary is None and built.get("vocabulary"):
+        vocabulary = built["vocabulary"]
     model_cfg = ModelConfig(size=None if model_path else size, path=model_path,
                             vocabulary=None if model_path else vocabulary)
+    longest = built.get("longest") if not model_path and vocabulary == built.get("vocabulary") else None
+    if "context_length" not in cfg.model_fields_set and longest and longest > cfg.context_length:
+        err.print(f"context_length: {longest} (the data's longest row, from its manifest; the default "
+                  f"{cfg.context_length} would cut rows)")
+        cfg = cfg.model_copy(update={"context_length": longest})
     out_uris = stage.train(cfg, model_cfg, data, out)
     typer.echo("\n".join(f"{k}: {v}" for k, v in out_uris.items()))
 
@@ -207,13 +245,14 @@ def grpo(
     model: str = typer.Option(..., help="The SFT model folder GRPO starts from (its `model/`)."),
     data: str = typer.Option(..., help="Train problems (a generate split, e.g. data/train.parquet)."),
     out: str = typer.Option(..., help="Run folder: checkpoints/, model/, grpo_metrics.json."),
-    domain: str = typer.Option(domains.DEFAULT, help=DOMAIN_HELP),
+    domain: Optional[str] = typer.Option(None, help=DATA_DOMAIN_HELP),
     max_completion_length: int = typer.Option(64, help="Rollout token limit when the config sets none."),
 ):
     """GRPO from the domain's verifier (TRL); resumes from the last checkpoint in --out."""
     from sbt_core import grpo as stage
 
-    out_uris = stage.train(cfg, model, data, out, domain=domain, max_completion_length=max_completion_length)
+    out_uris = stage.train(cfg, model, data, out, domain=data_domain(domain, data),
+                           max_completion_length=max_completion_length)
     typer.echo("\n".join(f"{k}: {v}" for k, v in out_uris.items()))
 
 
@@ -226,11 +265,12 @@ def search(
     data: str = typer.Option(..., help="Problems (a split's parquet)."),
     out: str = typer.Option(..., help="Output folder: results.parquet, shards/, manifest.json."),
     limit: Optional[int] = typer.Option(None, min=1, help="Only the first LIMIT problems."),
-    domain: str = typer.Option(domains.DEFAULT, help=DOMAIN_HELP),
+    domain: Optional[str] = typer.Option(None, help=DATA_DOMAIN_HELP),
 ):
     from sbt_core.io import read_parquet
     from sbt_core.search import run as stage
 
+    domain = data_domain(domain, data)
     total = min(limit or 10**12, len(read_parquet(data)))
     p, advance = _progress(total, f"search {cfg.decoder}")
     with p:
@@ -247,12 +287,13 @@ def evaluate(
     out: str = typer.Option(..., help="Output folder: summary.json, summary.md, per-method results."),
     methods: str = typer.Option(",".join(registry.DEFAULT_METHODS),
                                 help=f"Comma-separated method names: {', '.join(registry.METHODS)}."),
-    domain: str = typer.Option(domains.DEFAULT, help=DOMAIN_HELP),
+    domain: Optional[str] = typer.Option(None, help=DATA_DOMAIN_HELP),
 ):
     """Accuracy on the domain's evaluation splits (strict and paper verifier modes) for several decoders."""
     from sbt_core import evaluate as stage
     from sbt_core.io import read_parquet
 
+    domain = data_domain(domain, data)
     # All problems unless a limit is given (EvalConfig's 200 is the pipeline's default, not this command's).
     limit = cfg.limit if "limit" in cfg.model_fields_set else None
     cfgs = {m: cfg.search_config(m) for m in methods.split(",") if m}
@@ -270,9 +311,9 @@ def distill_data(
     results: str = typer.Option(..., help="results.parquet of `sbt search` on the train split."),
     out: str = typer.Option(..., help="Output folder."),
     transductive: bool = typer.Option(False, "--transductive", help="Allow self-training on an evaluation split."),
-    domain: str = typer.Option(domains.DEFAULT, help=DOMAIN_HELP),
+    domain: Optional[str] = typer.Option(None, help=DATA_DOMAIN_HELP),
 ):
     """Verified-correct search outputs as a new SFT set (expert iteration)."""
     from sbt_core import distill as stage
 
-    typer.echo(stage.run(results, out, domain=domain, transductive=transductive)["sft"])
+    typer.echo(stage.run(results, out, domain=data_domain(domain, results), transductive=transductive)["sft"])

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import fnmatch
 import re
+import types
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from sbt_core.domains import DEFAULT, DOMAINS
 from sbt_core.domains.base import StrictConfig as _Config
@@ -504,13 +506,48 @@ def _load_tree(path: str | Path | None) -> dict:
     return tree
 
 
-def _apply(tree: dict, overrides: list[str]) -> dict:
+def _apply(tree: dict, overrides: list[str], model=None) -> dict:
+    """`key.sub=value` overrides on a config tree. With the config's `model`, a key of a mapping field (a model
+    name under `models`, a study's part, a ladder's rung) must exist: a typo there fails like any other typo, and
+    a new entry is asked for with a leading `+` (`--set models.+dfs.recipe=dfs_trace`), as in Hydra."""
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"override {item!r} is not of the form key.sub=value")
-        _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
+        dotted = _checked_entries(tree, key.strip(), model) if model is not None else key.strip()
+        _set_dotted(tree, dotted, yaml.safe_load(raw) if raw.strip() else None)
     return tree
+
+
+def _unwrap(annotation):
+    """X from `X | None`; None for unions of several models (the generate union), which are not walked."""
+    if typing.get_origin(annotation) in (Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return args[0] if len(args) == 1 else None
+    return annotation
+
+
+def _checked_entries(tree: dict, dotted: str, model) -> str:
+    """`dotted` with its `+` marks removed, after checking that each mapping key it names exists in `tree` (or in
+    the field's default where the tree has no such section) or is marked new with `+`."""
+    parts, kind, node, default = dotted.split("."), model, tree, None
+    for i, part in enumerate(parts):
+        if typing.get_origin(kind) is dict:
+            name = part.removeprefix("+")
+            entries = node if isinstance(node, dict) else default if isinstance(default, dict) else {}
+            if name == part and name not in entries:
+                where = ".".join(parts[:i])
+                raise ConfigError(f"{dotted}: {where} has no entry {name!r} (it has: {', '.join(entries) or 'none'}); "
+                                  f"a new one is --set {where}.+{name}...")
+            parts[i] = name
+            kind, default = _unwrap(typing.get_args(kind)[1]), None
+        elif isinstance(kind, type) and issubclass(kind, BaseModel) and part in kind.model_fields:
+            name, field = part, kind.model_fields[part]
+            kind, default = _unwrap(field.annotation), field.get_default(call_default_factory=True)
+        else:
+            break
+        node = node.get(name) if isinstance(node, dict) else None
+    return ".".join(parts)
 
 
 def _validate(model, tree: dict, path):
@@ -527,7 +564,7 @@ def load_run_config(path: str | Path | None = None, overrides: list[str] = (), t
     tree = _load_tree(path) if tree is None else dict(tree)
     if any(item.strip().startswith("models.") for item in overrides) and "models" not in tree:
         tree["models"] = {k: v.model_dump(mode="json", exclude_defaults=True) for k, v in DEFAULT_MODELS.items()}
-    return _validate(RunConfig, _apply(tree, overrides), path)
+    return _validate(RunConfig, _apply(tree, overrides, RunConfig), path)
 
 
 def load_stage_config(model, path: str | Path | None = None, overrides: list[str] = (), **values):
@@ -536,13 +573,13 @@ def load_stage_config(model, path: str | Path | None = None, overrides: list[str
     overrides; every error names its field, as the preset loaders do."""
     tree = _load_tree(path)
     tree.update({k: v for k, v in values.items() if v is not None})
-    return _validate(model, _apply(tree, list(overrides)), path)
+    return _validate(model, _apply(tree, list(overrides), model), path)
 
 
 def load_study_config(path: str | Path, overrides: list[str] = ()) -> StudyConfig:
     """A study YAML (`name`, `domains: {label: run config}`) plus overrides such as
     `domains.countdown.sft.max_steps=100`."""
-    return _validate(StudyConfig, _apply(_load_tree(path), overrides), path)
+    return _validate(StudyConfig, _apply(_load_tree(path), overrides, StudyConfig), path)
 
 
 def format_validation_error(err: ValidationError, prefix: str = "") -> str:

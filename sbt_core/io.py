@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -118,12 +119,21 @@ def copy(src: str, dst: str) -> str:
     return str(dst)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_bytes(uri: str, data: bytes) -> None:
+    """Write a whole file atomically (a temp file renamed over it); a local file's mode follows the umask, as
+    `open()` does, so others can read a run on a shared filesystem."""
     if is_local(uri):
         path = Path(str(uri).removeprefix("file://"))
-        path.parent.mkdir(parents=True, exist_ok=True)
+        local_folder(path.parent)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
+            os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes it 0600
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()
@@ -134,6 +144,26 @@ def write_bytes(uri: str, data: bytes) -> None:
             raise
     else:
         _retry(lambda: _put(uri, data), f"write {uri}")
+
+
+def check_folder(uri: str | Path) -> None:
+    """A clear error when a local file stands where an output folder (or one of its parents) is needed."""
+    if not is_local(str(uri)):
+        return
+    path = Path(str(uri).removeprefix("file://"))
+    for p in (path, *path.parents):
+        if p.is_dir():
+            return
+        if p.exists():
+            raise NotADirectoryError(f"{p} is a file, not a folder: give an output folder that is not a file")
+
+
+def local_folder(path: str | Path) -> Path:
+    """Make a local folder (and its parents), after `check_folder`."""
+    check_folder(path)
+    path = Path(str(path).removeprefix("file://"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def remove_temp_files(folder: str, recursive: bool = True) -> list[str]:
@@ -318,6 +348,29 @@ def code_version() -> str:
     return f"{sbt_core.__version__}+{h.hexdigest()[:12]}"
 
 
+@functools.lru_cache(maxsize=1)
+def provenance() -> dict[str, Any]:
+    """Who wrote an artifact: the command line, the git commit of the checkout the code runs from (and whether
+    it had uncommitted changes), the host, and the UTC time (once per process, the time of its first write)."""
+    import datetime
+    import platform
+    import subprocess
+
+    repo = Path(sbt_core.__file__).resolve().parent.parent
+    commit = dirty = None
+    try:
+        run = lambda *a: subprocess.run(["git", "-C", str(repo), *a], capture_output=True, text=True, timeout=10)  # noqa: E731
+        head = run("rev-parse", "HEAD")
+        if head.returncode == 0:
+            commit = head.stdout.strip()
+            dirty = bool(run("status", "--porcelain", "--untracked-files=no").stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else None,
+            "git_commit": commit, "git_dirty": dirty, "host": platform.node(),
+            "started_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
 def write_manifest(out_dir: str, stage: str, config: dict, inputs: list[str], outputs: dict[str, str],
                    stats: dict | None = None) -> str:
     """The provenance record written beside a stage's outputs (outputs: name -> uri; stats: figures measured
@@ -333,6 +386,7 @@ def write_manifest(out_dir: str, stage: str, config: dict, inputs: list[str], ou
         "config": config,
         "config_hash": config_hash(config),
         "code_version": code_version(),
+        "provenance": provenance(),
         "inputs": [_input_entry(u) for u in inputs if exists(u)],
         "outputs": files,
         **({"stats": stats} if stats else {}),

@@ -83,7 +83,7 @@ def load_ladder_config(path: str | Path, overrides: list[str] = (),
                        resolve: Callable[[str], Path] = Path) -> LadderConfig:
     """A ladder YAML plus `key=value` overrides (e.g. `set.eval.limit=50`, `rungs.1m-1800.sft.max_steps=10`).
     `resolve` turns `base: tiny` into a path (the CLI: configs/tiny.yaml)."""
-    tree = _apply(_load_tree(path), list(overrides))
+    tree = _apply(_load_tree(path), list(overrides), LadderConfig)
     base = tree.pop("base", {})
     if isinstance(base, str):
         base = _load_tree(resolve(base))

@@ -93,6 +93,10 @@ def load(path: str | Path, dtype: torch.dtype = torch.float32, device: str = "cp
     path = Path(io.localize_dir(str(path)))
     if not path.is_dir():
         raise FileNotFoundError(f"model folder not found: {path}")
+    if not (path / "config.json").is_file():
+        if (path / "model" / "config.json").is_file():  # a stage's folder (sft-bt/): its model is model/
+            raise FileNotFoundError(f"{path} is a stage's folder, not a model: give {path / 'model'}")
+        raise FileNotFoundError(f"{path} holds no model (no config.json): give a folder saved with save_pretrained")
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     grew = prepare_tokenizer(tokenizer)
     model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=dtype)

@@ -226,6 +226,12 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig, data_uri: str, out_dir: str,
     # bf16 made AdamW update bf16 parameters directly, where small updates round away.)
     model, tokenizer = load(init, dtype=torch.float32)
     dataset = tokenised(sft_rows(data_uri), tokenizer, cfg.context_length)
+    # A row that fits ends in EOS; one cut at the context does not (its end is never learnt).
+    cut = sum(ids[-1] != tokenizer.eos_token_id for ids in dataset["input_ids"])
+    if cut:
+        log.warning("%d of %d rows are longer than context_length %d and were cut (their ends, EOS included, are "
+                    "not trained on): raise context_length (build-data's manifest has the data's token lengths)",
+                    cut, len(dataset), cfg.context_length)
     collator = Collator(tokenizer.pad_token_id)
     resume = last_complete_checkpoint(out / "checkpoints")
     elapsed = Elapsed(resume)
@@ -266,6 +272,7 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig, data_uri: str, out_dir: str,
         "train/tokens": collator.tokens,  # this attempt's
         "train/tokens_per_second": collator.tokens / seconds if seconds else None,
         "train/rows": len(dataset),
+        "train/rows_cut": cut,  # longer than context_length
         "train/parameters": params,
         "train/flops": 6.0 * params * rows_seen * mean_tokens,
         "train/resumed_from": resume,

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 
 from sbt_core import io
@@ -70,11 +71,36 @@ def test_every_stage_from_the_command_line(tmp_path):
         (["import-dataset", "--src", "BAD.jsonl", "--out", "X"], "row 1: field 'search_path' is missing"),
         (["import-dataset", "--src", "BAD", "--out", "X"], "not a Parquet, JSON, JSONL or CSV file"),
         (["import-dataset", "--src", "nobody/no-such-dataset", "--out", "X"], "not in the local Hugging Face cache"),
+        (["import-dataset", "--src", "EMPTY.jsonl", "--out", "X"], "EMPTY.jsonl: the file is empty"),
+        (["import-dataset", "--src", "EMPTY.csv", "--out", "X"], "EMPTY.csv: the file is empty"),
+        (["import-dataset", "--src", "HEADER.csv", "--out", "X"], "HEADER.csv: no rows"),
+        (["import-dataset", "--src", "GARBAGE.jsonl", "--out", "X"], "GARBAGE.jsonl: cannot read it: ArrowInvalid"),
+        # A file where an output folder belongs: one line, before any work (or any Prefect server).
+        (["generate", "--out", "FILE", "--num-train", "10"], "FILE is a file, not a folder"),
+        (["generate", "--out", "FILE/sub", "--num-train", "10"], "FILE is a file, not a folder"),
+        (["run", "-c", "smoke", "--run-dir", "FILE"], "FILE is a file, not a folder"),
+        # No reachable target: refused at validation, not an endless search.
+        (["generate", "--out", "X", "--num-numbers", "3", "--number-max", "2"], "no target is reachable: 3 numbers"),
+        # A stage's folder given as the model.
+        (["search", "--model", "STAGE", "--data", "P.parquet", "--out", "X"], "STAGE is a stage's folder"),
+        # The data's manifest names its domain; a contradicting --domain is refused.
+        (["build-data", "--data", "SUDOKU", "--out", "X", "--domain", "countdown"], "holds sudoku data"),
+        # A typo in a key of a mapping fails like any other typo; a new entry takes a leading +.
+        (["study", "-c", "smoke-study", "--set", "domains.nosuch.sft.max_steps=1", "--dry-run"],
+         "domains has no entry 'nosuch'"),
+        (["ladder", "--set", "rungs.1m-180.sft.max_steps=3", "--dry-run"], "rungs has no entry '1m-180'"),
+        (["run", "-c", "smoke", "--set", "models.dfs.recipe=dfs_trace", "--dry-run"], "models has no entry 'dfs'"),
     ],
 )
 def test_bad_input_fails_with_a_message_not_a_traceback(tmp_path, args, message):
     for name in ("BAD", "BAD.jsonl"):
         (tmp_path / name).write_text('{"nums": [1], "target": 1}\n')
+    for name, text in {"EMPTY.jsonl": "", "EMPTY.csv": "", "HEADER.csv": "nums,target\n", "GARBAGE.jsonl": "{{no\n",
+                       "FILE": "", "STAGE/model/config.json": "{}", "SUDOKU/manifest.json":
+                       '{"stage": "generate", "config": {"domain": "sudoku"}}'}.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    io.write_parquet(pa.table({"id": [0], "nums": [[1, 2]], "target": [3]}), str(tmp_path / "P.parquet"))
     proc = subprocess.run([sys.executable, "-m", "flows.cli", *args], capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 2 and message in " ".join(proc.stderr.split()) and "Traceback" not in proc.stderr
     assert not (tmp_path / "X").exists() or not any((tmp_path / "X").rglob("*.parquet"))

@@ -305,7 +305,7 @@ def test_a_models_mapping_trains_evaluates_and_reports_each_model(prefect_server
     rows = json.loads((run_dir / "metrics.json").read_text())
     assert set(rows) == {"direct_greedy", "direct_best_of_n_8", "dfs_greedy", "think_greedy"}
     report = (run_dir / "report.md").read_text()
-    assert "| direct solution | `direct_greedy` |" in report and "| dfs | `dfs_greedy` |" in report
+    assert "| direct solution | `direct_greedy` |" in report and "| SFT on DFS traces | `dfs_greedy` |" in report
     for tag, kind in (("direct", "direct"), ("dfs", "trace")):
         sft = io.read_parquet(str(run_dir / f"data-{tag}" / "sft.parquet")).to_pylist()
         assert {r["kind"] for r in sft} == {kind} and sft[0]["response"].startswith("Current State: ")

@@ -9,6 +9,15 @@ from pydantic import Field, model_validator
 from sbt_core.domains.base import StrictConfig
 
 
+def largest_value(count: int, top: int) -> int:
+    """The largest value + - * / can make from `count` numbers of at most `top` (all equal to `top`: + and *
+    grow with their operands, - and / do not)."""
+    best = [0, top]
+    for k in range(2, count + 1):
+        best.append(max(max(best[i] + best[k - i], best[i] * best[k - i]) for i in range(1, k)))
+    return best[count]
+
+
 class GenerateConfig(StrictConfig):
     domain: Literal["countdown"] = Field("countdown", description="The domain these settings are for.")
     seed: int = Field(0, description="Seed for every random draw of the generator.")
@@ -30,6 +39,9 @@ class GenerateConfig(StrictConfig):
             raise ValueError("number_min must be <= number_max")
         if self.target_min > self.target_max:
             raise ValueError("target_min must be <= target_max")
+        if (top := largest_value(self.num_numbers, self.number_max)) < self.target_min:
+            raise ValueError(f"no target is reachable: {self.num_numbers} numbers up to {self.number_max} make at "
+                             f"most {top}, below target_min {self.target_min}")
         return self
 
     @property

@@ -27,6 +27,7 @@ from sbt_core.domains.countdown.solver import decode_program, pick_programs, sol
 SPLITS = ("train", "val_seen", "val_new")
 _CANDIDATES_PER_SLOT = 4
 _SOLVE_ROWS = 2048
+_MAX_STALLED_ROUNDS = 500  # rounds in a row with no slot filled (2,000 draws per target) before giving up
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ def _solve_chunk(job: _Job) -> tuple[np.ndarray, np.ndarray, list[str]]:
     targets = rng.choice(np.asarray(job.targets, dtype=dtype), size=job.count)
     nums = np.zeros((job.count, cfg.num_numbers), dtype=dtype)
     programs = np.full(job.count, -1, dtype=np.int64)
-    todo = np.arange(job.count)
+    todo, stalled = np.arange(job.count), 0
     while len(todo):
         k = _CANDIDATES_PER_SLOT
         cand = rng.integers(cfg.number_min, cfg.number_max + 1, size=(len(todo), k, cfg.num_numbers), dtype=dtype)
@@ -71,7 +72,14 @@ def _solve_chunk(job: _Job) -> tuple[np.ndarray, np.ndarray, list[str]]:
             rows, slots = rows[fresh], slots[fresh]
             programs[slots] = pick_programs(hits[rows], rng)
             nums[slots] = flat[s + rows]
-        todo = todo[programs[todo] < 0]
+        left = todo[programs[todo] < 0]
+        stalled = stalled + 1 if len(left) == len(todo) else 0
+        if stalled >= _MAX_STALLED_ROUNDS:  # some target no draw of these numbers reaches: say so, do not spin
+            hard = sorted({int(t) for t in targets[left]})
+            raise ValueError(f"no solvable problem found for target(s) {hard[:10]} in {stalled * k} draws of "
+                             f"{cfg.num_numbers} numbers in [{cfg.number_min}, {cfg.number_max}] each: widen the "
+                             "numbers or narrow the targets")
+        todo = left
     solutions = [format_solution(decode_program(n.tolist(), int(p))) for n, p in zip(nums, programs)]
     return nums.astype(np.int64), targets.astype(np.int64), solutions
 

@@ -35,13 +35,26 @@ class DatasetFormatError(ValueError):
     """A malformed input row or an unreadable source."""
 
 
+def _why(e: BaseException) -> str:
+    """`Type: first line` of an error's root cause (`datasets` wraps the parser's error in a message-less one)."""
+    while (e.__cause__ or e.__context__) is not None and not str(e).strip().splitlines()[1:] and (
+            type(e).__name__ == "DatasetGenerationError" or not str(e).strip()):
+        e = e.__cause__ or e.__context__
+    lines = [line for line in str(e).splitlines() if line.strip()]
+    return f"{type(e).__name__}: {lines[0][:300]}" if lines else type(e).__name__
+
+
 def load(source: str, split: str = "train"):
     """The released rows of `split` as a `datasets.Dataset` (see the module docstring for sources)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # names resolve from the local cache only (read at import)
     import datasets
 
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its errors come back as ours, once
     path = Path(source)
     try:
+        if path.is_file() and path.stat().st_size == 0:
+            raise DatasetFormatError(f"{source}: the file is empty")
         if path.is_file():
             builder = BUILDERS.get("".join(path.suffixes[-1:]).lower())
             if builder is None:
@@ -63,14 +76,16 @@ def load(source: str, split: str = "train"):
                 folder = snapshot_download(source, repo_type="dataset", local_files_only=True)
             except Exception:  # noqa: BLE001
                 raise DatasetFormatError(f"{source}: not a local file or folder, and not in the local Hugging Face "
-                                         f"cache ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+                                         f"cache ({_why(e)[:200]})") from None
             return datasets.load_dataset(folder, split=split)
     except DatasetFormatError:
         raise
     except (FileNotFoundError, ValueError, ConnectionError) as e:  # datasets' own messages name the cause
+        if "corresponds to no data" in str(e):  # a header and no rows
+            raise DatasetFormatError(f"{source}: no rows") from None
         raise DatasetFormatError(f"{source} (split {split!r}): {e}") from None
     except Exception as e:  # noqa: BLE001 - pyarrow/json parse errors: one line, not a traceback
-        raise DatasetFormatError(f"{source}: cannot read it: {type(e).__name__}: {str(e).splitlines()[0][:300]}") from None
+        raise DatasetFormatError(f"{source}: cannot read it: {_why(e)}") from None
 
 
 def _nums(i: int, v) -> list[int]:
