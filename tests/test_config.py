@@ -48,8 +48,10 @@ def test_study_configs_name_the_field_path_of_a_bad_value():
     assert "domains.countdown.sft.max_stepz: Extra inputs are not permitted" in msg
     assert "domains.sudoku.generate.size: Input should be 4, 6 or 9" in msg  # no union tag in the path
     assert "domains.countdown.study.ns: Value error, needs at least one value, every value >= 1" in msg
+    with pytest.raises(ConfigError, match="domains.Count Down: domains has no entry 'Count Down'.*domains.\\+Count Down"):
+        load_study_config(CONFIGS / "smoke-study.yaml", ["domains.Count Down={domain: countdown}"])  # a typo, not a new entry
     with pytest.raises(ConfigError, match="domains.Count Down: a label is lowercase"):
-        load_study_config(CONFIGS / "smoke-study.yaml", ["domains.Count Down={domain: countdown}"])
+        load_study_config(CONFIGS / "smoke-study.yaml", ["domains.+Count Down={domain: countdown}"])
     with pytest.raises(ConfigError, match="models.dfs.recipe: sudoku has no 'mix' traces"):
         load_study_config(CONFIGS / "smoke-study.yaml", ["domains.sudoku.models.dfs.recipe=mix_trace"])
 
