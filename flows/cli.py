@@ -7,8 +7,11 @@ PREFECT_API_URL set, the same command reports to that server.
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import logging
 import os
+import signal
 from pathlib import Path
 from typing import Optional
 
@@ -26,6 +29,84 @@ def _prefect_env() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per API call otherwise
+
+
+@contextlib.contextmanager
+def _prefect_session():
+    """The Prefect API a flow command reports to, and a clean Ctrl-C.
+
+    With PREFECT_API_URL set, that server. Without, a temporary `prefect server` on the user's PREFECT_HOME
+    database, started in its own process group: Prefect's own temporary server shares the terminal's, so a Ctrl-C
+    killed it first and the flow, unable to report its end, retried for minutes and stayed `Running`. Here a Ctrl-C
+    (SIGINT) or SIGTERM stops the stage at hand; the flow runs this command started are marked `Cancelled`, the
+    server is stopped, and the exit code is 130. A rerun resumes as after a kill (finished stages are cached,
+    a training resumes from its last checkpoint).
+    """
+    started = datetime.datetime.now(datetime.timezone.utc)
+    from prefect.settings import PREFECT_API_URL, PREFECT_LOGGING_TO_API_ENABLED, temporary_settings
+
+    proc, previous = None, signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM as Ctrl-C
+    try:
+        with contextlib.ExitStack() as settings:
+            if not PREFECT_API_URL.value():
+                from flows import local_server
+
+                home = Path(os.environ.get("PREFECT_HOME") or Path.home() / ".prefect").expanduser()
+                home.mkdir(parents=True, exist_ok=True)
+                err.print(f"starting a temporary Prefect server on {home} (set PREFECT_API_URL to use your own) ...")
+                proc, url = local_server.start(home, scheduler=False)
+                settings.enter_context(temporary_settings(updates={PREFECT_API_URL: url}))
+            try:
+                yield
+            except KeyboardInterrupt:
+                cancelled = _cancel_flow_runs(started)
+                err.print(f"[yellow]interrupted[/yellow]: {cancelled} flow run(s) marked Cancelled; "
+                          "the same command resumes (finished stages are cached)")
+                raise typer.Exit(130) from None
+            finally:
+                if proc is not None:  # the last log lines and events reach the server before it stops
+                    _drain_to_api()
+    except KeyboardInterrupt:  # while the temporary server started (`local_server.start` stopped it)
+        err.print("[yellow]interrupted[/yellow] before the flow began")
+        raise typer.Exit(130) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if proc is not None:
+            from flows import local_server
+
+            local_server.stop(proc)
+            temporary_settings(updates={PREFECT_LOGGING_TO_API_ENABLED: False}).__enter__()  # the server is gone
+
+
+def _drain_to_api() -> None:
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        with contextlib.suppress(Exception):
+            worker.drain_all(timeout=5)
+
+
+def _cancel_flow_runs(since: datetime.datetime) -> int:
+    """Mark the flow runs started since `since` that did not finish (running, or crashed by the interrupt) as
+    Cancelled; how many."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import (FlowRunFilter, FlowRunFilterStartTime, FlowRunFilterState,
+                                                FlowRunFilterStateType)
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import Cancelled
+
+    unfinished = FlowRunFilter(start_time=FlowRunFilterStartTime(after_=since), state=FlowRunFilterState(
+        type=FlowRunFilterStateType(any_=[StateType.RUNNING, StateType.CRASHED, StateType.PENDING])))
+    try:
+        with get_client(sync_client=True) as client:
+            runs = client.read_flow_runs(flow_run_filter=unfinished)
+            for r in runs:
+                client.set_flow_run_state(r.id, Cancelled(message="interrupted (Ctrl-C or SIGTERM)"), force=True)
+        return len(runs)
+    except Exception as e:  # the server is gone too: nothing to mark
+        err.print(f"could not mark the flow runs Cancelled: {type(e).__name__}: {e}")
+        return 0
 
 
 def resolve_preset(config: str) -> Path:
@@ -80,12 +161,14 @@ def run(
     if seeds > 1:
         from flows.studies import seeds as seeds_flow
 
-        out = seeds_flow(config=cfg, run_dir=run_dir, count=seeds)
+        with _prefect_session():
+            out = seeds_flow(config=cfg, run_dir=run_dir, count=seeds)
         typer.echo(f"seeds: {out['seeds_md']}\n" + "\n".join(f"metrics (seed +{s}): {u}" for s, u in out["metrics"].items()))
         return
     from flows.pipeline import pipeline
 
-    summary = pipeline(config=cfg, run_dir=run_dir)
+    with _prefect_session():
+        summary = pipeline(config=cfg, run_dir=run_dir)
     if summary["ran"]:
         err.print(f"ran {len(summary['ran'])} stages, {len(summary['cached'])} cached, "
                   f"{summary['wall_seconds']:.0f} s")
@@ -166,7 +249,8 @@ def ablate(config: str = CONFIG_OPT, run_dir: Optional[str] = RUN_DIR_OPT, set_:
     cfg, run_dir = _flow_setup(config, set_, run_dir)
     from flows.studies import ablations
 
-    out = ablations(config=cfg, run_dir=run_dir)
+    with _prefect_session():
+        out = ablations(config=cfg, run_dir=run_dir)
     ran = [r["stage"] for r in out["stages"] if not r["cached"]]
     err.print(f"ran {len(ran)} stages, {len(out['stages']) - len(ran)} cached")
     typer.echo(f"ablations: {out['ablations']}")
@@ -194,7 +278,8 @@ def study(
     if dry_run:
         _print_plan(study_flow, config=cfg, run_dir=run_dir or f"runs/{cfg.name}")
         return
-    out = study_flow(config=cfg, run_dir=run_dir or f"runs/{cfg.name}")
+    with _prefect_session():
+        out = study_flow(config=cfg, run_dir=run_dir or f"runs/{cfg.name}")
     err.print(f"ran {len(out['ran'])} stages, {len(out['cached'])} cached, {out['wall_seconds']:.0f} s")
     typer.echo(f"study: {out['study_md']}\njson: {out['study_json']}")
 
@@ -223,7 +308,8 @@ def ladder(
     if dry_run:
         _print_plan(ladder_flow, config=cfg, run_dir=run_dir or f"runs/{cfg.name}")
         return
-    out = ladder_flow(config=cfg, run_dir=run_dir or f"runs/{cfg.name}")
+    with _prefect_session():
+        out = ladder_flow(config=cfg, run_dir=run_dir or f"runs/{cfg.name}")
     err.print(f"ran {len(out['ran'])} stages, {len(out['cached'])} cached, {out['wall_seconds']:.0f} s")
     typer.echo(f"ladder: {out['ladder_md']}\njson: {out['ladder_json']}")
 

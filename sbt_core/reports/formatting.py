@@ -58,6 +58,12 @@ def selection_table(rows: list[tuple[list[str], dict[str, float], float | None, 
     return lines
 
 
+def from_zero(ax, least: float) -> None:
+    """The y axis from 0 to at least `least` (accuracies and shares cannot be negative; all-zero data gets a
+    readable axis rather than 0 to 0.05)."""
+    ax.set_ylim(0, max(ax.get_ylim()[1], least))
+
+
 def png(fig) -> bytes:
     """A matplotlib figure as PNG bytes, closed; no version stamp, so the same data gives the same bytes."""
     import io
@@ -66,7 +72,7 @@ def png(fig) -> bytes:
 
     buf = io.BytesIO()
     fig.tight_layout()
-    fig.savefig(buf, format="png", metadata={"Software": None})
+    fig.savefig(buf, format="png", metadata={"Software": None}, bbox_inches="tight")  # legends outside the axes
     plt.close(fig)
     return buf.getvalue()
 

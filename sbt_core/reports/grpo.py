@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from sbt_core.metrics import paired_change, pass_at_k, wilson
-from sbt_core.reports.formatting import pct, png
+from sbt_core.reports.formatting import from_zero, pct, png
 from sbt_core.reports.pipeline import VERIFIER_MODE
 
 
@@ -77,7 +77,7 @@ def grpo_plot(tuned: dict[str, dict], labels: dict[str, str] | None = None) -> b
         for when, style in (("before", "o--"), ("after", "o-")):
             side = t[when]
             ks = sorted(side["pass_at_k"], key=int)
-            xs, ys = [side["flops_per_problem"][k] for k in ks], [side["pass_at_k"][k] for k in ks]
+            xs, ys = [side["flops_per_problem"][k] for k in ks], [100 * side["pass_at_k"][k] for k in ks]
             left.plot(xs, ys, style, color=f"C{i}", alpha=0.6 if when == "before" else 1.0,
                       label=f"{name}, {when} GRPO")
             if when == "after":
@@ -89,11 +89,14 @@ def grpo_plot(tuned: dict[str, dict], labels: dict[str, str] | None = None) -> b
         smooth = [sum(rewards[max(0, j - window + 1): j + 1]) / len(rewards[max(0, j - window + 1): j + 1])
                   for j in range(len(rewards))]
         right.plot(steps, rewards, color=f"C{i}", alpha=0.25)
-        right.plot(steps, smooth, color=f"C{i}", label=f"{name} (mean of {window} steps)")
+        right.plot(steps, smooth, color=f"C{i}", label=name if window == 1 else f"{name} (mean of {window} steps)")
     left.set_xscale("log")
     left.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # decades only: minor labels overlap
     left.set_xlabel("decode FLOPs per problem (k samples)")
-    left.set_ylabel(f"pass@k ({VERIFIER_MODE})")
+    left.set_ylabel(f"pass@k, % ({VERIFIER_MODE})")
+    from_zero(left, 10)
+    right.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))  # steps are whole
+    from_zero(right, 0.1)
     left.set_title("pass@k before and after GRPO")
     right.set_xlabel("GRPO step")
     right.set_ylabel("mean reward (share of rollouts verified)")

@@ -16,7 +16,7 @@ import fnmatch
 
 from sbt_core import domains, io
 from sbt_core.config import SearchConfig
-from sbt_core.reports.formatting import ci, pct, pct_ci, png, selection_table, yerr
+from sbt_core.reports.formatting import ci, pct, pct_ci, from_zero, png, selection_table, yerr
 from sbt_core.search.registry import METHODS
 
 
@@ -110,9 +110,9 @@ def markdown(rows: dict[str, dict], models: Models, domain: str, title: str, not
         "",
         f"Accuracy in % ({VERIFIER_MODE} verifier) with its 95% Wilson interval, paper mode in parentheses; generated "
         f"tokens per problem; and the false-claim rate on {held} (final answers that say `Goal Reached!` but fail "
-        "the verifier). With a few hundred problems, differences under about 8 points are within the noise.",
+        f"the verifier). {noise_note(rows)}",
         "",
-        f"| model | method |{seen_head} {held} | tokens/problem | false claims ({short}) | of which ({short}) |",
+        f"| model | method |{seen_head} {held} | tokens/problem | false claims ({short}) | false claims by kind, count ({short}) |",
         "|---|---|---|---|---|---|" + ("---|" if seen else ""),
     ]
     for key, r in rows.items():
@@ -132,6 +132,17 @@ def markdown(rows: dict[str, dict], models: Models, domain: str, title: str, not
         lines += ["", f"## The paper's shape ({held})", "", "| criterion | measured | holds |", "|---|---|---|"]
         lines += [f"| {c['criterion']} | {c['measured']} | {'yes' if c['holds'] else '**no**'} |" for c in checks]
     return "\n".join(lines) + "\n"
+
+
+def noise_note(rows: dict[str, dict]) -> str:
+    """How large a difference between two rows the sample size can tell from noise: the 95% half-width of a
+    difference of two independent accuracies near 50% on the smallest held-out split."""
+    ns = [n for r in rows.values() if (n := n_of(r, "new"))]
+    if not ns:
+        return ""
+    n = min(ns)
+    return (f"With {n} problems per split, differences under about {100 * 1.96 * (0.5 / n) ** 0.5:.0f} points "
+            "are within the noise (95%, two rows near 50%; paired comparisons of one model are tighter).")
 
 
 def selection_markdown(rows: dict[str, dict], models: Models, held: str) -> list[str]:
@@ -239,17 +250,20 @@ def scaling_plot(rows: dict[str, dict], models: Models) -> bytes:
             ys = [rows[k][f"accuracy_{split}"] for k in keys]
             if any(y is None for y in ys):
                 continue
-            ax.errorbar(xs, ys, yerr=yerr(ys, [n_of(rows[k], split) for k in keys]), fmt=fmt, color=color,
-                        alpha=alpha, capsize=3, label=f"{label} ({split})")
+            err = yerr(ys, [n_of(rows[k], split) for k in keys])
+            ax.errorbar(xs, [100 * y for y in ys], yerr=[[100 * e for e in side] for side in err], fmt=fmt,
+                        color=color, alpha=alpha, capsize=3, label=f"{label} ({split})")
     for model, style in ((models.with_recipe("optimal"), ":"), (models.searching(), "-.")):
         key = models.key(model, "greedy")
         if key in rows and rows[key]["accuracy_new"] is not None:
-            ax.axhline(rows[key]["accuracy_new"], ls=style, color="grey", label=f"{key} (new)")
+            ax.axhline(100 * rows[key]["accuracy_new"], ls=style, color="grey",
+                       label=f"{models.label(model)}, greedy (new)")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("N (samples per expansion)")
-    ax.set_ylabel(f"accuracy ({VERIFIER_MODE})")
+    ax.set_ylabel(f"accuracy, % ({VERIFIER_MODE})")
+    from_zero(ax, 10)
     ax.set_title("Test-time scaling (bars: 95% intervals)")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)
     ax.grid(alpha=0.3)
     return png(fig)
 
@@ -264,14 +278,19 @@ def rounds_plot(rows: dict[str, dict], models: Models, search_method: str = "sbt
     rounds = [r for r in models.rounds() if models.key(models.at_round(r), "greedy") in rows]
     start = models.searching()
     fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
-    for label, m in (("greedy", "greedy"), (search_method, search_method)):
+    # Side by side, not on top of each other: equal accuracies would hide one line under the other.
+    for (label, m), (fmt, dx) in zip((("greedy", "greedy"), (search_method, search_method)),
+                                     (("o-", -0.06), ("s--", 0.06))):
         keys = [models.key(start, m)] + [models.key(models.at_round(r), m) for r in rounds]
         pts = [(r, rows[k]["accuracy_new"], n_of(rows[k], "new")) for r, k in zip([0, *rounds], keys) if k in rows]
         if pts:
             xs, ys, ns = zip(*pts)
-            ax.errorbar(xs, ys, yerr=yerr(list(ys), list(ns)), fmt="o-", capsize=3, label=f"{label} (new targets)")
+            err = yerr(list(ys), list(ns))
+            ax.errorbar([x + dx for x in xs], [100 * y for y in ys], yerr=[[100 * e for e in side] for side in err],
+                        fmt=fmt, capsize=3, label=f"{label} (new targets)")
+    from_zero(ax, 10)
     ax.set_xlabel("expert-iteration round")
-    ax.set_ylabel(f"accuracy ({VERIFIER_MODE})")
+    ax.set_ylabel(f"accuracy, % ({VERIFIER_MODE})")
     ax.set_title("Expert iteration: slow search distilled into greedy (bars: 95%)")
     ax.set_xticks([0, *rounds])
     ax.legend(fontsize=8)
