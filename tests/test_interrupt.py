@@ -35,8 +35,11 @@ def test_ctrl_c_stops_sbt_run_in_seconds_cancels_its_flow_run_and_a_rerun_resume
     home, run_dir, log = tmp_path / "prefect", tmp_path / "run", tmp_path / "run.log"
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"} | {"PREFECT_HOME": str(home)}
     with open(log, "w") as out:  # its own session, as a terminal's foreground job: SIGINT goes to the group
+        # SIGINT as a terminal delivers it: a test run in the background of a non-interactive shell (as CI may be)
+        # ignores SIGINT, the child inherits that, and Python then installs no KeyboardInterrupt handler.
         p = subprocess.Popen([SBT, "run", "-c", "smoke", "--run-dir", str(run_dir)], stdout=out,
-                             stderr=subprocess.STDOUT, env=env, start_new_session=True)
+                             stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 240
     while not (run_dir / "sft-op").exists():  # the first SFT has begun
         assert p.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
