@@ -32,8 +32,11 @@ def _prefect_env() -> None:
 
 
 @contextlib.contextmanager
-def _prefect_session():
-    """The Prefect API a flow command reports to, and a clean Ctrl-C.
+def _prefect_session(run_dir: str):
+    """The Prefect API a flow command reports to, a log file, and a clean Ctrl-C.
+
+    Library chatter (progress bars of transformers and datasets, their warnings, DeepSpeed's lines) stays off the
+    terminal: with a local `run_dir` it is written, with everything else, to run_dir/logs/<time>.log.
 
     With PREFECT_API_URL set, that server. Without, a temporary `prefect server` on the user's PREFECT_HOME
     database, started in its own process group: Prefect's own temporary server shares the terminal's, so a Ctrl-C
@@ -43,6 +46,12 @@ def _prefect_session():
     a training resumes from its last checkpoint).
     """
     started = datetime.datetime.now(datetime.timezone.utc)
+    from sbt_core import chatter
+
+    log_file = None if "://" in run_dir else str(Path(run_dir, "logs", f"{started:%Y%m%d-%H%M%S}.log"))
+    chatter.quiet_libraries(log_file)
+    if log_file:
+        err.print(f"log: {log_file}", soft_wrap=True)  # a path, whole, whatever the terminal's width
     from prefect.settings import PREFECT_API_URL, PREFECT_LOGGING_TO_API_ENABLED, temporary_settings
 
     proc, previous = None, signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM as Ctrl-C
@@ -161,13 +170,13 @@ def run(
     if seeds > 1:
         from flows.studies import seeds as seeds_flow
 
-        with _prefect_session():
+        with _prefect_session(run_dir):
             out = seeds_flow(config=cfg, run_dir=run_dir, count=seeds)
         typer.echo(f"seeds: {out['seeds_md']}\n" + "\n".join(f"metrics (seed +{s}): {u}" for s, u in out["metrics"].items()))
         return
     from flows.pipeline import pipeline
 
-    with _prefect_session():
+    with _prefect_session(run_dir):
         summary = pipeline(config=cfg, run_dir=run_dir)
     if summary["ran"]:
         err.print(f"ran {len(summary['ran'])} stages, {len(summary['cached'])} cached, "
@@ -249,7 +258,7 @@ def ablate(config: str = CONFIG_OPT, run_dir: Optional[str] = RUN_DIR_OPT, set_:
     cfg, run_dir = _flow_setup(config, set_, run_dir)
     from flows.studies import ablations
 
-    with _prefect_session():
+    with _prefect_session(run_dir):
         out = ablations(config=cfg, run_dir=run_dir)
     ran = [r["stage"] for r in out["stages"] if not r["cached"]]
     err.print(f"ran {len(ran)} stages, {len(out['stages']) - len(ran)} cached")
@@ -278,7 +287,7 @@ def study(
     if dry_run:
         _print_plan(study_flow, config=cfg, run_dir=run_dir or f"runs/{cfg.name}")
         return
-    with _prefect_session():
+    with _prefect_session(run_dir or f"runs/{cfg.name}"):
         out = study_flow(config=cfg, run_dir=run_dir or f"runs/{cfg.name}")
     err.print(f"ran {len(out['ran'])} stages, {len(out['cached'])} cached, {out['wall_seconds']:.0f} s")
     typer.echo(f"study: {out['study_md']}\njson: {out['study_json']}")
@@ -308,7 +317,7 @@ def ladder(
     if dry_run:
         _print_plan(ladder_flow, config=cfg, run_dir=run_dir or f"runs/{cfg.name}")
         return
-    with _prefect_session():
+    with _prefect_session(run_dir or f"runs/{cfg.name}"):
         out = ladder_flow(config=cfg, run_dir=run_dir or f"runs/{cfg.name}")
     err.print(f"ran {len(out['ran'])} stages, {len(out['cached'])} cached, {out['wall_seconds']:.0f} s")
     typer.echo(f"ladder: {out['ladder_md']}\njson: {out['ladder_json']}")

@@ -80,6 +80,29 @@ def _built_data(data: str) -> dict:
     return {"vocabulary": (record.get("config") or {}).get("vocabulary"), "longest": (lengths.get("all") or {}).get("max")}
 
 
+def _quiet() -> None:
+    """Library warnings and DeepSpeed's accelerator line off the terminal of a command that loads a model."""
+    from sbt_core import chatter
+
+    chatter.quiet_libraries()
+
+
+def _response_length(cfg, model: str):
+    """`cfg` with `max_new_tokens` raised to the longest response `model` was trained on (its SFT's
+    train_metrics.json beside the model folder), unless the option was given; a line says so."""
+    from sbt_core import io
+
+    metrics = io.join(io.parent(model.rstrip("/")), "train_metrics.json")
+    if "max_new_tokens" in cfg.model_fields_set or not io.exists(metrics):
+        return cfg
+    longest = io.read_json(metrics).get("train/longest_response") or 0
+    if longest <= cfg.max_new_tokens:
+        return cfg
+    err.print(f"max_new_tokens: {longest} (the longest response {model} was trained on; the default "
+              f"{cfg.max_new_tokens} would cut answers)")
+    return cfg.model_copy(update={"max_new_tokens": longest})
+
+
 def _progress(total: int, label: str):
     p = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err,
                  disable=not sys.stderr.isatty())
@@ -223,6 +246,7 @@ def train(
     """Fine-tune with the paper's masked loss; resumes from the last checkpoint in --out."""
     from sbt_core import train as stage
 
+    _quiet()  # the Trainer's own bar and loss lines stay: they are this command's progress display
     built = _built_data(data)  # build-data's manifest: the rows' vocabulary and token lengths
     if not model_path and vocabulary is None and built.get("vocabulary"):
         vocabulary = built["vocabulary"]
@@ -251,6 +275,7 @@ def grpo(
     """GRPO from the domain's verifier (TRL); resumes from the last checkpoint in --out."""
     from sbt_core import grpo as stage
 
+    _quiet()
     out_uris = stage.train(cfg, model, data, out, domain=data_domain(domain, data),
                            max_completion_length=max_completion_length)
     typer.echo("\n".join(f"{k}: {v}" for k, v in out_uris.items()))
@@ -271,6 +296,8 @@ def search(
     from sbt_core.search import run as stage
 
     domain = data_domain(domain, data)
+    _quiet()
+    cfg = _response_length(cfg, model)
     total = min(limit or 10**12, len(read_parquet(data)))
     p, advance = _progress(total, f"search {cfg.decoder}")
     with p:
@@ -296,6 +323,8 @@ def evaluate(
     domain = data_domain(domain, data)
     # All problems unless a limit is given (EvalConfig's 200 is the pipeline's default, not this command's).
     limit = cfg.limit if "limit" in cfg.model_fields_set else None
+    _quiet()
+    cfg = _response_length(cfg, model)
     cfgs = {m: cfg.search_config(m) for m in methods.split(",") if m}
     splits = cfg.splits or domains.get(domain).eval_splits
     per_split = [min(limit or 10**12, len(read_parquet(f"{data.rstrip('/')}/{s}.parquet"))) for s in splits]

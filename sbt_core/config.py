@@ -340,7 +340,8 @@ class ExecutionConfig(_Config):
 class RunConfig(_Config):
     """The whole pipeline: one preset in configs/*.yaml, overridable with dotted keys."""
 
-    name: str = Field("tiny", description="Preset name (runs/<name>/ by default).")
+    name: str = Field("tiny", description="Preset name (runs/<name>/ by default; a YAML without "
+                      "one: its file's name).")
     domain: str = Field(DEFAULT, description=f"The task domain: one of {sorted(DOMAINS)}.")
     generate: GenerateConfig = Field(DOMAINS[DEFAULT].GenerateConfig(), description="The domain's generator.")
     build_data: BuildDataConfig = Field(BuildDataConfig(), description="Data recipes' shared settings (each model "
@@ -443,7 +444,8 @@ class StudyConfig(_Config):
     """`sbt study`: one pipeline config per domain (its `models`, data, SFT and `study` section), all
     trained through the pipeline's stages and evaluated at equal test-time compute."""
 
-    name: str = Field("study", description="Study name (runs/<name>/ by default).")
+    name: str = Field("study", description="Study name (runs/<name>/ by default; a YAML without "
+                      "one: its file's name).")
     domains: dict[str, RunConfig] = Field(description="Label -> that part's run config; its `domain` defaults to "
                                           "the label when the label names a domain.")
     execution: ExecutionConfig = ExecutionConfig()
@@ -506,6 +508,14 @@ def _load_tree(path: str | Path | None) -> dict:
     return tree
 
 
+def _named(tree: dict, path) -> dict:
+    """A run, study or ladder YAML without `name:` is named after its file (`my-run.yaml` -> runs/my-run), not
+    after the model's default, so that two such files never share a run folder."""
+    if path is not None and "name" not in tree:
+        tree["name"] = Path(path).stem
+    return tree
+
+
 def _apply(tree: dict, overrides: list[str], model=None) -> dict:
     """`key.sub=value` overrides on a config tree. With the config's `model`, a key of a mapping field (a model
     name under `models`, a study's part, a ladder's rung) must exist: a typo there fails like any other typo, and
@@ -561,7 +571,7 @@ def _validate(model, tree: dict, path):
 def load_run_config(path: str | Path | None = None, overrides: list[str] = (), tree: dict | None = None) -> RunConfig:
     """A preset YAML (or a `tree` already read, e.g. the config a run recorded in run.json) plus `key.sub=value`
     overrides (values parsed as YAML: 3, 1e-3, [1,2], null)."""
-    tree = _load_tree(path) if tree is None else dict(tree)
+    tree = _named(_load_tree(path), path) if tree is None else dict(tree)
     if any(item.strip().startswith("models.") for item in overrides) and "models" not in tree:
         tree["models"] = {k: v.model_dump(mode="json", exclude_defaults=True) for k, v in DEFAULT_MODELS.items()}
     return _validate(RunConfig, _apply(tree, overrides, RunConfig), path)
@@ -579,7 +589,7 @@ def load_stage_config(model, path: str | Path | None = None, overrides: list[str
 def load_study_config(path: str | Path, overrides: list[str] = ()) -> StudyConfig:
     """A study YAML (`name`, `domains: {label: run config}`) plus overrides such as
     `domains.countdown.sft.max_steps=100`."""
-    return _validate(StudyConfig, _apply(_load_tree(path), overrides, StudyConfig), path)
+    return _validate(StudyConfig, _apply(_named(_load_tree(path), path), overrides, StudyConfig), path)
 
 
 def format_validation_error(err: ValidationError, prefix: str = "") -> str:

@@ -68,7 +68,10 @@ def summarize(results: pa.Table, domain: Domain) -> dict:
 
 
 def markdown_table(summary: dict, splits: tuple[str, ...]) -> str:
-    """Methods as rows; strict and paper accuracy per split, tokens/problem, false claims."""
+    """How many problems each split had, then methods as rows: strict and paper accuracy per split,
+    tokens/problem, false claims."""
+    counts = {s: next((per[s]["problems"] for per in summary.values() if s in per), 0) for s in splits}
+    note = "Problems: " + ", ".join(f"{s} {n}" for s, n in counts.items()) + ".\n\n"
     head = "| method | " + " | ".join(
         f"{s} strict | {s} paper | {s} false-claim | {s} tokens/problem" for s in splits
     ) + " |"
@@ -82,7 +85,7 @@ def markdown_table(summary: dict, splits: tuple[str, ...]) -> str:
                  f"{m['tokens_per_problem']:.0f}"] if m else ["-"] * 4
             )
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return note + "\n".join(lines) + "\n"
 
 
 def run(

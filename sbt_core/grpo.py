@@ -32,7 +32,7 @@ from sbt_core import domains, io
 from sbt_core.config import GRPOConfig
 from sbt_core.domains import Domain
 from sbt_core.models import load
-from sbt_core.train import TimeLimit, last_complete_checkpoint
+from sbt_core.train import TimeLimit, last_complete_checkpoint, quiet_trainer
 
 log = logging.getLogger(__name__)
 HISTORY_KEYS = {"reward": "reward", "reward_std": "reward_std", "kl": "kl", "entropy": "entropy",
@@ -80,7 +80,7 @@ def prompts_dataset(domain: Domain, data_uri: str, limit: int | None = None):
     return datasets.Dataset.from_list([{"prompt": domain.prompt(p), **p} for p in rows])
 
 
-def trl_args(cfg: GRPOConfig, out: Path, max_completion_length: int, weights: list[float]):
+def trl_args(cfg: GRPOConfig, out: Path, max_completion_length: int, weights: list[float], progress_bar: bool = True):
     """`trl.GRPOConfig` for `cfg`: one optimiser step per `prompts_per_step x rollouts` completions."""
     from trl import GRPOConfig as TRLConfig
 
@@ -114,7 +114,7 @@ def trl_args(cfg: GRPOConfig, out: Path, max_completion_length: int, weights: li
         use_cpu=not torch.cuda.is_available(),
         gradient_checkpointing=False,
         report_to=[],
-        disable_tqdm=False,
+        disable_tqdm=not progress_bar,
     )
 
 
@@ -136,7 +136,7 @@ def history(log_history: list[dict]) -> list[dict]:
 
 
 def train(cfg: GRPOConfig, model_uri: str, data_uri: str, out_dir: str, *, domain: str = domains.DEFAULT,
-          max_completion_length: int = 64, callbacks=(), staging_key: str = "") -> dict[str, str]:
+          max_completion_length: int = 64, callbacks=(), staging_key: str = "", progress_bar: bool = True) -> dict[str, str]:
     """Stage entry: GRPO on the train problems in `data_uri`, starting from `model_uri`; writes out_dir/model.
 
     A remote `out_dir` (s3://...) trains in a local staging folder (checkpoints stay on this machine,
@@ -153,9 +153,11 @@ def train(cfg: GRPOConfig, model_uri: str, data_uri: str, out_dir: str, *, domai
     out.mkdir(parents=True, exist_ok=True)
     model, tokenizer = load(model_uri, dtype=torch.float32)
     funcs, weights = reward_functions(d, tokenizer, cfg.format_reward)
-    trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=trl_args(cfg, out, length, weights),
+    trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=trl_args(cfg, out, length, weights, progress_bar),
                           train_dataset=prompts_dataset(d, data_uri, cfg.problems), processing_class=tokenizer,
                           callbacks=[TimeLimit(cfg.max_minutes), *callbacks])
+    if not progress_bar:  # the caller shows progress (`callbacks`)
+        quiet_trainer(trainer)
     resume = last_complete_checkpoint(out / "checkpoints")
     if resume:
         log.info("grpo: resuming from %s", resume)

@@ -29,11 +29,12 @@ from typing import Any, Callable
 from pydantic import Field, field_validator, model_validator
 
 from sbt_core.config import (ConfigError, ExecutionConfig, OnPolicyConfig, RunConfig, _apply, _Config,
-                             _known_methods, _load_tree, _set_dotted, _validate)
+                             _known_methods, _load_tree, _named, _set_dotted, _validate)
 
 
 class LadderConfig(_Config):
-    name: str = Field("ladder", description="Ladder name (runs/<name>/ by default).")
+    name: str = Field("ladder", description="Ladder name (runs/<name>/ by default; a YAML without "
+                      "one: its file's name).")
     model: str = Field("bt", description="The model of each rung's config that the rung trains and evaluates.")
     methods: list[str] = Field(["greedy", "best_of_n_32", "sbt_b1_n32"], description="Methods evaluated per rung.")
     baseline: str = Field("greedy", description="The method the gain is measured against.")
@@ -83,7 +84,7 @@ def load_ladder_config(path: str | Path, overrides: list[str] = (),
                        resolve: Callable[[str], Path] = Path) -> LadderConfig:
     """A ladder YAML plus `key=value` overrides (e.g. `set.eval.limit=50`, `rungs.1m-1800.sft.max_steps=10`).
     `resolve` turns `base: tiny` into a path (the CLI: configs/tiny.yaml)."""
-    tree = _apply(_load_tree(path), list(overrides), LadderConfig)
+    tree = _apply(_named(_load_tree(path), path), list(overrides), LadderConfig)
     base = tree.pop("base", {})
     if isinstance(base, str):
         base = _load_tree(resolve(base))

@@ -61,6 +61,11 @@ def encode_batch(tokenizer, prompts, responses, context_length: int) -> dict[str
     return out
 
 
+def _masked_prefix(labels: list[int]) -> int:
+    """How many tokens a row's labels mask before the first supervised one: its prompt."""
+    return next((i for i, t in enumerate(labels) if t != IGNORE), len(labels))
+
+
 def encode_example(tokenizer, prompt: str, response: str, context_length: int) -> dict[str, list[int]]:
     """`encode_batch` for one row."""
     out = encode_batch(tokenizer, [prompt], [response], context_length)
@@ -170,7 +175,7 @@ def _single_process_distributed_env() -> None:
     os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
 
 
-def training_args(cfg: TrainConfig, out_dir: Path) -> TrainingArguments:
+def training_args(cfg: TrainConfig, out_dir: Path, progress_bar: bool = True) -> TrainingArguments:
     if cfg.deepspeed:
         _single_process_distributed_env()
     extra = {"gradient_checkpointing": True} if cfg.gradient_checkpointing else {}
@@ -198,12 +203,12 @@ def training_args(cfg: TrainConfig, out_dir: Path) -> TrainingArguments:
         remove_unused_columns=False,
         dataloader_num_workers=0,
         train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
-        disable_tqdm=False,
+        disable_tqdm=not progress_bar,
     )
 
 
 def train(cfg: TrainConfig, model_cfg: ModelConfig, data_uri: str, out_dir: str, callbacks=(),
-          staging_key: str = "") -> dict[str, str]:
+          staging_key: str = "", progress_bar: bool = True) -> dict[str, str]:
     """Stage entry: SFT on `data_uri` (rows with prompt and response); writes out_dir/model.
 
     A remote `out_dir` (s3://...) trains in a local staging folder (checkpoints stay on this
@@ -221,7 +226,7 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig, data_uri: str, out_dir: str,
                     max_positions=max(256, cfg.context_length))
         os.replace(out / "init.tmp", out / "init")
     if cfg.num_processes > 1 and "LOCAL_RANK" not in os.environ:
-        return _launch(cfg, model_cfg, data_uri, out_dir, out, staging_key)
+        return _launch(cfg, model_cfg, data_uri, out_dir, out, staging_key, progress_bar)
     # fp32 master weights always; `bf16` means bf16 autocast on a GPU. (Loading the weights in
     # bf16 made AdamW update bf16 parameters directly, where small updates round away.)
     model, tokenizer = load(init, dtype=torch.float32)
@@ -232,16 +237,20 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig, data_uri: str, out_dir: str,
         log.warning("%d of %d rows are longer than context_length %d and were cut (their ends, EOS included, are "
                     "not trained on): raise context_length (build-data's manifest has the data's token lengths)",
                     cut, len(dataset), cfg.context_length)
+    # Tokens after the prompt (EOS included) of the longest row: what an evaluation of this model must let it write.
+    longest_response = max((len(labels) - _masked_prefix(labels) for labels in dataset["labels"]), default=0)
     collator = Collator(tokenizer.pad_token_id)
     resume = last_complete_checkpoint(out / "checkpoints")
     elapsed = Elapsed(resume)
     trainer = Trainer(
         model=model,
-        args=training_args(cfg, out),
+        args=training_args(cfg, out, progress_bar),
         train_dataset=dataset,
         data_collator=collator,
         callbacks=[TimeLimit(cfg.max_minutes), elapsed, *callbacks],
     )
+    if not progress_bar:  # the caller shows progress (`callbacks`): no bar, and no printed loss dicts either
+        quiet_trainer(trainer)
     if resume:
         log.info("resuming from %s", resume)
     t0 = time.monotonic()
@@ -273,6 +282,7 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig, data_uri: str, out_dir: str,
         "train/tokens_per_second": collator.tokens / seconds if seconds else None,
         "train/rows": len(dataset),
         "train/rows_cut": cut,  # longer than context_length
+        "train/longest_response": longest_response,
         "train/parameters": params,
         "train/flops": 6.0 * params * rows_seen * mean_tokens,
         "train/resumed_from": resume,
@@ -288,8 +298,20 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig, data_uri: str, out_dir: str,
     return {"model": model_uri, "metrics": metrics_uri}
 
 
+def quiet_trainer(trainer) -> None:
+    """No Trainer output on the terminal: its loss dicts printed per logging step (train_metrics.json keeps the
+    loss history), and the chatter of what it imported (DeepSpeed's logger prints to stdout)."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    from sbt_core import chatter
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    chatter.quiet_libraries()
+
+
 def _launch(cfg: TrainConfig, model_cfg: ModelConfig, data_uri: str, out_dir: str, out: Path,
-            staging_key: str) -> dict[str, str]:
+            staging_key: str, progress_bar: bool = True) -> dict[str, str]:
     """Run this stage under torchrun with cfg.num_processes ranks; rank 0 writes the outputs."""
     import subprocess
     import sys
@@ -297,7 +319,7 @@ def _launch(cfg: TrainConfig, model_cfg: ModelConfig, data_uri: str, out_dir: st
     spec = out / "launch.json"
     spec.write_text(json.dumps({"train": cfg.model_dump(mode="json"), "model": model_cfg.model_dump(mode="json"),
                                 "data_uri": str(data_uri), "out_dir": str(out_dir),
-                                "staging_key": staging_key}))
+                                "staging_key": staging_key, "progress_bar": progress_bar}))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={cfg.num_processes}",
            "-m", "sbt_core.train", str(spec)]
     log.info("launching %d training processes: %s", cfg.num_processes, " ".join(cmd))
@@ -312,4 +334,4 @@ if __name__ == "__main__":  # a torchrun rank (see _launch)
     logging.basicConfig(level=logging.INFO)
     args = json.loads(Path(sys.argv[1]).read_text())
     train(TrainConfig(**args["train"]), ModelConfig(**args["model"]), args["data_uri"], args["out_dir"],
-          staging_key=args.get("staging_key", ""))
+          staging_key=args.get("staging_key", ""), progress_bar=args.get("progress_bar", True))

@@ -48,7 +48,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed
 
-from sbt_core import domains, fingerprint, io
+from sbt_core import chatter, domains, fingerprint, io
 from sbt_core.config import (BuildDataConfig, EvalConfig, GenerateConfig, GRPOConfig, ModelConfig, OnPolicyConfig,
                              SearchConfig, StudyEvalConfig, TrainConfig)
 from sbt_core.ladder import LadderConfig
@@ -99,7 +99,10 @@ def stage(name: str, *, entry: str | tuple[str, ...], heavy: bool = False, ignor
             return run_stage(decl, params.pop("stage_name"), params, lambda: fn(*args, **kwargs))
 
         STAGES[name] = decl
-        return task(name=name, task_run_name="{stage_name}", cache_policy=NO_CACHE, persist_result=False)(run)
+        # No log_prints: a stage's own lines are log records; what libraries print is not a log line (dill's
+        # fingerprinting in `datasets` prints a bytecode listing it means to capture, which log_prints logged).
+        return task(name=name, task_run_name="{stage_name}", cache_policy=NO_CACHE, persist_result=False,
+                    log_prints=False)(run)
 
     return declare
 
@@ -246,6 +249,7 @@ def plan(decl: Stage, stage_name: str, params: dict[str, Any]) -> StageResult:
 def run_stage(decl: Stage, stage_name: str, params: dict[str, Any], work: Callable[[], dict[str, str]]):
     """The caching protocol above around `work()`, which returns the stage's outputs (name -> URI)."""
     logger = get_run_logger()
+    chatter.quiet_libraries()  # the stage's progress is its artifact and log lines: no library bars or chatter
     use_storage_block()
     out_dir = params["out_dir"]
     parts = key_parts(decl, params)
@@ -342,6 +346,7 @@ class Progress:
 
     def __init__(self, stage: str, total: int, what: str):
         self.total, self.done, self.shown, self.logged = max(total, 1), 0, 0.0, 0
+        self.note = ""  # e.g. the last training loss, shown with the next log line
         self.description = f"{stage}: {what}"
         self.id = create_progress_artifact(0.0, key=f"progress-{artifact_key(stage)}", description=self.description)
         self.last = time.monotonic()
@@ -354,7 +359,7 @@ class Progress:
             self.shown, self.last = pct, time.monotonic()
         if int(pct // 10) > self.logged:
             self.logged = int(pct // 10)
-            get_run_logger().info("%s: %.0f%%", self.description, pct)
+            get_run_logger().info("%s: %.0f%%%s", self.description, pct, f" ({self.note})" if self.note else "")
 
 
 def _train_progress(progress: Progress):
@@ -367,6 +372,10 @@ def _train_progress(progress: Progress):
 
         def on_step_end(self, args, state, control, **kw):
             progress(1)
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if logs and "loss" in logs:
+                progress.note = f"loss {float(logs['loss']):.4g}"
 
     return Callback()
 
@@ -397,7 +406,7 @@ def sft(stage_name: str, *, cfg: TrainConfig, model: ModelConfig, data: StageRes
         return {"model": model.path}
     bar = Progress(stage_name, 1, "optimiser steps")
     return core.train(cfg, model, data["outputs"]["sft"], out_dir, callbacks=[_train_progress(bar)],
-                      staging_key=current_key())
+                      staging_key=current_key(), progress_bar=False)
 
 
 # Which models get GRPO and how they are evaluated afterwards do not change the tuned model.
@@ -411,7 +420,7 @@ def grpo(stage_name: str, cfg: GRPOConfig, model: StageResult, data: StageResult
     bar = Progress(stage_name, cfg.steps, "GRPO steps")
     return core.train(cfg, model["outputs"]["model"], data["outputs"]["train"], out_dir, domain=domain,
                       max_completion_length=max_completion_length, callbacks=[_train_progress(bar)],
-                      staging_key=current_key())
+                      staging_key=current_key(), progress_bar=False)
 
 
 @stage("evaluate", entry="sbt_core.evaluate:run", heavy=True)

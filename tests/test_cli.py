@@ -54,6 +54,29 @@ def test_every_stage_from_the_command_line(tmp_path):
         "--out", tmp_path / "ei2", "--transductive")
 
 
+@pytest.mark.integration
+def test_sudoku_lengths_come_from_the_data_through_the_stage_commands(tmp_path):
+    """9x9 traces are ~300 tokens: `sbt train` takes its context from build-data's manifest and `sbt search` /
+    `sbt evaluate` their token limit from the model's training (the defaults, 128 and 64, cut every answer)."""
+    data, sft, run = tmp_path / "data", tmp_path / "sft", tmp_path / "run"
+    sbt("generate", "--domain", "sudoku", "--out", data, "--num-train", 24, "--num-val", 2, "--seed", 1)
+    sbt("build-data", "--data", data, "--out", sft)  # the domain from the data's manifest
+    longest_row = json.loads((sft / "manifest.json").read_text())["stats"]["token_lengths"]["all"]["max"]
+    trained = sbt("train", "--data", sft / "sft.parquet", "--out", run, "--max-steps", 2, "--batch-size", 4)
+    assert f"context_length: {longest_row} (the data's longest row" in " ".join(trained.stderr.split())
+    metrics = json.loads((run / "train_metrics.json").read_text())
+    longest = metrics["train/longest_response"]
+    assert metrics["train/rows_cut"] == 0 and 64 < longest < longest_row
+    searched = sbt("search", "--model", run / "model", "--data", data / "val.parquet", "--out", tmp_path / "s",
+                   "--decoder", "greedy", "--limit", 1)
+    assert f"max_new_tokens: {longest} (the longest response" in " ".join(searched.stderr.split())
+    assert json.loads((tmp_path / "s" / "manifest.json").read_text())["config"]["search"]["max_new_tokens"] == longest
+    shown = sbt("evaluate", "--model", run / "model", "--data", data, "--out", tmp_path / "e", "--methods", "greedy",
+                "--limit", 1, "--max-new-tokens", 8)  # given: it stands, and the cut answer is warned about
+    assert "max_new_tokens: " not in shown.stderr and "stopped at max_new_tokens=8" in " ".join(shown.stderr.split())
+    assert shown.stdout.startswith("Problems: val 1.")
+
+
 @pytest.mark.integration  # a subprocess per case
 @pytest.mark.parametrize(
     "args,message",
@@ -68,6 +91,9 @@ def test_every_stage_from_the_command_line(tmp_path):
         (["search", "--model", "m", "--data", "missing.parquet", "--out", "X", "--set", "decoder=nosuch"], "decoder:"),
         (["generate", "--out", "X", "--num-val", "5"], "--num-val: not an option of the countdown generator"),
         (["generate", "--out", "X", "--domain", "sudoku", "--num-numbers", "3"], "--num-numbers: not an option"),
+        # Zero or negative problems: refused, not a 0.0% report.
+        (["evaluate", "--model", "m", "--data", "D", "--out", "X", "--limit", "0"], "limit: Input should be greater"),
+        (["search", "--model", "m", "--data", "P.parquet", "--out", "X", "--limit", "-1"], "greater than or equal to 1"),
         (["import-dataset", "--src", "BAD.jsonl", "--out", "X"], "row 1: field 'search_path' is missing"),
         (["import-dataset", "--src", "BAD", "--out", "X"], "not a Parquet, JSON, JSONL or CSV file"),
         (["import-dataset", "--src", "nobody/no-such-dataset", "--out", "X"], "not in the local Hugging Face cache"),

@@ -71,3 +71,11 @@ def test_ctrl_c_stops_sbt_run_in_seconds_cancels_its_flow_run_and_a_rerun_resume
     assert again.returncode == 0, again.stderr[-3000:]
     ran, cached = map(int, re.search(r"ran (\d+) stages, (\d+) cached", again.stderr).groups())
     assert cached >= 3 and (run_dir / "report.md").exists(), again.stderr[-2000:]  # generate and both build-datas
+    # One progress display per stage, no library chatter on the terminal (SFT, GRPO and evaluation ran): it is in
+    # the run's log file.
+    terminal = again.stdout + again.stderr
+    for chatter in ("Setting accelerator to CPU", "{'loss'", "RESUME", "Loading weights", "it/s]", "FutureWarning"):
+        assert chatter not in terminal, (chatter, terminal[-3000:])
+    assert "sft-bt: optimiser steps: 100% (loss " in terminal and "grpo-bt: GRPO steps: 100%" in terminal
+    log_file = Path(re.search(r"log: (\S+\.log)", again.stderr).group(1))
+    assert log_file.parent == run_dir / "logs" and "sft-bt: done in" in log_file.read_text()

@@ -73,3 +73,51 @@ def test_manifests_record_the_command_the_commit_and_the_time(tmp_path):
     prov = record["provenance"]
     assert prov["command"] and prov["started_utc"].endswith("+00:00") and prov["host"]
     assert prov["git_commit"] is None or len(prov["git_commit"]) == 40
+
+
+def test_a_run_yaml_without_a_name_is_named_after_its_file(tmp_path):
+    from sbt_core.ladder import load_ladder_config
+
+    (tmp_path / "my-run.yaml").write_text("sft: {max_steps: 3}\n")
+    assert load_run_config(tmp_path / "my-run.yaml").name == "my-run"
+    (tmp_path / "named.yaml").write_text("name: kept\n")
+    assert load_run_config(tmp_path / "named.yaml").name == "kept"
+    (tmp_path / "my-study.yaml").write_text("domains: {countdown: {sft: {max_steps: 3}}}\n")
+    assert load_study_config(tmp_path / "my-study.yaml").name == "my-study"
+    (tmp_path / "my-ladder.yaml").write_text("rungs: {a: {sft.max_steps: 3}}\n")
+    assert load_ladder_config(tmp_path / "my-ladder.yaml").name == "my-ladder"
+
+
+def test_an_evaluation_summary_says_how_many_problems_each_split_had():
+    from sbt_core.evaluate import markdown_table
+
+    row = {"accuracy_strict": 0.5, "accuracy_paper": 0.5, "false_claim_rate": 0.0, "tokens_per_problem": 9.0}
+    md = markdown_table({"greedy": {"val_seen": {**row, "problems": 40}, "val_new": {**row, "problems": 38}}},
+                        ("val_seen", "val_new"))
+    assert md.splitlines()[0] == "Problems: val_seen 40, val_new 38."
+
+
+def test_library_chatter_goes_to_the_log_file_not_the_terminal(tmp_path):
+    import logging
+
+    from sbt_core import chatter
+
+    terminal = logging.StreamHandler(open(tmp_path / "terminal", "w"))
+    logging.getLogger().addHandler(terminal)
+    try:
+        chatter.quiet_libraries(str(tmp_path / "logs" / "run.log"))
+        logging.getLogger("transformers.chatter_test").warning("library chatter")  # (Python warnings: pytest
+        # records those itself; test_interrupt checks that none reach the terminal of a real run)
+        logging.getLogger("sbt_core.search.run").warning("our own warning")
+        logging.getLogger("trl.chatter_test").error("a library's error")
+        terminal.flush()
+        shown = (tmp_path / "terminal").read_text()
+        logged = (tmp_path / "logs" / "run.log").read_text()
+        assert "our own warning" in shown and "a library's error" in shown
+        assert "library chatter" not in shown
+        assert all(m in logged for m in ("library chatter", "our own warning", "a library's error"))
+    finally:
+        logging.getLogger().removeHandler(terminal)
+        for h in [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]:
+            logging.getLogger().removeHandler(h)
+        logging.captureWarnings(False)

@@ -241,3 +241,20 @@ def test_the_papers_decoder_and_ours_agree_where_their_documented_differences_va
     ours_off = [i for i in compared if ours[i].output != greedy[i].output]
     paper_off = [i for i in compared if paper[i].output.strip() != greedy[i].output]
     assert len(ours_off) <= len(compared) // 4 and len(paper_off) <= len(compared) // 4, (compared, ours_off, paper_off)
+
+
+def test_continuations_stopped_by_the_token_limit_are_counted_and_warned_about(lm, trained, data_dir, tmp_path,
+                                                                                 caplog):
+    _, model_path, _ = trained
+    data = str(data_dir / "val_new.parquet")
+    before = lm.cut, lm.sampled
+    with caplog.at_level("WARNING", logger="sbt_core.search.run"):
+        search_stage.run(SearchConfig(decoder="greedy", max_new_tokens=2), model_path, data, str(tmp_path / "a"),
+                         limit=3, lm=lm)
+    assert (lm.cut - before[0], lm.sampled - before[1]) == (3, 3)  # no answer fits in 2 tokens
+    assert "3 of 3 continuations stopped at max_new_tokens=2" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="sbt_core.search.run"):
+        search_stage.run(SearchConfig(decoder="greedy", max_new_tokens=200), model_path, data, str(tmp_path / "b"),
+                         limit=3, lm=lm)
+    assert lm.cut - before[0] == 3 and "stopped at max_new_tokens" not in caplog.text

@@ -42,6 +42,7 @@ class LM:
         # Tokens whose text holds a newline: where steps end, at the token level.
         self.newline_ids = {i for i in range(len(tokenizer)) if "\n" in tokenizer.decode([i])}
         self._drop = {self.eos_id, self.pad_id}
+        self.sampled = self.cut = 0  # continuations sampled, and those stopped by max_new_tokens (not by a stop token)
 
     def prompt_ids(self, problem: dict) -> list[int]:
         return self.encode(self.domain.prompt(problem))
@@ -63,6 +64,8 @@ class LM:
                 stop_ids=self.stop_ids, pad_id=self.pad_id, generator=generator, watch_id=self.backtrack_id,
             )
             tokens += out.tokens
+            self.sampled += len(out.tokens)
+            self.cut += sum(1 for t in out.tokens if len(t) >= max_new_tokens and t[-1] not in self.stop_ids)
             logprobs += out.logprobs
             watched += out.watched
             passes += [out.forward_passes] * len(out.tokens)

@@ -101,20 +101,25 @@ def run(
     if limit is not None:
         problems = problems.slice(0, limit)
     lm = lm or LM(*load(model_path, device="cuda" if torch.cuda.is_available() else "cpu"), domain)
-    parts = []
+    parts, cuts = [], (0, 0)  # continuations stopped by max_new_tokens, of those sampled (this attempt's shards)
     for k, start in enumerate(range(0, len(problems), shard_size)):
         shard_uri = io.join(out_dir, "shards", f"shard-{k:05d}.parquet")
         if io.exists(shard_uri):  # finished before a kill: keep it
             parts.append(io.read_parquet(shard_uri))
         else:
             chunk = problems.slice(start, shard_size)
-            t0 = time.perf_counter()
+            t0, sampled, cut = time.perf_counter(), lm.sampled, lm.cut
             res = search(lm, chunk.select(list(lm.domain.columns)).to_pylist(), cfg, seed=cfg.seed + k)
             table = results_table(chunk, res, time.perf_counter() - t0, lm.domain)
+            cuts = (cuts[0] + lm.cut - cut, cuts[1] + lm.sampled - sampled)
             io.write_parquet(table, shard_uri)
             parts.append(table)
         if progress:
             progress(len(parts[-1]))
+    if cuts[0]:
+        log.warning("search %s on %s: %d of %d continuations stopped at max_new_tokens=%d, not at EOS or "
+                    "<backtrack>: their answers are cut (raise max_new_tokens)", cfg.decoder, io.basename(data_uri),
+                    cuts[0], cuts[1], cfg.max_new_tokens)
     table = pa.concat_tables(parts) if parts else results_table(problems.slice(0, 0), [], 0.0, lm.domain)
     uri = io.write_parquet(table, io.join(out_dir, "results.parquet"))
     config = {"search": cfg.model_dump(mode="json"), "model": str(model_path), "domain": lm.domain.name,
