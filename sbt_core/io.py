@@ -7,6 +7,7 @@ under the final name. Object stores publish an object only when its upload compl
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -213,7 +214,11 @@ def staging_dir(uri: str, key: str = "") -> Path:
 
 
 def localize_dir(uri: str) -> str:
-    """A local folder holding the files of folder `uri`: itself if local, else a cached download."""
+    """A local folder holding the files of folder `uri`: itself if local, else a cached download.
+
+    Safe when several processes ask at once (the ranks of one SFT, workers on one machine): each version of the
+    remote folder's contents gets its own folder, written once under a lock (the others wait, then use it) and
+    never rewritten while in use; the previous version of the same URI is removed when a new one is written."""
     if is_local(uri):
         return str(uri).removeprefix("file://")
     fs, root = _fs(uri)
@@ -222,19 +227,44 @@ def localize_dir(uri: str) -> str:
     if not files:
         raise FileNotFoundError(f"no such folder: {uri}")
     source = json.dumps({"uri": str(uri), "files": files}, sort_keys=True, default=str)
-    dest = cache_root() / "remote" / hashlib.sha256(str(uri).encode()).hexdigest()[:16]
-    if (dest / ".source.json").exists() and (dest / ".source.json").read_text() == source:
+    home = cache_root() / "remote" / hashlib.sha256(str(uri).encode()).hexdigest()[:16]
+    dest = home / hashlib.sha256(source.encode()).hexdigest()[:16]
+    if (dest / ".source.json").is_file():
         return str(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent))
-    for p in files:
-        target = tmp / p[len(root.rstrip("/")) + 1:]
-        target.parent.mkdir(parents=True, exist_ok=True)
-        _retry(lambda: fs.get_file(p, str(target)), f"download {p}")
-    (tmp / ".source.json").write_text(source)
-    shutil.rmtree(dest, ignore_errors=True)
-    os.replace(tmp, dest)
+    home.mkdir(parents=True, exist_ok=True)
+    with _locked(home / ".lock"):
+        if not (dest / ".source.json").is_file():
+            for stale in home.glob(".tmp-*"):  # left by a killed download (only the lock holder writes here)
+                shutil.rmtree(stale, ignore_errors=True)
+            tmp = Path(tempfile.mkdtemp(dir=home, prefix=".tmp-"))
+            log.info("downloading %d files of %s to %s", len(files), uri, dest)
+            try:
+                for p in files:
+                    target = tmp / p[len(root.rstrip("/")) + 1:]
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    _retry(lambda: fs.get_file(p, str(target)), f"download {p}")
+                (tmp / ".source.json").write_text(source)
+                os.replace(tmp, dest)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            for old in home.iterdir():  # earlier versions of this URI (and files of the old one-folder layout)
+                if old != dest and not old.name.startswith("."):
+                    shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
     return str(dest)
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    """An exclusive advisory lock on `path` (created if missing), held for the block; released if the holder dies."""
+    import fcntl
+
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def upload_dir(local: str | Path, uri: str) -> str:

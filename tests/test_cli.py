@@ -83,6 +83,7 @@ def test_sudoku_lengths_come_from_the_data_through_the_stage_commands(tmp_path):
     [
         (["generate", "--out", "X", "--num-train", "0"], "num_train"),
         (["build-data", "--data", "missing.parquet", "--out", "X"], "no such artifact"),
+        (["build-data", "--data", "P.parquet", "--out", "X", "--recipe", "nosuch"], "unknown recipe 'nosuch'"),
         (["build-data", "--data", "missing.parquet", "--out", "X", "--error-ratio", "1:2"], "error_type_ratio.2: Field required"),
         (["search", "--model", "nowhere", "--data", "missing.parquet", "--out", "X"], "no such artifact"),
         (["train", "--data", "missing.parquet", "--out", "X", "--lr", "-1"], "learning_rate"),

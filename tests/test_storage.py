@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from sbt_core import io
@@ -60,6 +62,38 @@ def test_models_load_from_s3_through_a_cached_download(s3, trained, tmp_path, mo
     assert io.localize_dir(uri) == local  # unchanged objects: no second download
     model, tokenizer = load(uri)
     assert tokenizer.convert_tokens_to_ids("<backtrack>") is not None and model.num_parameters() > 0
+
+
+@pytest.mark.integration  # processes
+def test_a_remote_folder_asked_for_by_several_processes_at_once_is_downloaded_once_whole(s3, trained, tmp_path):
+    """The ranks of one SFT (or workers on one machine) localising the same s3:// model at the same moment: each
+    gets the whole folder, one download, no partial or deleted files; a new version of the folder replaces the
+    old one in the cache."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    model_dir = Path(trained[1])
+    uri = io.upload_dir(model_dir, "s3://sbt-test/race/model")
+    probe = ("import json, logging, sys, pathlib; logging.basicConfig(level=logging.INFO); from sbt_core import io; "
+             "d = pathlib.Path(io.localize_dir(sys.argv[1])); "
+             "print(json.dumps({'dir': str(d), 'files': sorted((str(p.relative_to(d)), p.stat().st_size) "
+             "for p in d.rglob('*') if p.is_file() and p.name != '.source.json')}))")
+    env = {**os.environ, "SBT_CACHE": str(tmp_path / "cache")}
+    procs = [subprocess.Popen([sys.executable, "-c", probe, uri], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=env) for _ in range(6)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err[-1500:] for _, err in outs]
+    seen = [json.loads(out) for out, _ in outs]
+    want = sorted((str(p.relative_to(model_dir)), p.stat().st_size) for p in model_dir.rglob("*") if p.is_file())
+    assert all(s == {"dir": seen[0]["dir"], "files": [list(f) for f in want]} for s in seen)
+    assert sum(err.count("downloading") for _, err in outs) == 1  # one process downloads, the others wait for it
+    home = tmp_path / "cache" / "remote"
+    assert [p.name for p in next(home.iterdir()).iterdir() if not p.name.startswith(".")] == [Path(seen[0]["dir"]).name]
+    io.write_bytes(io.join(uri, "extra.txt"), b"a new file: a new version of the folder")
+    newer = subprocess.run([sys.executable, "-c", probe, uri], capture_output=True, text=True, env=env, check=True)
+    assert "extra.txt" in newer.stdout and not Path(seen[0]["dir"]).exists()
 
 
 @pytest.mark.parametrize("where", ["local", "s3"])
