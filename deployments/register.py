@@ -7,6 +7,8 @@ Deployments (flow/deployment):
   heavy stages (SFT, search, evaluation) on the first and its light ones on the second.
 - `expert-iteration-round/round`: one round, given `model_uri` and `round`.
 - `grpo-round/round`: GRPO on one model of the run, given `model` (and optionally `model_uri`).
+- `sbt-study/study`: the equal-compute study (backtracking vs direct models), given a study config
+  (`sbt deploy -c study-17m` registers it with that config; a run preset's deploy gives it `study-tiny`).
 - `sbt-evaluate-latest/nightly`: evaluates the newest model of a run dir on a cron schedule
   (03:00 UTC), active when first registered; re-registering keeps the state it has (paused in
   the UI stays paused) unless `--nightly` / `--no-nightly` says otherwise.
@@ -77,21 +79,33 @@ DESCRIPTIONS = {
     "round": "One expert-iteration round, given model_uri and round.",
     "grpo": "GRPO on one model of the run (pass@k before and after, then its methods), given model.",
     "nightly": "Nightly evaluation of the newest model of a run dir.",
+    "study": "The equal-compute study: backtracking vs direct models, every part trained and evaluated.",
 }
 
 
-def deployment_specs(config: dict, run_dir: str, gpu_pool: str, cpu_pool: str, image: str | None,
-                     nightly: bool = True) -> list[dict[str, Any]]:
-    """What `register` creates, as plain data (also what `prefect_yaml` writes out)."""
+def deployment_specs(config: dict | None, run_dir: str, gpu_pool: str, cpu_pool: str, image: str | None,
+                     nightly: bool = True, study: dict | None = None, study_run_dir: str | None = None
+                     ) -> list[dict[str, Any]]:
+    """What `register` creates, as plain data (also what `prefect_yaml` writes out). `config`: the run config of
+    the pipeline's deployments (None: only the stage and study deployments); `study`: the study deployment's."""
     job = {"image": image} if image else {}
     common = {"config": config, "run_dir": run_dir}
-    specs = [
-        {"entrypoint": "flows/pipeline.py:pipeline", "name": "pipeline", "pool": gpu_pool, "job_variables": job,
-         "parameters": common, "tags": ["sbt", "pipeline"]},
+    stage_specs = [
         {"entrypoint": "flows/pipeline.py:stage_flow", "name": "gpu", "pool": gpu_pool, "job_variables": job,
          "parameters": {}, "tags": ["sbt", "stage", "gpu"]},
         {"entrypoint": "flows/pipeline.py:stage_flow", "name": "cpu", "pool": cpu_pool, "job_variables": job,
          "parameters": {}, "tags": ["sbt", "stage", "cpu"]},
+    ]
+    study_specs = [] if study is None else [
+        {"entrypoint": "flows/study.py:study", "name": "study", "pool": gpu_pool, "job_variables": job,
+         "parameters": {"config": study, "run_dir": study_run_dir or f"runs/{study['name']}"},
+         "tags": ["sbt", "study"]}]
+    if config is None:
+        return [{"description": DESCRIPTIONS[spec["name"]], **spec} for spec in stage_specs + study_specs]
+    specs = [
+        {"entrypoint": "flows/pipeline.py:pipeline", "name": "pipeline", "pool": gpu_pool, "job_variables": job,
+         "parameters": common, "tags": ["sbt", "pipeline"]},
+        *stage_specs,
         {"entrypoint": "flows/pipeline.py:expert_iteration_round", "name": "round", "pool": gpu_pool,
          "job_variables": job, "parameters": common, "tags": ["sbt", "expert-iteration"]},
         {"entrypoint": "flows/pipeline.py:grpo_round", "name": "round", "pool": gpu_pool, "job_variables": job,
@@ -99,20 +113,22 @@ def deployment_specs(config: dict, run_dir: str, gpu_pool: str, cpu_pool: str, i
         {"entrypoint": "flows/evaluate.py:evaluate_latest", "name": "nightly", "pool": gpu_pool, "job_variables": job,
          "parameters": common, "tags": ["sbt", "evaluation", "nightly"],
          "schedule": {"cron": NIGHTLY_CRON, "timezone": "UTC", "active": nightly}},
+        *study_specs,
     ]
     return [{"description": DESCRIPTIONS[spec["name"]], **spec} for spec in specs]
 
 
-def prefect_yaml(config: dict, image: str | None = None) -> str:
+def prefect_yaml(config: dict, image: str | None = None, study: dict | None = None) -> str:
     """`deployments/prefect.yaml` for `prefect deploy --all`: the same deployments as `register`.
 
-    Pools, run dir and working directory come from the environment (SBT_GPU_POOL, SBT_CPU_POOL,
-    SBT_RUN_DIR, SBT_WORKDIR), the preset is written in full as the `config` parameter, so both
+    Pools, run dirs and working directory come from the environment (SBT_GPU_POOL, SBT_CPU_POOL,
+    SBT_RUN_DIR, SBT_STUDY_RUN_DIR, SBT_WORKDIR), the preset is written in full as the `config` parameter, so both
     routes register the same deployments, parameters and schedule state (tests/test_deploy_routes.py).
     """
     import yaml
 
-    specs = deployment_specs(config, "{{ $SBT_RUN_DIR }}", "{{ $SBT_GPU_POOL }}", "{{ $SBT_CPU_POOL }}", image)
+    specs = deployment_specs(config, "{{ $SBT_RUN_DIR }}", "{{ $SBT_GPU_POOL }}", "{{ $SBT_CPU_POOL }}", image,
+                             study=study, study_run_dir="{{ $SBT_STUDY_RUN_DIR }}")
     deployments = []
     for spec in specs:
         entry = {"name": spec["name"], "entrypoint": spec["entrypoint"], "description": spec["description"],
@@ -130,6 +146,7 @@ def prefect_yaml(config: dict, image: str | None = None) -> str:
         "# The same deployments, parameters and schedule state `sbt deploy` registers (pools are not created here).\n"
         "# From the repository root:\n"
         "#   SBT_WORKDIR=$PWD SBT_GPU_POOL=sbt-gpu SBT_CPU_POOL=sbt-cpu SBT_RUN_DIR=s3://bucket/runs/tiny \\\n"
+        "#   SBT_STUDY_RUN_DIR=s3://bucket/runs/study-tiny \\\n"
         "#     prefect deploy --all --prefect-file deployments/prefect.yaml\n"
     )
 
@@ -150,7 +167,8 @@ def _load_flow(entrypoint: str):
 RESULTS_BLOCK = "sbt-results"
 
 
-def register(config: dict, run_dir: str, *, pool_type: str = "process", gpu_pool: str = "sbt-gpu",
+def register(config: dict | None, run_dir: str, *, study: dict | None = None, study_run_dir: str | None = None,
+             pool_type: str = "process", gpu_pool: str = "sbt-gpu",
              cpu_pool: str = "sbt-cpu", image: str | None = None, nightly: bool | None = None,
              workdir: str | None = None, result_storage: str | None = None,
              storage_block: str | None = None) -> dict[str, dict[str, str]]:
@@ -188,7 +206,8 @@ def register(config: dict, run_dir: str, *, pool_type: str = "process", gpu_pool
             except ObjectNotFound:
                 client.create_work_pool(WorkPoolCreate(name=pool, type=pool_type,
                                                        base_job_template=base_job_template(pool_type, gpu)))
-        for spec in deployment_specs(config, run_dir, gpu_pool, cpu_pool, image):
+        for spec in deployment_specs(config, run_dir, gpu_pool, cpu_pool, image, study=study,
+                                     study_run_dir=study_run_dir):
             if env:
                 spec["job_variables"] = {**spec["job_variables"], "env": env}
             name, deployment_id, note = create_deployment(client, spec, workdir, nightly)

@@ -326,7 +326,9 @@ def ladder(
 @app.command()
 @clean_errors
 def deploy(
-    config: str = typer.Option("tiny", "--config", "-c", help="Preset name or YAML path: the deployments' default parameters."),
+    config: str = typer.Option("tiny", "--config", "-c", help="Preset name or YAML path: the deployments' default "
+                               "parameters (a study config, e.g. study-17m: the study deployment's)."),
+    study: str = typer.Option("study-tiny", help="With a run preset: the study deployment's default config."),
     run_dir: Optional[str] = typer.Option(None, help="Default run dir of the deployments (s3://bucket/prefix on a cluster)."),
     set_: list[str] = typer.Option([], "--set", help="Override a config value (repeatable)."),
     pool_type: str = typer.Option("process", help="Work pool type: process, docker or kubernetes."),
@@ -341,22 +343,37 @@ def deploy(
     write_prefect_yaml: Optional[Path] = typer.Option(None, help="Write the same deployments as a prefect.yaml "
                                                       "(for `prefect deploy --all`) to this path; register nothing."),
 ):
-    """Register the work pools (if missing) and every deployment on the Prefect server in PREFECT_API_URL."""
-    from sbt_core.config import load_run_config
+    """Register the work pools (if missing) and every deployment on the Prefect server in PREFECT_API_URL.
 
-    cfg = load_run_config(resolve_preset(config), set_)
+    A study config (`-c study-17m`: a YAML with `domains:`) registers the study deployment with it (and the stage
+    deployments its parts use); a run preset registers the pipeline's deployments, and the study's with --study."""
+    import yaml
+
+    from sbt_core import io
+    from sbt_core.config import load_run_config, load_study_config
+
+    path = resolve_preset(config)
+    tree = yaml.safe_load(path.read_text()) if path.is_file() else None
+    if isinstance(tree, dict) and "domains" in tree:  # a study config
+        cfg, study_cfg = None, load_study_config(path, set_)
+        study_dir = run_dir or f"runs/{study_cfg.name}"
+    else:
+        cfg, study_cfg = load_run_config(path, set_), load_study_config(resolve_preset(study))
+        study_dir = io.join(io.parent(run_dir), study_cfg.name) if run_dir else f"runs/{study_cfg.name}"
+    run_config = cfg.model_dump(mode="json") if cfg else None
+    study_config = study_cfg.model_dump(mode="json")
     _prefect_env()
     from deployments.register import prefect_yaml, register
 
     if write_prefect_yaml:
-        from sbt_core import io
-
-        io.write_bytes(str(write_prefect_yaml), prefect_yaml(cfg.model_dump(mode="json"), image).encode())
+        if run_config is None:
+            raise ValueError("--write-prefect-yaml writes the deployments of a run preset (-c tiny), not of a study")
+        io.write_bytes(str(write_prefect_yaml), prefect_yaml(run_config, image, study=study_config).encode())
         typer.echo(f"wrote {write_prefect_yaml}")
         return
-    made = register(cfg.model_dump(mode="json"), run_dir or f"runs/{cfg.name}", pool_type=pool_type,
-                    gpu_pool=gpu_pool, cpu_pool=cpu_pool, image=image, nightly=nightly,
-                    result_storage=result_storage, storage_block=storage_block)
+    made = register(run_config, run_dir or f"runs/{cfg.name if cfg else study_cfg.name}", study=study_config,
+                    study_run_dir=study_dir, pool_type=pool_type, gpu_pool=gpu_pool, cpu_pool=cpu_pool, image=image,
+                    nightly=nightly, result_storage=result_storage, storage_block=storage_block)
     for name, what in made.items():
         typer.echo(f"{name}: {what['id']}" + (f"  (schedule {what['schedule']})" if "schedule" in what else ""))
 

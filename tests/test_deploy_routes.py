@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from sbt_core.config import load_run_config
+from sbt_core.config import load_run_config, load_study_config
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.integration
 NAMES = ["sbt-pipeline/pipeline", "sbt-stage/gpu", "sbt-stage/cpu", "expert-iteration-round/round",
-         "grpo-round/round", "sbt-evaluate-latest/nightly"]
+         "grpo-round/round", "sbt-evaluate-latest/nightly", "sbt-study/study"]
 POOLS = ["--gpu-pool", "routes-gpu", "--cpu-pool", "routes-cpu"]
 RUN_DIR = "runs/routes"
 
@@ -27,7 +27,7 @@ def _env(api: str) -> dict:
     return {**os.environ, "PREFECT_API_URL": api, "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PREFECT_CLI_PROMPT": "false", "SBT_WORKDIR": str(ROOT), "SBT_GPU_POOL": "routes-gpu",
             "SBT_CPU_POOL": "routes-cpu", "SBT_RUN_DIR": RUN_DIR,
-            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+            "SBT_STUDY_RUN_DIR": "runs/study-tiny", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
 
 
 def sbt_deploy(api: str, *flags: str) -> str:
@@ -86,6 +86,8 @@ def test_sbt_deploy_and_prefect_yaml_register_the_same_deployments(prefect_serve
     tiny = load_run_config(ROOT / "configs" / "tiny.yaml").model_dump(mode="json")
     assert by_sbt["sbt-pipeline/pipeline"]["parameters"] == {"config": tiny, "run_dir": RUN_DIR}
     assert by_sbt["sbt-evaluate-latest/nightly"]["schedules"] == [("0 3 * * *", "UTC", True)]
+    study = load_study_config(ROOT / "configs" / "study-tiny.yaml").model_dump(mode="json")
+    assert by_sbt["sbt-study/study"]["parameters"] == {"config": study, "run_dir": "runs/study-tiny"}
     for name in NAMES:
         assert by_yaml[name] == by_sbt[name], name
 
@@ -112,5 +114,27 @@ def test_the_committed_prefect_yaml_is_what_sbt_deploy_writes(tmp_path):
     from deployments.register import prefect_yaml
 
     tiny = load_run_config(ROOT / "configs" / "tiny.yaml").model_dump(mode="json")
-    assert (ROOT / "deployments" / "prefect.yaml").read_text() == prefect_yaml(tiny), \
+    study = load_study_config(ROOT / "configs" / "study-tiny.yaml").model_dump(mode="json")
+    assert (ROOT / "deployments" / "prefect.yaml").read_text() == prefect_yaml(tiny, study=study), \
         "regenerate: sbt deploy -c tiny --write-prefect-yaml deployments/prefect.yaml"
+
+
+def test_a_study_config_deploys_as_the_study_flow_and_its_runs_validate(prefect_server, client):
+    """`sbt deploy -c study-17m` (a study config is not a run config): the study deployment with that config, the
+    stage deployments its parts use, no pipeline deployment of it; a flow run of it passes the server's
+    parameter validation and a bad parameter does not."""
+    proc = subprocess.run([sys.executable, "-m", "flows.cli", "deploy", "-c", "study-17m", "--run-dir", "runs/s17",
+                           *POOLS], cwd=ROOT, env=_env(prefect_server), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(line.split(":")[0] for line in proc.stdout.splitlines()) == \
+        ["sbt-stage/cpu", "sbt-stage/gpu", "sbt-study/study"]
+    d = client.read_deployment_by_name("sbt-study/study")
+    want = load_study_config(ROOT / "configs" / "study-17m.yaml").model_dump(mode="json")
+    assert d.parameters == {"config": want, "run_dir": "runs/s17"} and d.enforce_parameter_schema
+    run = client.create_flow_run_from_deployment(d.id, parameters={"run_dir": "runs/s17-b"})
+    try:
+        assert client.read_flow_run(run.id).parameters["run_dir"] == "runs/s17-b"
+        with pytest.raises(Exception, match="409|422|alidation"):  # the server refuses a bad parameter
+            client.create_flow_run_from_deployment(d.id, parameters={"config": {"domains": "not a mapping"}})
+    finally:
+        client.delete_flow_run(run.id)

@@ -33,7 +33,7 @@ def test_prefect_yaml_names_the_same_deployments_as_sbt_deploy():
 
     spec = yaml.safe_load((ROOT / "deployments" / "prefect.yaml").read_text())
     static = sorted((d["entrypoint"], d["name"]) for d in spec["deployments"])
-    dynamic = sorted((d["entrypoint"], d["name"]) for d in deployment_specs({}, "r", "g", "c", None))
+    dynamic = sorted((d["entrypoint"], d["name"]) for d in deployment_specs({}, "r", "g", "c", None, study={"name": "s"}))
     assert static == dynamic
     for d in spec["deployments"]:
         path, name = d["entrypoint"].split(":")
