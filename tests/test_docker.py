@@ -56,3 +56,35 @@ def test_image_pins_satisfy_the_projects_requirements():
         name = req.name.lower().replace("_", "-")
         if name in pins:
             assert req.specifier.contains(pins[name], prereleases=True), (req, pins[name])
+
+
+def test_the_images_torch_satisfies_every_pin_and_the_projects_range():
+    """Both images install torch from docker/torch.txt (the GPU base used to bring torch 2.5.1, older than the
+    torch>=2.6 the pinned transformers and accelerate need). Their torch requirement is read from the metadata of
+    the versions installed here, which must be of the same major line as docker/requirements.txt's pins."""
+    checked = []
+    from importlib.metadata import requires, version
+
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    pins = [Requirement(line) for line in (ROOT / "docker" / "torch.txt").read_text().splitlines()
+            if line.strip() and not line.startswith("#")]
+    assert [p.name for p in pins] == ["torch"] and len(pins[0].specifier) == 1
+    torch = Version(next(iter(pins[0].specifier)).version)
+    for dockerfile in ("Dockerfile.gpu", "Dockerfile.cpu"):
+        text = (ROOT / "docker" / dockerfile).read_text()
+        assert "--requirement docker/torch.txt" in text and "torch==" not in text and "FROM pytorch/" not in text
+    import tomllib
+
+    dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    project = next(Requirement(r) for r in dependencies if Requirement(r).name == "torch")
+    assert torch in project.specifier, (str(torch), str(project))
+    pinned = dict(line.split("==") for line in (ROOT / "docker" / "requirements.txt").read_text().split())
+    for package in ("transformers", "accelerate", "trl", "deepspeed"):
+        assert Version(pinned[package]).major == Version(version(package)).major, package
+        for r in map(Requirement, requires(package) or []):
+            if r.name == "torch" and (r.marker is None or r.marker.evaluate({"extra": "torch"})):
+                assert torch in r.specifier, (package, str(r))
+                checked.append(package)
+    assert {"transformers", "accelerate"} <= set(checked)  # the two that need torch>=2.6
