@@ -90,6 +90,12 @@ def deployment_specs(config: dict | None, run_dir: str, gpu_pool: str, cpu_pool:
     the pipeline's deployments (None: only the stage and study deployments); `study`: the study deployment's."""
     job = {"image": image} if image else {}
     common = {"config": config, "run_dir": run_dir}
+
+    def parent_pool(cfg: dict) -> str:
+        """A parent flow whose stages run as their own flow runs (execution.mode deployments) only waits: it runs
+        on the CPU pool and holds no GPU slot; one that runs its stages in process needs the GPU."""
+        return cpu_pool if (cfg.get("execution") or {}).get("mode") == "deployments" else gpu_pool
+
     stage_specs = [
         {"entrypoint": "flows/pipeline.py:stage_flow", "name": "gpu", "pool": gpu_pool, "job_variables": job,
          "parameters": {}, "tags": ["sbt", "stage", "gpu"]},
@@ -97,20 +103,21 @@ def deployment_specs(config: dict | None, run_dir: str, gpu_pool: str, cpu_pool:
          "parameters": {}, "tags": ["sbt", "stage", "cpu"]},
     ]
     study_specs = [] if study is None else [
-        {"entrypoint": "flows/study.py:study", "name": "study", "pool": gpu_pool, "job_variables": job,
+        {"entrypoint": "flows/study.py:study", "name": "study", "pool": parent_pool(study), "job_variables": job,
          "parameters": {"config": study, "run_dir": study_run_dir or f"runs/{study['name']}"},
          "tags": ["sbt", "study"]}]
     if config is None:
         return [{"description": DESCRIPTIONS[spec["name"]], **spec} for spec in stage_specs + study_specs]
     specs = [
-        {"entrypoint": "flows/pipeline.py:pipeline", "name": "pipeline", "pool": gpu_pool, "job_variables": job,
+        {"entrypoint": "flows/pipeline.py:pipeline", "name": "pipeline", "pool": parent_pool(config), "job_variables": job,
          "parameters": common, "tags": ["sbt", "pipeline"]},
         *stage_specs,
-        {"entrypoint": "flows/pipeline.py:expert_iteration_round", "name": "round", "pool": gpu_pool,
+        {"entrypoint": "flows/pipeline.py:expert_iteration_round", "name": "round", "pool": parent_pool(config),
          "job_variables": job, "parameters": common, "tags": ["sbt", "expert-iteration"]},
-        {"entrypoint": "flows/pipeline.py:grpo_round", "name": "round", "pool": gpu_pool, "job_variables": job,
+        {"entrypoint": "flows/pipeline.py:grpo_round", "name": "round", "pool": parent_pool(config), "job_variables": job,
          "parameters": common, "tags": ["sbt", "grpo"], "description": DESCRIPTIONS["grpo"]},
-        {"entrypoint": "flows/evaluate.py:evaluate_latest", "name": "nightly", "pool": gpu_pool, "job_variables": job,
+        {"entrypoint": "flows/evaluate.py:evaluate_latest", "name": "nightly", "pool": parent_pool(config),
+         "job_variables": job,
          "parameters": common, "tags": ["sbt", "evaluation", "nightly"],
          "schedule": {"cron": NIGHTLY_CRON, "timezone": "UTC", "active": nightly}},
         *study_specs,
@@ -171,7 +178,7 @@ def register(config: dict | None, run_dir: str, *, study: dict | None = None, st
              pool_type: str = "process", gpu_pool: str = "sbt-gpu",
              cpu_pool: str = "sbt-cpu", image: str | None = None, nightly: bool | None = None,
              workdir: str | None = None, result_storage: str | None = None,
-             storage_block: str | None = None) -> dict[str, dict[str, str]]:
+             storage_block: str | None = None, gpu_slots: int | None = None) -> dict[str, dict[str, str]]:
     """Create the pools if missing and (re)create every deployment; returns {flow/deployment: {id, schedule?}}.
 
     `nightly`: True or False sets the nightly schedule's state; None keeps the state of an existing
@@ -179,9 +186,11 @@ def register(config: dict | None, run_dir: str, *, study: dict | None = None, st
     `result_storage` (e.g. s3://bucket/prefect-results) saves a `remote-file-system/sbt-results`
     block and makes every deployment's flow runs persist their results there. `storage_block`
     names a RemoteFileSystem block whose settings hold the S3 credentials (SBT_STORAGE_BLOCK).
+    `gpu_slots` sets the GPU pool's concurrency limit: at most that many of its flow runs at once (one per GPU
+    of the pool; the parents of deployments-mode runs are on the CPU pool and take none).
     """
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
     from prefect.exceptions import ObjectNotFound
 
     if pool_type != "process" and not image:
@@ -206,6 +215,10 @@ def register(config: dict | None, run_dir: str, *, study: dict | None = None, st
             except ObjectNotFound:
                 client.create_work_pool(WorkPoolCreate(name=pool, type=pool_type,
                                                        base_job_template=base_job_template(pool_type, gpu)))
+        if gpu_slots is not None:
+            if gpu_slots < 1:
+                raise ValueError(f"--gpu-slots: at least 1, not {gpu_slots}")
+            client.update_work_pool(gpu_pool, WorkPoolUpdate(concurrency_limit=gpu_slots))
         for spec in deployment_specs(config, run_dir, gpu_pool, cpu_pool, image, study=study,
                                      study_run_dir=study_run_dir):
             if env:

@@ -333,7 +333,9 @@ def deploy(
     set_: list[str] = typer.Option([], "--set", help="Override a config value (repeatable)."),
     pool_type: str = typer.Option("process", help="Work pool type: process, docker or kubernetes."),
     gpu_pool: str = typer.Option("sbt-gpu", help="Pool for the pipeline, GPU stages, rounds and evaluation."),
-    cpu_pool: str = typer.Option("sbt-cpu", help="Pool for the light stages."),
+    cpu_pool: str = typer.Option("sbt-cpu", help="Pool for the light stages (and the parents of deployments-mode runs)."),
+    gpu_slots: Optional[int] = typer.Option(None, min=1, help="The GPU pool's concurrency limit: flow runs at once "
+                                            "(one per GPU of the pool). Without it the pool keeps its limit."),
     image: Optional[str] = typer.Option(None, help="Worker image (docker and kubernetes pools), e.g. sbt-worker:gpu."),
     nightly: Optional[bool] = typer.Option(None, "--nightly/--no-nightly", help="Turn the nightly evaluation "
                                            "schedule on or off. Without either: a new deployment's is on, an "
@@ -373,7 +375,7 @@ def deploy(
         return
     made = register(run_config, run_dir or f"runs/{cfg.name if cfg else study_cfg.name}", study=study_config,
                     study_run_dir=study_dir, pool_type=pool_type, gpu_pool=gpu_pool, cpu_pool=cpu_pool, image=image,
-                    nightly=nightly, result_storage=result_storage, storage_block=storage_block)
+                    nightly=nightly, result_storage=result_storage, storage_block=storage_block, gpu_slots=gpu_slots)
     for name, what in made.items():
         typer.echo(f"{name}: {what['id']}" + (f"  (schedule {what['schedule']})" if "schedule" in what else ""))
 

@@ -138,3 +138,23 @@ def test_a_study_config_deploys_as_the_study_flow_and_its_runs_validate(prefect_
             client.create_flow_run_from_deployment(d.id, parameters={"config": {"domains": "not a mapping"}})
     finally:
         client.delete_flow_run(run.id)
+
+
+def test_gpu_slots_cap_the_gpu_pool_and_waiting_parents_take_none(prefect_server, client):
+    """`--gpu-slots N`: the GPU pool runs at most N flow runs at once. A config whose stages run as their own flow
+    runs (execution.mode deployments) puts its parent flows on the CPU pool, so a waiting pipeline holds no GPU."""
+    from deployments.register import register
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    config = load_run_config(ROOT / "configs" / "tiny.yaml", ["execution.mode=deployments"]).model_dump(mode="json")
+    with temporary_settings(updates={PREFECT_API_URL: prefect_server}):
+        made = register(config, RUN_DIR, gpu_pool="slots-gpu", cpu_pool="slots-cpu", gpu_slots=3)
+        with pytest.raises(ValueError, match="at least 1"):
+            register(config, RUN_DIR, gpu_pool="slots-gpu", cpu_pool="slots-cpu", gpu_slots=0)
+    assert client.read_work_pool("slots-gpu").concurrency_limit == 3
+    assert client.read_work_pool("slots-cpu").concurrency_limit is None
+    pools = {name: client.read_deployment_by_name(name).work_pool_name for name in made}
+    assert pools["sbt-stage/gpu"] == "slots-gpu" and pools["sbt-stage/cpu"] == "slots-cpu"
+    assert {pools[n] for n in ("sbt-pipeline/pipeline", "expert-iteration-round/round", "grpo-round/round")} == \
+        {"slots-cpu"}
+    delete_all(client)  # the other tests' deployments are on the routes pools
