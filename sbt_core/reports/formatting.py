@@ -31,13 +31,14 @@ def pct_ci(x: float | None, n: int | None) -> str:
     return pct_interval(x, ci(x, n))
 
 
-def yerr(values: list[float], ns: list[int | None]) -> list[list[float]]:
-    """Matplotlib's asymmetric error bars from Wilson intervals (zero where n is unknown)."""
+def yerr(values: list[float], ns: list[int | None], scale: float = 1.0) -> list[list[float]]:
+    """Matplotlib's asymmetric error bars from Wilson intervals (zero where n is unknown), times `scale` (100: in
+    percentage points)."""
     lo, hi = [], []
     for x, n in zip(values, ns):
         interval = ci(x, n) or (x, x)
-        lo.append(x - interval[0])
-        hi.append(interval[1] - x)
+        lo.append(scale * (x - interval[0]))
+        hi.append(scale * (interval[1] - x))
     return [lo, hi]
 
 

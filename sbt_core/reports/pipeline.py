@@ -250,8 +250,8 @@ def scaling_plot(rows: dict[str, dict], models: Models) -> bytes:
             ys = [rows[k][f"accuracy_{split}"] for k in keys]
             if any(y is None for y in ys):
                 continue
-            err = yerr(ys, [n_of(rows[k], split) for k in keys])
-            ax.errorbar(xs, [100 * y for y in ys], yerr=[[100 * e for e in side] for side in err], fmt=fmt,
+            err = yerr(ys, [n_of(rows[k], split) for k in keys], scale=100)
+            ax.errorbar(xs, [100 * y for y in ys], yerr=err, fmt=fmt,
                         color=color, alpha=alpha, capsize=3, label=f"{label} ({split})")
     for model, style in ((models.with_recipe("optimal"), ":"), (models.searching(), "-.")):
         key = models.key(model, "greedy")
@@ -285,8 +285,8 @@ def rounds_plot(rows: dict[str, dict], models: Models, search_method: str = "sbt
         pts = [(r, rows[k]["accuracy_new"], n_of(rows[k], "new")) for r, k in zip([0, *rounds], keys) if k in rows]
         if pts:
             xs, ys, ns = zip(*pts)
-            err = yerr(list(ys), list(ns))
-            ax.errorbar([x + dx for x in xs], [100 * y for y in ys], yerr=[[100 * e for e in side] for side in err],
+            err = yerr(list(ys), list(ns), scale=100)
+            ax.errorbar([x + dx for x in xs], [100 * y for y in ys], yerr=err,
                         fmt=fmt, capsize=3, label=f"{label} (new targets)")
     from_zero(ax, 10)
     ax.set_xlabel("expert-iteration round")
