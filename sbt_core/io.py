@@ -328,7 +328,7 @@ def unreadable(folder: str, skip: tuple[str, ...] = ("checkpoints",)) -> list[st
 # fields and absolute paths live in these files, in training checkpoints and in search shards.
 NONDETERMINISTIC_FILES = ("stage.json", "run.json", "manifest.json", "train_metrics.json", "summary.json",
                           "training_args.bin", "grpo_metrics.json", "study.json")
-NONDETERMINISTIC_DIRS = ("checkpoints", "shards")
+NONDETERMINISTIC_DIRS = ("checkpoints", "shards", "logs")  # logs/: a flow command's log file per run
 
 
 def snapshot(run_dir: str | Path) -> dict[str, str]:
