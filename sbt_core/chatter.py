@@ -44,18 +44,16 @@ def quiet_libraries(log_file: str | None = None) -> None:
     for key, value in _ENV.items():
         os.environ.setdefault(key, value)
     accelerator_env()
-    import datasets.utils.logging  # noqa: F401  (both add their own terminal handler when first imported:
-    import transformers.utils.logging  # noqa: F401  import them now, so the handlers exist to be taken off)
+    import datasets
+    import huggingface_hub.utils
+    import transformers.utils.logging
 
-    for name, call in (("transformers", "utils.logging.disable_progress_bar"), ("datasets", "disable_progress_bars"),
-                       ("huggingface_hub", "utils.disable_progress_bars")):
-        if name in sys.modules:  # already imported: the environment is read at import, so switch them off now
-            target = sys.modules[name]
-            for part in call.split("."):
-                target = getattr(target, part)
-            target()
-    if "transformers" in sys.modules:
-        sys.modules["transformers"].utils.logging.set_verbosity_warning()
+    # Imported now (each reads its environment at import and adds its own terminal handler then), so switched off
+    # here whether or not something imported it first.
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_warning()
+    datasets.disable_progress_bars()
+    huggingface_hub.utils.disable_progress_bars()
     logging.captureWarnings(True)
     root = logging.getLogger()
     for handler in root.handlers:
