@@ -103,6 +103,9 @@ class SearchConfig(_Config):
     max_new_tokens: int = Field(64, ge=1, description="Token limit of one continuation.")
     batch_rows: int = Field(2048, ge=1, description="Sequences decoded together in one batch.")
     seed: int = Field(4, description="Sampling seed (the paper's eval: 4).")
+    shard_size: int = Field(256, ge=1, description="Problems per shard: the unit a killed search resumes from "
+                            "and a GPU pool runs at once (`execution.shard_runs`); shard k samples with seed "
+                            "`seed + k`, so a new size gives other samples.")
 
 
 SFT_METHODS = ["greedy", "beam", "best_of_n_8", "best_of_n_16", "best_of_n_32"]
@@ -131,6 +134,7 @@ class EvalConfig(_Config):
     max_new_tokens: int = Field(64, ge=1, description="Token limit of one continuation.")
     batch_rows: int = Field(2048, ge=1, description="Sequences decoded together.")
     seed: int = Field(4, description="Sampling seed.")
+    shard_size: int = Field(256, ge=1, description="Problems per search shard (`SearchConfig.shard_size`).")
     splits: list[str] | None = Field(None, description="Evaluation splits (None: all of the domain's, e.g. "
                                      "Countdown's val_seen and val_new).")
 
@@ -138,7 +142,7 @@ class EvalConfig(_Config):
 
     def search_config(self, method: str) -> SearchConfig:
         return method_config(method, temperature=self.temperature, max_new_tokens=self.max_new_tokens,
-                             batch_rows=self.batch_rows, seed=self.seed)
+                             batch_rows=self.batch_rows, seed=self.seed, shard_size=self.shard_size)
 
 
 class StudyEvalConfig(_Config):

@@ -10,18 +10,17 @@ Run: `sbt evaluate --model runs/sft/model --data data/countdown --out runs/eval`
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import Counter
 
 import pyarrow as pa
-import torch
 
 from sbt_core import domains, io, selectors
 from sbt_core.config import SearchConfig
 from sbt_core.domains import Domain
-from sbt_core.models import load
 from sbt_core.search import run as search_stage
-from sbt_core.search.common import LM
+from sbt_core.search.common import FanOut
 
 log = logging.getLogger(__name__)
 
@@ -91,21 +90,27 @@ def markdown_table(summary: dict, splits: tuple[str, ...]) -> str:
 def run(
     model_path: str, data_dir: str, out_dir: str, methods: dict[str, SearchConfig], *,
     domain: str = domains.DEFAULT, splits=None, limit: int | None = None, progress=None,
+    fan_out: FanOut | None = None,
 ) -> dict[str, str]:
-    """Stage entry: one search per (method, split); writes summary.json and summary.md."""
+    """Stage entry: one search per (method, split); writes summary.json and summary.md.
+
+    `fan_out` (see `search.run.run`) runs every missing shard of every (method, split) at once
+    elsewhere; this process then gathers and summarises them without loading the model."""
     d = domains.get(domain)
     splits = tuple(splits or d.eval_splits)
-    lm = LM(*load(model_path, device="cuda" if torch.cuda.is_available() else "cpu"), d)
-    summary = {}
-    for name, cfg in methods.items():
-        summary[name] = {}
-        for split in splits:
-            data_uri = io.join(data_dir, f"{split}.parquet")
-            out = search_stage.run(cfg, model_path, data_uri, io.join(out_dir, name, split), limit=limit, lm=lm,
-                                   progress=progress)
-            summary[name][split] = summarize(io.read_parquet(out["results"]), d)
-            log.info("%s %s: strict %.3f paper %.3f", name, split, summary[name][split]["accuracy_strict"],
-                     summary[name][split]["accuracy_paper"])
+    searches = [(name, cfg, split, io.join(data_dir, f"{split}.parquet"), io.join(out_dir, name, split))
+                for name, cfg in methods.items() for split in splits]
+    if fan_out is not None:
+        fan_out([dataclasses.replace(unit, name=f"{name}/{split}/{unit.name}") for name, cfg, split, data_uri, out in searches
+                 for unit in search_stage.missing_shards(cfg, model_path, data_uri, out, domain=domain, limit=limit)])
+    lm = search_stage.lazy_lm(model_path, domain)
+    summary: dict[str, dict] = {}
+    for name, cfg, split, data_uri, out in searches:
+        res = search_stage.run(cfg, model_path, data_uri, out, domain=domain, limit=limit, lm=lm, progress=progress,
+                               fan_out=None if fan_out is None else _written)
+        summary.setdefault(name, {})[split] = summarize(io.read_parquet(res["results"]), d)
+        log.info("%s %s: strict %.3f paper %.3f", name, split, summary[name][split]["accuracy_strict"],
+                 summary[name][split]["accuracy_paper"])
     uri = io.write_json(summary, io.join(out_dir, "summary.json"))
     md = io.join(out_dir, "summary.md")
     io.write_bytes(md, markdown_table(summary, splits).encode())
@@ -114,3 +119,7 @@ def run(
     io.write_manifest(out_dir, "evaluate", config, [io.join(data_dir, f"{s}.parquet") for s in splits],
                       {"summary": uri, "summary_md": md})
     return {"summary": uri, "summary_md": md}
+
+
+def _written(units: list) -> None:
+    """The fan-out of a search whose shards the evaluation's own fan-out has written already."""

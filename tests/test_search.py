@@ -1,5 +1,10 @@
 """Search: rollback and visited-state logic on a scripted LM; sampler equivalences; every decoder."""
 
+import concurrent.futures
+import importlib
+import json
+import multiprocessing
+
 import pytest
 import torch
 
@@ -11,6 +16,7 @@ from sbt_core.models import load
 from sbt_core.search import run as search_stage
 from sbt_core.search.backtrack import rollback, self_backtrack
 from sbt_core.search.common import LM
+from sbt_core.search.registry import METHODS
 from sbt_core.search.sampling import Sampled, sample
 
 BT = 1000
@@ -170,18 +176,55 @@ def test_oracle_selector_is_at_least_the_logprob_selector(lm, data_dir):
 
 def test_search_stage_resumes_from_finished_shards(lm, trained, data_dir, tmp_path):
     _, model_path, _ = trained
-    cfg = SearchConfig(decoder="self_backtrack", n=4, backtrack_budget=1, max_new_tokens=40)
+    cfg = SearchConfig(decoder="self_backtrack", n=4, backtrack_budget=1, max_new_tokens=40, shard_size=8)
     data = str(data_dir / "val_new.parquet")
-    full = search_stage.run(cfg, model_path, data, str(tmp_path / "full"), limit=20, shard_size=8, lm=lm)
+    full = search_stage.run(cfg, model_path, data, str(tmp_path / "full"), limit=20, lm=lm)
     part = tmp_path / "part"
-    search_stage.run(cfg, model_path, data, str(part), limit=20, shard_size=8, lm=lm)
+    search_stage.run(cfg, model_path, data, str(part), limit=20, lm=lm)
     (part / "results.parquet").unlink()
     (part / "shards" / "shard-00002.parquet").unlink()  # "killed" before the last shard
     calls = []
-    search_stage.run(cfg, model_path, data, str(part), limit=20, shard_size=8, lm=lm, progress=calls.append)
+    search_stage.run(cfg, model_path, data, str(part), limit=20, lm=lm, progress=calls.append)
     strip = lambda t: t.drop_columns(["seconds"])  # noqa: E731 - wall time is the one nondeterministic column
     assert strip(io.read_parquet(full["results"])).equals(strip(io.read_parquet(str(part / "results.parquet"))))
     assert calls == [8, 8, 4]  # progress counts every problem, the kept shards' included, in shard order
+
+
+def _run_unit(entry: str, kwargs: dict) -> None:
+    module, _, name = entry.partition(":")
+    getattr(importlib.import_module(module), name)(**kwargs)
+
+
+def test_an_evaluation_fanned_out_to_other_processes_gathers_the_bytes_of_the_serial_one(trained, data_dir, tmp_path,
+                                                                                         monkeypatch):
+    """Every missing shard of every (method, split) goes out at once as a JSON unit; two worker processes run
+    them in any order; the gathering process never loads the model; summary and results equal the serial run's."""
+    from sbt_core import evaluate
+
+    _, model_path, _ = trained
+    methods = {m: SearchConfig(**{**METHODS[m], "max_new_tokens": 40, "shard_size": 4}) for m in ("greedy", "sbt_b1_n8")}
+    serial = evaluate.run(model_path, str(data_dir), str(tmp_path / "serial"), methods, limit=10)
+    sent = []
+
+    def fan_out(units):
+        sent.extend(units)
+        json.dumps([u.kwargs for u in units])  # only JSON crosses to a worker
+        ctx = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(2, mp_context=ctx) as pool:
+            list(pool.map(_run_unit, *zip(*[(u.entry, u.kwargs) for u in reversed(units)])))
+
+    monkeypatch.setattr(search_stage, "load", lambda *a, **k: pytest.fail("the gathering process loaded the model"))
+    out = tmp_path / "fanned"
+    fanned = evaluate.run(model_path, str(data_dir), str(out), methods, limit=10, fan_out=fan_out)
+    assert len({u.name for u in sent}) == len(sent) == 2 * 2 * 3  # methods x splits x ceil(10 / 4) shards
+    assert "sbt_b1_n8/val_new/shard-00002" in {u.name for u in sent}
+    timeless = lambda uri: {m: {s: {k: v for k, v in r.items() if k != "seconds"} for s, r in per.items()}  # noqa: E731
+                            for m, per in io.read_json(uri).items()}
+    assert timeless(fanned["summary"]) == timeless(serial["summary"])
+    assert io.snapshot(out) == io.snapshot(tmp_path / "serial")  # results.parquet (less wall time), summary.md
+    sent.clear()
+    evaluate.run(model_path, str(data_dir), str(out), methods, limit=10, fan_out=fan_out)
+    assert sent == []  # a rerun sends nothing: every shard is written
 
 
 def test_the_cache_grown_in_place_decodes_exactly_as_a_concatenating_cache(monkeypatch):

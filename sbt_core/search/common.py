@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import torch
 
@@ -21,6 +22,20 @@ class Result:
     generated_tokens: int = 0
     forward_passes: int = 0
     rounds: int = 0
+
+
+@dataclass(frozen=True)
+class Shard:
+    """A unit of a stage's work another process can run: `entry` ("module:function") called with `kwargs`
+    (JSON: configs as dicts), writing its files under the stage's folder. `name` is unique in the stage."""
+
+    name: str
+    entry: str
+    kwargs: dict[str, Any]
+
+
+# Runs units elsewhere (at once, across workers) and returns once each has completed; raises if any failed.
+FanOut = Callable[[list[Shard]], None]
 
 
 def mean(xs) -> float:

@@ -1,17 +1,19 @@
 """Search stage: run one decoder over a split of problems; Parquet in, Parquet out.
 
-Problems are processed in shards; each finished shard is written (atomically) before the
-next starts and has its own seed, so a killed search resumes from its last finished shard
-and gives the same bytes as an uninterrupted run.
+Problems are processed in shards of `cfg.shard_size`; each finished shard is written (atomically) and
+has its own seed, so a killed search resumes from its last finished shard and gives the same bytes as
+an uninterrupted run, and the shards can run at once on other workers (`fan_out`, `run_shards`).
 
 Run: `sbt search --model runs/sft/model --data data/countdown/val_new.parquet --out runs/search`.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 import time
+from typing import Callable
 
 import pyarrow as pa
 import torch
@@ -21,7 +23,7 @@ from sbt_core.config import SearchConfig
 from sbt_core.domains import Domain
 from sbt_core.models import load
 from sbt_core.search import backtrack, decoders, reference, registry  # noqa: F401 (the registry's entries)
-from sbt_core.search.common import LM, Result, make_generator
+from sbt_core.search.common import LM, FanOut, Result, Shard, make_generator
 
 log = logging.getLogger(__name__)
 
@@ -92,37 +94,102 @@ def results_table(problems: pa.Table, results: list[Result], seconds: float, dom
     )
 
 
-def run(
-    cfg: SearchConfig, model_path: str, data_uri: str, out_dir: str, *, domain: str = domains.DEFAULT,
-    limit: int | None = None, shard_size: int = 256, lm: LM | None = None, progress=None,
-) -> dict[str, str]:
-    """Stage entry: writes `results.parquet` (+ shards/ and the manifest); returns its URI."""
+def shard_uri(out_dir: str, k: int) -> str:
+    return io.join(out_dir, "shards", f"shard-{k:05d}.parquet")
+
+
+def _problems(data_uri: str, limit: int | None) -> pa.Table:
     problems = io.read_parquet(data_uri)
-    if limit is not None:
-        problems = problems.slice(0, limit)
-    lm = lm or LM(*load(model_path, device="cuda" if torch.cuda.is_available() else "cpu"), domain)
-    parts, cuts = [], (0, 0)  # continuations stopped by max_new_tokens, of those sampled (this attempt's shards)
-    for k, start in enumerate(range(0, len(problems), shard_size)):
-        shard_uri = io.join(out_dir, "shards", f"shard-{k:05d}.parquet")
-        if io.exists(shard_uri):  # finished before a kill: keep it
-            parts.append(io.read_parquet(shard_uri))
-        else:
-            chunk = problems.slice(start, shard_size)
-            t0, sampled, cut = time.perf_counter(), lm.sampled, lm.cut
-            res = search(lm, chunk.select(list(lm.domain.columns)).to_pylist(), cfg, seed=cfg.seed + k)
-            table = results_table(chunk, res, time.perf_counter() - t0, lm.domain)
-            cuts = (cuts[0] + lm.cut - cut, cuts[1] + lm.sampled - sampled)
-            io.write_parquet(table, shard_uri)
-            parts.append(table)
-        if progress:
-            progress(len(parts[-1]))
-    if cuts[0]:
+    return problems if limit is None else problems.slice(0, limit)
+
+
+def _search_shard(lm: LM, problems: pa.Table, cfg: SearchConfig, k: int, out_dir: str) -> pa.Table:
+    """Shard k of `problems` (seed `cfg.seed + k`), written to its file."""
+    chunk = problems.slice(k * cfg.shard_size, cfg.shard_size)
+    t0 = time.perf_counter()
+    res = search(lm, chunk.select(list(lm.domain.columns)).to_pylist(), cfg, seed=cfg.seed + k)
+    table = results_table(chunk, res, time.perf_counter() - t0, lm.domain)
+    io.write_parquet(table, shard_uri(out_dir, k))
+    return table
+
+
+def _warn_cut(cfg: SearchConfig, data_uri: str, cut: int, sampled: int) -> None:
+    if cut:
         log.warning("search %s on %s: %d of %d continuations stopped at max_new_tokens=%d, not at EOS or "
                     "<backtrack>: their answers are cut (raise max_new_tokens)", cfg.decoder, io.basename(data_uri),
-                    cuts[0], cuts[1], cfg.max_new_tokens)
-    table = pa.concat_tables(parts) if parts else results_table(problems.slice(0, 0), [], 0.0, lm.domain)
+                    cut, sampled, cfg.max_new_tokens)
+
+
+def lazy_lm(model_path: str, domain: str, lm: LM | Callable[[], LM] | None = None) -> Callable[[], LM]:
+    """The model, loaded on first use (a search whose shards are all written loads nothing); `lm`: one
+    already loaded, or such a loader (returned as it is)."""
+    if isinstance(lm, LM):
+        return lambda: lm
+    if lm is not None:
+        return lm
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return functools.cache(lambda: LM(*load(model_path, device=device), domain))
+
+
+def missing_shards(cfg: SearchConfig, model_path: str, data_uri: str, out_dir: str, *,
+                   domain: str = domains.DEFAULT, limit: int | None = None) -> list[Shard]:
+    """The shards of this search not yet written, as units another process can run (`run_shards`)."""
+    n = len(_problems(data_uri, limit))
+    args = {"cfg": cfg.model_dump(mode="json"), "model_path": str(model_path), "data_uri": str(data_uri),
+            "out_dir": str(out_dir), "domain": domain, "limit": limit}
+    return [Shard(f"shard-{k:05d}", f"{__name__}:run_shards", {**args, "shards": [k]})
+            for k in range(-(-n // cfg.shard_size)) if not io.exists(shard_uri(out_dir, k))]
+
+
+def run_shards(cfg: SearchConfig | dict, model_path: str, data_uri: str, out_dir: str, *, shards: list[int],
+               domain: str = domains.DEFAULT, limit: int | None = None, lm: LM | None = None) -> list[str]:
+    """Write the given shards of a search (those not written yet): what one fanned-out unit runs."""
+    cfg = SearchConfig.model_validate(cfg)
+    problems, get_lm, uris = _problems(data_uri, limit), lazy_lm(model_path, domain, lm), []
+    before = None
+    for k in shards:
+        if not io.exists(shard_uri(out_dir, k)):
+            before = before or (get_lm().cut, get_lm().sampled)
+            _search_shard(get_lm(), problems, cfg, k, out_dir)
+        uris.append(shard_uri(out_dir, k))
+    if before:
+        _warn_cut(cfg, data_uri, get_lm().cut - before[0], get_lm().sampled - before[1])
+    return uris
+
+
+def run(
+    cfg: SearchConfig, model_path: str, data_uri: str, out_dir: str, *, domain: str = domains.DEFAULT,
+    limit: int | None = None, lm: LM | Callable[[], LM] | None = None, progress=None, fan_out: FanOut | None = None,
+) -> dict[str, str]:
+    """Stage entry: writes `results.parquet` (+ shards/ and the manifest); returns its URI.
+
+    Shard k holds problems [k * cfg.shard_size, (k + 1) * cfg.shard_size) searched with seed `cfg.seed + k`,
+    so its bytes do not depend on where or when it runs. `fan_out(units)`, if given, runs the missing
+    shards elsewhere (all at once, across workers) and returns once every one is written; this process
+    then only gathers them. Without it, they run here in order.
+    """
+    problems = _problems(data_uri, limit)
+    if fan_out is not None:
+        fan_out(missing_shards(cfg, model_path, data_uri, out_dir, domain=domain, limit=limit))
+    get_lm, parts, cuts = lazy_lm(model_path, domain, lm), [], None
+    for k in range(-(-len(problems) // cfg.shard_size)):
+        if io.exists(shard_uri(out_dir, k)):  # finished before a kill, or by a fanned-out unit: keep it
+            parts.append(io.read_parquet(shard_uri(out_dir, k)))
+        elif fan_out is not None:
+            raise RuntimeError(f"{shard_uri(out_dir, k)}: its fanned-out unit completed without writing it")
+        else:
+            cuts = cuts or (get_lm().cut, get_lm().sampled)
+            parts.append(_search_shard(get_lm(), problems, cfg, k, out_dir))
+        if progress:
+            progress(len(parts[-1]))
+    if cuts:
+        _warn_cut(cfg, data_uri, get_lm().cut - cuts[0], get_lm().sampled - cuts[1])
+    table = pa.concat_tables(parts) if parts else _empty(problems, domain)
     uri = io.write_parquet(table, io.join(out_dir, "results.parquet"))
-    config = {"search": cfg.model_dump(mode="json"), "model": str(model_path), "domain": lm.domain.name,
-              "limit": limit, "shard_size": shard_size}
+    config = {"search": cfg.model_dump(mode="json"), "model": str(model_path), "domain": domain, "limit": limit}
     io.write_manifest(out_dir, "search", config, [data_uri], {"results": uri})
     return {"results": uri}
+
+
+def _empty(problems: pa.Table, domain: str) -> pa.Table:
+    return results_table(problems.slice(0, 0), [], 0.0, domains.get(domain))
