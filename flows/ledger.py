@@ -64,7 +64,12 @@ class Ledger:
         t0 = time.monotonic()
         ex = self.execution
         target = ex.gpu_deployment if task.name in stages.HEAVY else ex.cpu_deployment
-        if ex.mode == "deployments" and target:
+        fans_out = ex.mode == "deployments" and ex.shard_runs and task.name in stages.FANS_OUT
+        if fans_out:  # the stage here, holding no GPU; its shards on the GPU deployment (stage_runs.shard_runner)
+            with stages.fanning_out(stage_runs.shard_runner(ex.gpu_deployment, ex.shard_runs, ex.shard_retries)):
+                state = task(name, return_state=True, **params)
+            result, cached, reused = state.result(), state.name == "Cached", False
+        elif ex.mode == "deployments" and target:
             result, cached, reused = stage_runs.call(target, task, name, **params)
         else:
             state = task(name, return_state=True, **params)

@@ -15,12 +15,21 @@ pipeline run owns exactly one flow run per stage, across its retries:
 
 Each stage run ends `Completed`, or `Completed` named `Cached` when its `stage.json` already held
 the outputs (see `tasks.stages`).
+
+With `execution.shard_runs: N` a search or an evaluation fans out instead (`shard_runner`): the stage
+runs in the pipeline's own run (its record, the gather and the summary; no GPU), and each of its
+missing shards is a flow run of the GPU deployment named `<stage>/<unit>` (`eval-sft-bt/greedy/
+val_new/shard-00001`) and keyed by `<root run id>/<stage key>/<unit>`, at most N at once, so the pool's
+workers take them together. A failed or crashed shard run is retried alone (`execution.shard_retries`
+times, then the stage fails); shards already written are never sent again, and a retried pipeline
+run finds its shard runs by their keys.
 """
 
 from __future__ import annotations
 
 import inspect
 import time
+from collections import Counter
 
 from prefect import get_run_logger
 from prefect.client.orchestration import get_client
@@ -79,6 +88,58 @@ def call(deployment: str, task, *args, **kwargs) -> tuple[stages.StageResult, bo
         raise RuntimeError(f"{stage}: flow run {run.name} ({run.id}) of {deployment} ended {run.state.name}; "
                            "retry that run (or this pipeline run) once the cause is fixed")
     return io.read_json(io.join(params["out_dir"], stages.RECORD)), run.state.name == "Cached", finished_before
+
+
+def shard_runner(deployment: str, max_runs: int, retries: int):
+    """`make(stage_name)` -> a FanOut (`sbt_core.search.common`) sending units to `deployment` (see the module
+    docstring); for `tasks.stages.fanning_out`."""
+
+    def make(stage: str):
+        return lambda units: _fan_out(deployment, stage, units, max_runs, retries)
+
+    return make
+
+
+def _fan_out(deployment: str, stage: str, units: list, max_runs: int, retries: int) -> None:
+    from prefect.deployments import run_deployment
+
+    if not units:
+        return
+    logger, key, t0 = get_run_logger(), stages.current_key(), time.monotonic()
+    pending, running, failures = list(units), {}, Counter()
+    with get_client(sync_client=True) as client:
+        root = _root(client, FlowRunContext.get().flow_run).id
+        logger.info("%s: %d shard(s) to %s, at most %d at once", stage, len(units), deployment, max_runs)
+        while pending or running:
+            while pending and len(running) < max_runs:
+                unit = pending.pop(0)
+                name, idem = f"{stage}/{unit.name}", f"{root}/{key}/{unit.name}"
+                run = _find(client, deployment, idem)
+                if run is None:
+                    params = {"task": stages.shard.name,
+                              "params": {"name": name, "entry": unit.entry, "kwargs": unit.kwargs}}
+                    run = run_deployment(deployment, parameters=params, timeout=0, flow_run_name=name,
+                                         idempotency_key=idem, as_subflow=True)
+                elif run.state.type in (*RESUMABLE, StateType.CANCELLED):
+                    logger.info("%s: retrying its flow run %s (%s in an earlier attempt)", name, run.id, run.state.name)
+                    client.set_flow_run_state(run.id, _awaiting_retry(), force=True)
+                running[run.id] = name
+            time.sleep(POLL_SECONDS)
+            for run_id, name in list(running.items()):
+                run = client.read_flow_run(run_id)
+                if run.state and run.state.is_completed():
+                    del running[run_id]
+                if not (run.state and run.state.is_final()) or run.state.is_completed():
+                    continue
+                failures[name] += 1
+                if failures[name] > retries:
+                    raise RuntimeError(f"{name}: flow run {run.id} of {deployment} ended {run.state.name} "
+                                       f"{failures[name]} time(s); retry it (or this pipeline run) once the cause "
+                                       "is fixed: the shards already written are kept")
+                logger.warning("%s: flow run %s ended %s; retrying it alone (%d of %d)", name, run.id,
+                               run.state.name, failures[name], retries)
+                client.set_flow_run_state(run.id, _awaiting_retry(), force=True)
+    logger.info("%s: %d shard run(s) done in %.1f s", stage, len(units), time.monotonic() - t0)
 
 
 def _root(client, flow_run: FlowRun) -> FlowRun:

@@ -339,6 +339,12 @@ class ExecutionConfig(_Config):
     cpu_deployment: str | None = Field(
         "sbt-stage/cpu", description="FLOW/DEPLOYMENT for generate, build data, distill and report (None: in process)."
     )
+    shard_runs: int = Field(0, ge=0, description="deployments mode: 0 runs a search or evaluation as one flow run of "
+                            "the GPU deployment; N >= 1 runs its shards (`shard_size` problems each) as their own flow "
+                            "runs of it, at most N at once, across the pool's workers, while the stage itself (its "
+                            "record, the gather, the summary) runs in the pipeline's run, holding no GPU.")
+    shard_retries: int = Field(1, ge=0, description="Times a failed or crashed shard run is retried on its own "
+                               "before the stage fails (a retry of the pipeline run retries it again).")
 
 
 class RunConfig(_Config):

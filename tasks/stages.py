@@ -34,7 +34,9 @@ stages raise before doing any work; so does listing them in the file named by
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
+import importlib
 import dataclasses
 import functools
 import inspect
@@ -80,7 +82,9 @@ class Stage:
 
 STAGES: dict[str, Stage] = {}
 PLANNED: dict[str, StageResult] = {}  # while planning (flows.ledger): stage folder -> its planned result
+FANS_OUT = ("search", "evaluate")  # stages whose shards can run as their own flow runs (`execution.shard_runs`)
 _running_key: contextvars.ContextVar[str] = contextvars.ContextVar("sbt_stage_key", default="")
+_fan_out: contextvars.ContextVar[Callable | None] = contextvars.ContextVar("sbt_fan_out", default=None)
 
 
 def stage(name: str, *, entry: str | tuple[str, ...], heavy: bool = False, ignore: tuple[str, ...] = ()):
@@ -110,6 +114,21 @@ def stage(name: str, *, entry: str | tuple[str, ...], heavy: bool = False, ignor
 def current_key() -> str:
     """The key of the stage running in this context ("" outside one): names its local staging folder."""
     return _running_key.get()
+
+
+@contextlib.contextmanager
+def fanning_out(make: Callable[[str], Callable]):
+    """Stages of `FANS_OUT` called inside send their shards out through `make(stage_name)` (a `FanOut`)."""
+    token = _fan_out.set(make)
+    try:
+        yield
+    finally:
+        _fan_out.reset(token)
+
+
+def _fan_out_for(stage_name: str):
+    make = _fan_out.get()
+    return make(stage_name) if make else None
 
 
 def _is_result(value: Any) -> bool:
@@ -433,7 +452,7 @@ def evaluate(stage_name: str, *, cfg: EvalConfig, methods: list[str], model: Sta
     bar = Progress(stage_name, len(methods) * sum(per_split), "problems searched")
     configs = {m: cfg.search_config(m) for m in methods}
     return core.run(model["outputs"]["model"], data["dir"], out_dir, configs, domain=domain, limit=cfg.limit,
-                    splits=splits, progress=bar)
+                    splits=splits, progress=bar, fan_out=_fan_out_for(stage_name))
 
 
 @stage("search", entry="sbt_core.search.run:run", heavy=True)
@@ -443,7 +462,7 @@ def search(stage_name: str, *, cfg: SearchConfig, model: StageResult, data: Stag
 
     bar = Progress(stage_name, min(limit, io.parquet_rows(data["outputs"][split])), "problems searched")
     return core.run(cfg, model["outputs"]["model"], data["outputs"][split], out_dir, domain=domain, limit=limit,
-                    progress=bar)
+                    progress=bar, fan_out=_fan_out_for(stage_name))
 
 
 @stage("distill", entry="sbt_core.distill:run")
@@ -541,7 +560,23 @@ def ladder_report(stage_name: str, *, ladder: LadderConfig, rungs: dict[str, dic
     return _with_copies_up(core.run(rows, ladder, out_dir, list(notes)), io.parent(out_dir))
 
 
-TASKS = {t.name: t for t in (generate, build_data, sft, grpo, evaluate, search, distill, report, ablation_report,
+@task(name="shard", task_run_name="{name}", cache_policy=NO_CACHE, persist_result=False, log_prints=False)
+def shard(name: str, entry: str, kwargs: dict[str, Any]) -> Any:
+    """One fanned-out unit of a stage (`sbt_core.search.common.Shard`): `entry` ("module:function" in sbt_core)
+    called with `kwargs`. It writes only its own files in the stage's folder; the stage's record is its parent's.
+    SBT_FAIL_STAGES names it as `<stage>/<unit>` (e.g. `eval-sft-bt/greedy/val_new/shard-00000`)."""
+    chatter.quiet_libraries()
+    use_storage_block()
+    _maybe_fail(name)
+    module, _, function = entry.partition(":")
+    if module.partition(".")[0] != "sbt_core":
+        raise ValueError(f"{name}: entry {entry!r} is not an sbt_core function")
+    device = os.environ.get("CUDA_VISIBLE_DEVICES")
+    get_run_logger().info("%s: %s on %s", name, entry, f"CUDA_VISIBLE_DEVICES={device}" if device else "this host")
+    return getattr(importlib.import_module(module), function)(**kwargs)
+
+
+TASKS = {t.name: t for t in (shard, generate, build_data, sft, grpo, evaluate, search, distill, report, ablation_report,
                              study_eval, study_report, onpolicy, ladder_report)}
 HEAVY = {name for name, decl in STAGES.items() if decl.heavy}  # task names that want a GPU
 
