@@ -36,9 +36,9 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import importlib
 import dataclasses
 import functools
+import importlib
 import inspect
 import os
 import re
