@@ -13,6 +13,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
+from flows.ledger import Ledger
 from sbt_core import io
 from sbt_core.config import RunConfig
 from tasks import stages
@@ -37,15 +38,15 @@ def evaluate_latest(config: RunConfig = RunConfig(), run_dir: str = "runs/tiny")
     """Evaluate the newest model of `run_dir` on the domain's evaluation splits."""
     stages.use_storage_block()
     model = latest_model(run_dir, config)
-    data = stages.generate("generate", cfg=config.generate, out_dir=io.join(run_dir, "data"), return_state=True).result()
+    ledger = Ledger(config)  # in deployments mode the evaluation runs on the GPU deployment (its shards too)
+    data = ledger("generate", stages.generate, cfg=config.generate, out_dir=io.join(run_dir, "data"))
     out_dir = io.join(run_dir, "eval-latest", model["key"])
-    state = stages.evaluate("eval-latest", cfg=config.eval, methods=config.eval.ei_methods, model=model, data=data,
-                            out_dir=out_dir, domain=config.domain, return_state=True)
-    result = state.result()
+    result = ledger("eval-latest", stages.evaluate, cfg=config.eval, methods=config.eval.ei_methods, model=model,
+                    data=data, out_dir=out_dir, domain=config.domain)
     summary = io.read_json(result["outputs"]["summary"])
     table = [{"method": m, "split": s, "accuracy_strict": v["accuracy_strict"], "accuracy_paper": v["accuracy_paper"],
               "tokens_per_problem": round(v["tokens_per_problem"], 1)}
              for m, per in summary.items() for s, v in per.items()]
     create_table_artifact(table, key="sbt-latest-eval", description=f"Newest model: {model['dir']}")
-    get_run_logger().info("evaluated %s (%s)", model["dir"], "cached" if state.name == "Cached" else "new")
+    get_run_logger().info("evaluated %s (%s)", model["dir"], "cached" if ledger.rows[-1]["cached"] else "new")
     return {"model": model["dir"], "summary": result["outputs"]["summary"]}

@@ -48,9 +48,10 @@ def train_models(ledger: Ledger, config: RunConfig, data: StageResult, here: str
     rows = {name: ledger(f"{prefix}build-data-{tag[name]}", stages.build_data, cfg=data_cfg, data=data,
                          out_dir=io.join(here, f"data-{tag[name]}"), domain=config.domain)
             for name, (_, _, _, data_cfg) in specs.items()}
-    trained = {name: ledger(f"{prefix}sft-{tag[name]}", stages.sft, cfg=sft_cfg, model=model_cfg, data=rows[name],
-                            out_dir=io.join(here, f"sft-{tag[name]}"))
-               for name, (_, model_cfg, sft_cfg, _) in specs.items()}
+    trained = ledger.together({name: (f"{prefix}sft-{tag[name]}", stages.sft,
+                                      dict(cfg=sft_cfg, model=model_cfg, data=rows[name],
+                                           out_dir=io.join(here, f"sft-{tag[name]}")))
+                               for name, (_, model_cfg, sft_cfg, _) in specs.items()})
     return specs, tag, trained
 
 
@@ -125,10 +126,10 @@ def pipeline(config: RunConfig = RunConfig(), run_dir: str = "runs/tiny") -> dic
                       io.join(run_dir, "run.json"))
     data = ledger("generate", stages.generate, cfg=config.generate, out_dir=io.join(run_dir, "data"))
     specs, tag, trained = train_models(ledger, config, data, run_dir)
-    evaluations = {name: ledger(f"eval-sft-{tag[name]}", stages.evaluate, cfg=config.eval, methods=spec.methods,
-                                model=trained[name], data=data, out_dir=io.join(run_dir, f"eval-sft-{tag[name]}"),
-                                domain=config.domain)
-                   for name, (spec, *_) in specs.items()}
+    evaluations = ledger.together({name: (f"eval-sft-{tag[name]}", stages.evaluate,
+                                          dict(cfg=config.eval, methods=spec.methods, model=trained[name], data=data,
+                                               out_dir=io.join(run_dir, f"eval-sft-{tag[name]}"), domain=config.domain))
+                                   for name, (spec, *_) in specs.items()})
     tuned = {}
     for name in config.grpo.models:
         out = ledger.subflow(grpo_round, config, run_dir, name, trained[name]["outputs"]["model"])

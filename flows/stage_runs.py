@@ -20,9 +20,10 @@ With `execution.shard_runs: N` a search or an evaluation fans out instead (`shar
 runs in the pipeline's own run (its record, the gather and the summary; no GPU), and each of its
 missing shards is a flow run of the GPU deployment named `<stage>/<unit>` (`eval-sft-bt/greedy/
 val_new/shard-00001`) and keyed by `<root run id>/<stage key>/<unit>`, at most N at once, so the pool's
-workers take them together. A failed or crashed shard run is retried alone (`execution.shard_retries`
-times, then the stage fails); shards already written are never sent again, and a retried pipeline
-run finds its shard runs by their keys.
+workers take them together. A failed or crashed shard is retried alone, as a new flow run keyed
+`<key>/retry-<n>` (`execution.shard_retries` times, then the stage fails); shards already written are
+never sent again, and a retried pipeline run finds its shard runs by their keys (waiting for one still
+running, sending a new attempt of one that failed).
 """
 
 from __future__ import annotations
@@ -101,6 +102,9 @@ def shard_runner(deployment: str, max_runs: int, retries: int):
 
 
 def _fan_out(deployment: str, stage: str, units: list, max_runs: int, retries: int) -> None:
+    """Each unit a flow run of `deployment`, at most `max_runs` at once; a failed or crashed run is retried alone as a
+    new flow run (`/retry-<n>` after its key): a worker may still report the old run Crashed seconds after its process
+    died, which would overwrite a retry made by resetting that run's state."""
     from prefect.deployments import run_deployment
 
     if not units:
@@ -114,32 +118,46 @@ def _fan_out(deployment: str, stage: str, units: list, max_runs: int, retries: i
             while pending and len(running) < max_runs:
                 unit = pending.pop(0)
                 name, idem = f"{stage}/{unit.name}", f"{root}/{key}/{unit.name}"
-                run = _find(client, deployment, idem)
-                if run is None:
+                attempt, run = _last_attempt(client, deployment, idem)
+                if run is not None and not run.state.is_final():
+                    logger.info("%s: waiting for its flow run %s (%s, from an earlier attempt)", name, run.id,
+                                run.state.name)
+                else:  # none yet, or the last one is over and the shard is still missing
                     params = {"task": stages.shard.name,
                               "params": {"name": name, "entry": unit.entry, "kwargs": unit.kwargs}}
                     run = run_deployment(deployment, parameters=params, timeout=0, flow_run_name=name,
-                                         idempotency_key=idem, as_subflow=True)
-                elif run.state.type in (*RESUMABLE, StateType.CANCELLED):
-                    logger.info("%s: retrying its flow run %s (%s in an earlier attempt)", name, run.id, run.state.name)
-                    client.set_flow_run_state(run.id, _awaiting_retry(), force=True)
-                running[run.id] = name
+                                         idempotency_key=_attempt_key(idem, attempt + 1), as_subflow=True)
+                running[run.id] = name, unit
             time.sleep(POLL_SECONDS)
-            for run_id, name in list(running.items()):
+            for run_id, (name, unit) in list(running.items()):
                 run = client.read_flow_run(run_id)
-                if run.state and run.state.is_completed():
-                    del running[run_id]
-                if not (run.state and run.state.is_final()) or run.state.is_completed():
+                if not (run.state and run.state.is_final()):
+                    continue
+                del running[run_id]
+                if run.state.is_completed():
                     continue
                 failures[name] += 1
                 if failures[name] > retries:
                     raise RuntimeError(f"{name}: flow run {run.id} of {deployment} ended {run.state.name} "
-                                       f"{failures[name]} time(s); retry it (or this pipeline run) once the cause "
+                                       f"({failures[name]} attempt(s) failed); retry this pipeline run once the cause "
                                        "is fixed: the shards already written are kept")
                 logger.warning("%s: flow run %s ended %s; retrying it alone (%d of %d)", name, run.id,
                                run.state.name, failures[name], retries)
-                client.set_flow_run_state(run.id, _awaiting_retry(), force=True)
+                pending.insert(0, unit)
     logger.info("%s: %d shard run(s) done in %.1f s", stage, len(units), time.monotonic() - t0)
+
+
+def _attempt_key(idem: str, attempt: int) -> str:
+    """The idempotency key of a shard's attempt: `idem` for the first (attempt 0), then `idem/retry-<attempt>`."""
+    return idem if attempt == 0 else f"{idem}/retry-{attempt}"
+
+
+def _last_attempt(client, deployment: str, idem: str) -> tuple[int, FlowRun | None]:
+    """(n, run): the last attempt's number and flow run among the runs keyed `idem`; (-1, None) when there is none."""
+    attempt, last = -1, None
+    while (run := _find(client, deployment, _attempt_key(idem, attempt + 1))) is not None:
+        attempt, last = attempt + 1, run
+    return attempt, last
 
 
 def _root(client, flow_run: FlowRun) -> FlowRun:

@@ -44,14 +44,16 @@ def study(config: StudyConfig, run_dir: str = "runs/study") -> dict[str, Any]:
         data = ledger(f"{label}-generate", stages.generate, cfg=run.generate, out_dir=io.join(here, "data"))
         parts[label] = {"domain": run.domain, "generate": run.generate.model_dump(mode="json"), "labels": {},
                         "training": {}}
-        evaluations[label] = {}
         specs, tags, trained = train_models(ledger, run, data, here, prefix=f"{label}-")
+        evaluations[label] = ledger.together({
+            name: (f"{label}-study-{tags[name]}", stages.study_eval,
+                   dict(cfg=run.study, kind=RECIPES[spec.recipe].study, model=trained[name], data=data,
+                        out_dir=io.join(here, f"study-{tags[name]}"), domain=run.domain,
+                        max_new_tokens=run.eval.max_new_tokens))
+            for name, (spec, *_) in specs.items()})
         for name, (spec, *_) in specs.items():
             tag, model = tags[name], trained[name]
             kind = RECIPES[spec.recipe].study
-            evaluations[label][name] = ledger(f"{label}-study-{tag}", stages.study_eval, cfg=run.study, kind=kind,
-                                              model=model, data=data, out_dir=io.join(here, f"study-{tag}"),
-                                              domain=run.domain, max_new_tokens=run.eval.max_new_tokens)
             parts[label]["labels"][name] = spec.label or name
             if "metrics" in model["outputs"]:  # (an SFT on no rows keeps its base model and measures nothing)
                 parts[label]["training"][name] = model["outputs"]["metrics"]
@@ -65,6 +67,7 @@ def study(config: StudyConfig, run_dir: str = "runs/study") -> dict[str, Any]:
                                                             domain=run.domain, max_new_tokens=run.eval.max_new_tokens)
                 parts[label]["labels"][f"grpo_{name}"] = f"{spec.label or name} + GRPO"
                 parts[label]["training"][f"grpo_{name}"] = tuned["outputs"]["metrics"]
+        evaluations[label] = {key: evaluations[label][key] for key in parts[label]["labels"]}  # each model, its GRPO
     notes = [f"study `{config.name}`; config hash {io.config_hash(config.model_dump(mode='json'))}; "
              f"code {io.code_version()}",
              "Verifier-free rows never consult the verifier; pass@n rows (dashed in the plots) let it pick, as the "

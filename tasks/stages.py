@@ -37,11 +37,13 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
+import fcntl
 import functools
 import importlib
 import inspect
 import os
 import re
+import signal
 import time
 from typing import Any, Callable
 
@@ -345,13 +347,29 @@ def _read_record(uri: str) -> dict | None:
 
 
 def _maybe_fail(stage: str) -> None:
-    names = os.environ.get(FAIL_ENV, "").split(",")
+    """Failure injection for tests and drills. A stage named in SBT_FAIL_STAGES fails every time; one named in the
+    file SBT_FAIL_STAGES_FILE fails once: its name is taken out of the file as it fires (under a lock, so of several
+    processes exactly one fails). `<name>:kill` in the file kills the process with SIGKILL instead, as the OOM
+    killer or a lost node would: the flow run ends Crashed, not Failed."""
+    if stage in os.environ.get(FAIL_ENV, "").split(","):
+        raise InjectedFailure(f"{stage}: failure injected by {FAIL_ENV}")
     fail_file = os.environ.get(FAIL_FILE_ENV)
-    if fail_file and os.path.exists(fail_file):
-        with open(fail_file) as f:
-            names += f.read().replace(",", " ").split()
-    if stage in names:
-        raise InjectedFailure(f"{stage}: failure injected by {FAIL_ENV} / {FAIL_FILE_ENV}")
+    if not (fail_file and os.path.exists(fail_file)):
+        return
+    with open(fail_file, "r+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        names = f.read().replace(",", " ").split()
+        fired = next((n for n in names if n.split(":")[0] == stage), None)
+        if fired is None:
+            return
+        names.remove(fired)
+        f.seek(0)
+        f.truncate()
+        f.write(" ".join(names))
+        f.flush()
+    if fired.endswith(":kill"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    raise InjectedFailure(f"{stage}: failure injected by {FAIL_FILE_ENV}")
 
 
 def artifact_key(name: str) -> str:
@@ -567,12 +585,12 @@ def shard(name: str, entry: str, kwargs: dict[str, Any]) -> Any:
     SBT_FAIL_STAGES names it as `<stage>/<unit>` (e.g. `eval-sft-bt/greedy/val_new/shard-00000`)."""
     chatter.quiet_libraries()
     use_storage_block()
-    _maybe_fail(name)
     module, _, function = entry.partition(":")
     if module.partition(".")[0] != "sbt_core":
         raise ValueError(f"{name}: entry {entry!r} is not an sbt_core function")
     device = os.environ.get("CUDA_VISIBLE_DEVICES")
     get_run_logger().info("%s: %s on %s", name, entry, f"CUDA_VISIBLE_DEVICES={device}" if device else "this host")
+    _maybe_fail(name)
     return getattr(importlib.import_module(module), function)(**kwargs)
 
 

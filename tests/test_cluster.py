@@ -6,6 +6,8 @@ injected and the flow run retried as the UI's Retry does, and every artifact in 
 from __future__ import annotations
 
 import contextlib
+import datetime
+import itertools
 import json
 import os
 import subprocess
@@ -298,6 +300,9 @@ def test_per_stage_runs_are_named_honest_and_a_stage_retry_resumes_the_pipeline(
     assert all(len(v) == 1 for v in runs.values()), {k: len(v) for k, v in runs.items()}  # one run per stage
     assert all(v[0]["state"]["type"] == "COMPLETED" for v in runs.values())
     assert runs["sft-bt"][0]["run_count"] == 2 and runs["sft-op"][0]["run_count"] == 1
+    evals = [runs[s][0] for s in ("eval-sft-op", "eval-sft-bt")]  # independent: submitted together, run side by side
+    when = datetime.datetime.fromisoformat
+    assert max(when(r["start_time"]) for r in evals) < min(when(r["end_time"]) for r in evals), evals
 
     summary = json.loads(io.read_bytes(f"{run_dir}/run.json"))
     print("run.json after the stage retry:", json.dumps(summary, indent=1))  # shown with pytest -s
@@ -342,3 +347,99 @@ def test_storage_credentials_from_a_prefect_block(cluster, monkeypatch):
         assert io.read_json("s3://sbt-test/block/check.json") == {"ok": True}
     finally:
         io.set_storage_options({})
+
+
+FAN_POOL = "sbt-test-fan"
+
+
+def test_an_evaluation_fans_out_over_three_gpu_workers_and_a_killed_shard_is_retried_alone(cluster, tmp_path):
+    """execution.shard_runs=3: the nightly evaluation's 8 shards (2 methods x 2 splits x 2) are flow runs of a GPU
+    deployment whose pool has three workers, one device each (CUDA_VISIBLE_DEVICES 0, 1, 2; one run at a time).
+    One shard's process is SIGKILLed in its first run (the OOM killer, a lost node): that shard alone is retried.
+    The parent, on the other pool, gathers the bytes an in-process evaluation writes; the same run again sends no
+    shard. Needs the models of the pipeline run of an earlier test."""
+    import re
+
+    from prefect.client.schemas.actions import WorkPoolCreate
+
+    from deployments.register import base_job_template, create_deployment
+    from flows.evaluate import latest_model
+    from sbt_core import evaluate
+    from sbt_core.config import load_run_config
+
+    api, env, home = cluster["api"], cluster["env"], cluster["home"]
+    cfg = load_run_config(ROOT / "configs" / "smoke.yaml", [
+        "execution.mode=deployments", "execution.cpu_deployment=null", "execution.gpu_deployment=sbt-stage/fan",
+        "execution.shard_runs=3", "eval.shard_size=2"])
+    model = latest_model(RUN_DIR, cfg)  # raises when the earlier pipeline run is missing
+    with _client(api) as client:
+        client.create_work_pool(WorkPoolCreate(name=FAN_POOL, type="process",
+                                               base_job_template=base_job_template("process", True)))
+        create_deployment(client, {"entrypoint": "flows/pipeline.py:stage_flow", "name": "fan", "pool": FAN_POOL,
+                                   "job_variables": {}, "parameters": {}, "tags": ["sbt", "stage", "gpu"]}, str(ROOT))
+    killed = "eval-latest/sbt_b1_n32/val_new/shard-00001"
+    (home / "fail-stages").write_text(f"{killed}:kill")  # read by every flow run; fires once
+    workers = [subprocess.Popen([sys.executable, "-m", "prefect", "worker", "start", "--pool", FAN_POOL, "--type",
+                                 "process", "--name", f"gpu-{i}", "--limit", "1"], cwd=home,
+                                env={**env, "CUDA_VISIBLE_DEVICES": str(i)}, stdout=open(home / f"gpu-{i}.log", "wb"),
+                                stderr=subprocess.STDOUT, start_new_session=True) for i in range(3)]
+    try:
+        nightly = rest(api, "GET", "/deployments/name/sbt-evaluate-latest/nightly")
+        params = {"parameters": {"config": cfg.model_dump(mode="json"), "run_dir": RUN_DIR}}
+        run = rest(api, "POST", f"/deployments/{nightly['id']}/create_flow_run", params)
+        final = wait_final(api, run["id"], timeout=900)
+        worker_logs = [(home / f"gpu-{i}.log").read_text() for i in range(3)]
+        assert final["state"]["type"] == "COMPLETED", [w[-2000:] for w in worker_logs]
+
+        fan = rest(api, "GET", "/deployments/name/sbt-stage/fan")
+        shard_runs = rest(api, "POST", "/flow_runs/filter",
+                          {"flow_runs": {"deployment_id": {"any_": [fan["id"]]}}, "limit": 100})
+        units = [f"eval-latest/{m}/{s}/shard-{k:05d}" for m in cfg.eval.ei_methods for s in ("val_seen", "val_new")
+                 for k in (0, 1)]
+        # One flow run per shard, and one more for the killed shard's retry: a new run, the Crashed one left as it is
+        assert sorted(r["name"] for r in shard_runs) == sorted([*units, killed])
+        assert all(r["run_count"] == 1 for r in shard_runs)
+        crashed = [r for r in shard_runs if r["state"]["type"] != "COMPLETED"]
+        assert [(r["name"], r["state"]["type"]) for r in crashed] == [(killed, "CRASHED")]
+        for r in shard_runs:  # keyed <this run>/<stage key>/<unit>, the retry's with /retry-1 after it
+            unit = r["name"].removeprefix("eval-latest/")
+            suffix = f"{unit}/retry-1" if r["name"] == killed and r is not crashed[0] else unit
+            assert r["idempotency_key"].startswith(f"{run['id']}/") and r["idempotency_key"].endswith(f"/{suffix}")
+
+        # Each run logged its device; the worker that started it (its own log says so) is the one with that device.
+        started = [set(re.findall(r"Flow run '([^']+)' submitted to infrastructure", text)) for text in worker_logs]
+        devices = {}
+        for r in shard_runs:
+            logs = rest(api, "POST", "/logs/filter", {"logs": {"flow_run_id": {"any_": [r["id"]]}}, "limit": 200})
+            devices[r["id"]] = {m[1] for log in logs if (m := re.search(r"CUDA_VISIBLE_DEVICES=(\d)", log["message"]))}
+            by_workers = {str(i) for i, names in enumerate(started) if r["name"] in names}
+            if r is crashed[0]:  # killed: its last log lines may die with it
+                assert devices[r["id"]] <= by_workers, (devices[r["id"]], by_workers)
+            elif r["name"] == killed:  # two runs of one name: their workers together
+                assert devices[r["id"]] and devices[r["id"]] <= by_workers, (devices[r["id"]], by_workers)
+            else:
+                assert devices[r["id"]] == by_workers, (r["name"], devices[r["id"]], by_workers)
+        print("devices per shard run:", [(r["name"], sorted(devices[r["id"]])) for r in shard_runs])  # pytest -s
+        assert set().union(*devices.values()) == {"0", "1", "2"}  # all three workers took shards
+        when = datetime.datetime.fromisoformat
+        done = [r for r in shard_runs if r is not crashed[0]]
+        spans = [(when(r["start_time"]), +1) for r in done] + [(when(r["end_time"]), -1) for r in done]
+        at_once = max(itertools.accumulate(d for _, d in sorted(spans)))  # an end before a start at the same time
+        assert 2 <= at_once <= 3, at_once  # shards ran together, never more than the pool's three workers
+
+        # The gathered stage: its record written by the parent, its bytes those of a serial evaluation here.
+        out_dir = f"{RUN_DIR}/eval-latest/{model['key']}"
+        assert io.read_json(f"{out_dir}/stage.json")["status"] == "done"
+        serial = tmp_path / "serial"
+        evaluate.run(model["outputs"]["model"], f"{RUN_DIR}/data", str(serial),
+                     {m: cfg.eval.search_config(m) for m in cfg.eval.ei_methods}, domain=cfg.domain,
+                     limit=cfg.eval.limit, splits=cfg.eval.splits)
+        assert io.snapshot(io.localize_dir(out_dir)) == io.snapshot(serial)
+
+        again = rest(api, "POST", f"/deployments/{nightly['id']}/create_flow_run", params)
+        assert wait_final(api, again["id"], timeout=300)["state"]["type"] == "COMPLETED"
+        after = rest(api, "POST", "/flow_runs/filter", {"flow_runs": {"deployment_id": {"any_": [fan["id"]]}}})
+        assert len(after) == len(shard_runs)  # cached: no shard sent again
+    finally:
+        for worker in workers:
+            stop(worker)
