@@ -46,7 +46,8 @@ def _bundled_template(pool_type: str) -> dict:
 
 
 def base_job_template(pool_type: str, gpu: bool) -> dict:
-    """The pool's job template; GPU pools ask the container runtime for GPUs."""
+    """The pool's job template; GPU pools ask the container runtime for one GPU a flow run (`gpu_job_variables` asks
+    for more: an SFT with `num_processes` ranks)."""
     if pool_type not in POOL_TYPES:
         raise ValueError(f"pool type must be one of {POOL_TYPES}, not {pool_type!r}")
     if pool_type == "process":
@@ -60,8 +61,8 @@ def base_job_template(pool_type: str, gpu: bool) -> dict:
     if pool_type == "docker":
         props["container_create_kwargs"] = {
             "title": "Container create kwargs", "type": "object",
-            "description": "Extra docker-py containers.create arguments; the default asks for every GPU.",
-            "default": {"device_requests": [{"driver": "nvidia", "count": -1, "capabilities": [["gpu"]]}]},
+            "description": "Extra docker-py containers.create arguments; the default asks for one GPU.",
+            "default": gpu_job_variables("docker", 1)["container_create_kwargs"],
         }
         template["job_configuration"]["container_create_kwargs"] = "{{ container_create_kwargs }}"
     else:  # kubernetes
@@ -70,6 +71,15 @@ def base_job_template(pool_type: str, gpu: bool) -> dict:
         container = template["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]["containers"][0]
         container["resources"]["limits"]["nvidia.com/gpu"] = "{{ gpu_limit }}"
     return template
+
+
+def gpu_job_variables(pool_type: str, gpus: int) -> dict:
+    """Job variables giving one flow run of a GPU pool `gpus` GPUs: docker's device request, k8s's `nvidia.com/gpu`
+    limit; nothing for a process pool, whose worker's `CUDA_VISIBLE_DEVICES` says which GPUs its runs see."""
+    if pool_type == "docker":
+        return {"container_create_kwargs": {"device_requests": [{"driver": "nvidia", "count": gpus,
+                                                                  "capabilities": [["gpu"]]}]}}
+    return {"gpu_limit": gpus} if pool_type == "kubernetes" else {}
 
 
 DESCRIPTIONS = {

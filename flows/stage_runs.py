@@ -77,7 +77,8 @@ def call(deployment: str, task, *args, **kwargs) -> tuple[stages.StageResult, bo
         finished_before = run is not None and run.state.is_completed()
         if run is None:
             run = run_deployment(deployment, parameters={"task": task.name, "params": params}, timeout=0,
-                                 flow_run_name=stage, idempotency_key=key, as_subflow=True)
+                                 flow_run_name=stage, idempotency_key=key, as_subflow=True,
+                                 job_variables=_gpus(client, deployment, task.name, params))
             logger.info("%s: flow run %s of %s", stage, run.id, deployment)
         elif run.state.type in (*RESUMABLE, StateType.CANCELLED):
             logger.info("%s: retrying its flow run %s (%s in an earlier attempt)", stage, run.id, run.state.name)
@@ -89,6 +90,18 @@ def call(deployment: str, task, *args, **kwargs) -> tuple[stages.StageResult, bo
         raise RuntimeError(f"{stage}: flow run {run.name} ({run.id}) of {deployment} ended {run.state.name}; "
                            "retry that run (or this pipeline run) once the cause is fixed")
     return io.read_json(io.join(params["out_dir"], stages.RECORD)), run.state.name == "Cached", finished_before
+
+
+def _gpus(client, deployment: str, task: str, params: dict) -> dict | None:
+    """The job variables of a stage run that wants more than the pool's one GPU a run: an SFT of `num_processes`
+    ranks (`deployments.register.gpu_job_variables`); None for every other stage."""
+    from deployments.register import gpu_job_variables
+
+    gpus = (params.get("cfg") or {}).get("num_processes", 1) if task == "sft" else 1
+    if gpus <= 1:
+        return None
+    pool = client.read_work_pool(client.read_deployment_by_name(deployment).work_pool_name)
+    return gpu_job_variables(pool.type, gpus) or None
 
 
 def shard_runner(deployment: str, max_runs: int, retries: int):

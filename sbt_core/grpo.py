@@ -32,7 +32,7 @@ from sbt_core import domains, io
 from sbt_core.config import GRPOConfig
 from sbt_core.domains import Domain
 from sbt_core.models import load
-from sbt_core.train import TimeLimit, last_complete_checkpoint, quiet_trainer
+from sbt_core.train import TimeLimit, last_complete_checkpoint, one_device, quiet_trainer
 
 log = logging.getLogger(__name__)
 HISTORY_KEYS = {"reward": "reward", "reward_std": "reward_std", "kl": "kl", "entropy": "entropy",
@@ -88,7 +88,7 @@ def trl_args(cfg: GRPOConfig, out: Path, max_completion_length: int, weights: li
     micro = cfg.micro_batch or completions
     vllm = dict(use_vllm=True, vllm_mode=cfg.vllm_mode,
                 vllm_gpu_memory_utilization=cfg.vllm_gpu_memory_utilization) if cfg.use_vllm else {}
-    return TRLConfig(
+    return one_device(TRLConfig(
         **vllm,
         output_dir=str(out / "checkpoints"),
         per_device_train_batch_size=micro,
@@ -115,7 +115,7 @@ def trl_args(cfg: GRPOConfig, out: Path, max_completion_length: int, weights: li
         gradient_checkpointing=False,
         report_to=[],
         disable_tqdm=not progress_bar,
-    )
+    ))
 
 
 def _check_vllm(cfg: GRPOConfig) -> None:

@@ -159,6 +159,61 @@ class Elapsed(TrainerCallback):
             (folder / self.FILE).write_text(json.dumps({"seconds": self.total()}))
 
 
+class CheckpointUpload(TrainerCallback):
+    """A remote run's checkpoints copied to `remote` (`<out_dir>/checkpoints/<stage key>`) as they are written, so a
+    retry on another worker resumes from the last one (`restore_checkpoint`) instead of step 0. trainer_state.json
+    goes last, so a remote checkpoint that has it is complete, as a local one is (`last_complete_checkpoint`); the
+    newest `keep` stay there, as the Trainer keeps locally."""
+
+    def __init__(self, remote: str, keep: int = 2):
+        self.remote, self.keep = remote, keep
+
+    def on_save(self, args, state, control, **kw):
+        if not state.is_world_process_zero:
+            return
+        local = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        files = sorted((p for p in local.rglob("*") if p.is_file()),
+                       key=lambda p: (p.name == "trainer_state.json", str(p)))
+        for f in files:
+            io.write_bytes(io.join(self.remote, local.name, *f.relative_to(local).parts), f.read_bytes())
+        for old in remote_checkpoints(self.remote)[:-self.keep]:
+            io.remove(old)
+        log.info("checkpoint-%d uploaded to %s", state.global_step, self.remote)
+
+
+def remote_checkpoints(remote: str) -> list[str]:
+    """The complete checkpoints under `remote`, oldest first."""
+    if not io.exists(remote):
+        return []
+    fs, path = io._fs(remote)
+    names = [p.rstrip("/").rpartition("/")[2] for p in fs.ls(path, detail=False)]
+    steps = sorted(int(n.removeprefix("checkpoint-")) for n in names
+                   if n.startswith("checkpoint-") and n.removeprefix("checkpoint-").isdigit())
+    uris = [io.join(remote, f"checkpoint-{step}") for step in steps]
+    return [uri for uri in uris if io.exists(io.join(uri, "trainer_state.json"))]
+
+
+def restore_checkpoint(remote: str, ckpt_dir: Path) -> str | None:
+    """Download the newest complete checkpoint under `remote` into `ckpt_dir` when this machine has no complete one
+    of its own (a retry landed on another worker); returns the local checkpoint to resume from, or None."""
+    local = last_complete_checkpoint(ckpt_dir)
+    newest = (remote_checkpoints(remote) or [None])[-1]
+    if newest is None or (local and int(local.rpartition("-")[2]) >= int(newest.rpartition("-")[2])):
+        return local
+    target = ckpt_dir / io.basename(newest)
+    tmp = ckpt_dir / f".tmp-{target.name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    fs, path = io._fs(newest)
+    for p in fs.find(path):
+        dest = tmp / p[len(path.rstrip("/")) + 1:]
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(io.read_bytes(io.join(newest, p[len(path.rstrip("/")) + 1:])))
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)
+    log.info("resuming from %s (written by an earlier attempt elsewhere)", newest)
+    return str(target)
+
+
 def last_complete_checkpoint(ckpt_dir: Path) -> str | None:
     """The newest checkpoint whose trainer state was written (the Trainer writes it last)."""
     done = [p for p in ckpt_dir.glob("checkpoint-*") if (p / "trainer_state.json").exists()]
@@ -175,11 +230,21 @@ def _single_process_distributed_env() -> None:
     os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
 
 
+def one_device(args: TrainingArguments) -> TrainingArguments:
+    """One process trains on one GPU, the first it sees, however many the worker has: never the HF Trainer's
+    implicit `nn.DataParallel`, which would make the batch, the step count and `train/flops` depend on the machine
+    (and which TRL's GRPOTrainer refuses). More GPUs are a launch of `num_processes` ranks, one GPU each."""
+    if args.n_gpu > 1:  # (a rank of a distributed launch already has n_gpu 1)
+        log.info("%d GPUs visible to one process: training on cuda:0 alone (set num_processes to use more)", args.n_gpu)
+        args._n_gpu = 1
+    return args
+
+
 def training_args(cfg: TrainConfig, out_dir: Path, progress_bar: bool = True) -> TrainingArguments:
     if cfg.deepspeed:
         _single_process_distributed_env()
     extra = {"gradient_checkpointing": True} if cfg.gradient_checkpointing else {}
-    return TrainingArguments(
+    return one_device(TrainingArguments(
         **extra,
         output_dir=str(out_dir / "checkpoints"),
         per_device_train_batch_size=cfg.batch_size,
@@ -204,15 +269,16 @@ def training_args(cfg: TrainConfig, out_dir: Path, progress_bar: bool = True) ->
         dataloader_num_workers=0,
         train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
         disable_tqdm=not progress_bar,
-    )
+    ))
 
 
 def train(cfg: TrainConfig, model_cfg: ModelConfig, data_uri: str, out_dir: str, callbacks=(),
           staging_key: str = "", progress_bar: bool = True) -> dict[str, str]:
     """Stage entry: SFT on `data_uri` (rows with prompt and response); writes out_dir/model.
 
-    A remote `out_dir` (s3://...) trains in a local staging folder (checkpoints stay on this
-    machine, so a rerun here resumes) and uploads the model, metrics and manifest at the end.
+    A remote `out_dir` (s3://...) trains in a local staging folder, uploads each checkpoint as it is
+    written (`CheckpointUpload`: a retry here or on another worker resumes from the last one) and the
+    model, metrics and manifest at the end.
     `staging_key` (the stage's cache key) names that folder, so a changed config never resumes
     another run's checkpoints.
     """
@@ -225,6 +291,9 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig, data_uri: str, out_dir: str,
         create_tiny(model_cfg.size, out / "init.tmp", seed=model_cfg.seed, vocabulary=model_cfg.vocabulary,
                     max_positions=max(256, cfg.context_length))
         os.replace(out / "init.tmp", out / "init")
+    remote_ckpts = io.join(out_dir, "checkpoints", staging_key or "run") if remote else None
+    if remote and "LOCAL_RANK" not in os.environ:  # (the launcher, or the only process: once per machine)
+        restore_checkpoint(remote_ckpts, out / "checkpoints")
     if cfg.num_processes > 1 and "LOCAL_RANK" not in os.environ:
         return _launch(cfg, model_cfg, data_uri, out_dir, out, staging_key, progress_bar)
     # fp32 master weights always; `bf16` means bf16 autocast on a GPU. (Loading the weights in
@@ -247,7 +316,8 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig, data_uri: str, out_dir: str,
         args=training_args(cfg, out, progress_bar),
         train_dataset=dataset,
         data_collator=collator,
-        callbacks=[TimeLimit(cfg.max_minutes), elapsed, *callbacks],
+        callbacks=[TimeLimit(cfg.max_minutes), elapsed, *([CheckpointUpload(remote_ckpts)] if remote else []),
+                   *callbacks],
     )
     if not progress_bar:  # the caller shows progress (`callbacks`): no bar, and no printed loss dicts either
         quiet_trainer(trainer)
@@ -289,6 +359,8 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig, data_uri: str, out_dir: str,
         "train/loss_history": [{"step": h["step"], "loss": h["loss"]} for h in losses],
     }
     model_uri = io.upload_dir(final, io.join(out_dir, "model")) if remote else str(final)
+    if remote:  # the model is there: the uploaded checkpoints have done their work
+        io.remove(remote_ckpts)
     metrics_uri = io.write_json(metrics, io.join(str(out_dir), "train_metrics.json"))
     io.write_manifest(
         str(out_dir), "train", {"train": cfg.model_dump(mode="json"), "model": model_cfg.model_dump(mode="json")},

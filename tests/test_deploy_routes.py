@@ -158,3 +158,25 @@ def test_gpu_slots_cap_the_gpu_pool_and_waiting_parents_take_none(prefect_server
     assert {pools[n] for n in ("sbt-pipeline/pipeline", "expert-iteration-round/round", "grpo-round/round")} == \
         {"slots-cpu"}
     delete_all(client)  # the other tests' deployments are on the routes pools
+
+
+@pytest.mark.parametrize("pool_type", ["docker", "kubernetes"])
+def test_a_gpu_run_gets_one_gpu_and_an_sft_of_n_ranks_gets_n(pool_type):
+    """The GPU pool's template renders to one GPU a flow run (never every GPU of the host); an SFT stage with
+    `num_processes: 4` sends job variables that render to four (`flows.stage_runs._gpus`)."""
+    from prefect.utilities.templating import apply_values
+
+    from deployments.register import base_job_template, gpu_job_variables
+
+    template = base_job_template(pool_type, gpu=True)
+    defaults = {k: v["default"] for k, v in template["variables"]["properties"].items() if "default" in v}
+
+    def gpus(values):
+        job = apply_values(template["job_configuration"], values)
+        if pool_type == "docker":
+            return job["container_create_kwargs"]["device_requests"][0]["count"]
+        return job["job_manifest"]["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"]
+
+    assert gpus(defaults) == 1
+    assert gpus({**defaults, **gpu_job_variables(pool_type, 4)}) == 4
+    assert gpu_job_variables("process", 4) == {}  # a process worker's runs see its CUDA_VISIBLE_DEVICES

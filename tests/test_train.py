@@ -166,3 +166,45 @@ def test_one_step_on_the_released_layout(tmp_path, columns, suffix):
         run = train.train(cfg, ModelConfig(size="1m"), data, str(tmp_path / out))
         metrics = json.loads(open(run["metrics"]).read())
         assert metrics["train/steps"] == 1 and metrics["train/rows"] == 16 and metrics["train/final_loss"] > 0
+
+
+def test_one_process_trains_on_one_device_whatever_the_worker_sees(tmp_path):
+    """A worker that sees 4 GPUs runs a `num_processes: 1` SFT on the first alone: the HF Trainer wraps the model in
+    `nn.DataParallel` and multiplies the batch by `n_gpu` when it is above 1 (and TRL's GRPOTrainer refuses to start)."""
+    args = train.training_args(TrainConfig(batch_size=8), tmp_path)
+    assert args.n_gpu == 0 and args.train_batch_size == 8  # this CPU machine
+    args._n_gpu = 4  # what `TrainingArguments._setup_devices` sets where torch.cuda.device_count() is 4
+    assert args.train_batch_size == 32
+    assert train.one_device(args).n_gpu == 1 and args.train_batch_size == 8
+
+
+def test_a_retry_on_another_worker_resumes_from_the_checkpoint_uploaded_as_it_was_written(tmp_path, data_dir, s3,
+                                                                                          monkeypatch):
+    """An SFT into s3:// dies after checkpoint-3 on one worker; its retry runs on another (an empty local cache): it
+    downloads checkpoint-3, resumes there, ends with the weights of an uninterrupted run, and removes the uploaded
+    checkpoints once the model is up."""
+    from transformers import TrainerCallback
+
+    sft = _tiny_sft(tmp_path, data_dir)
+    cfg = TrainConfig(max_steps=6, save_steps=3, **CFG)
+    full = train.train(cfg, ModelConfig(size="1m"), sft, str(tmp_path / "full"))
+    out, key = "s3://sbt-test/train/resume", "stage-key"
+
+    class WorkerLost(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == 4:
+                raise RuntimeError("worker lost")
+
+    monkeypatch.setenv("SBT_CACHE", str(tmp_path / "worker-a"))
+    with pytest.raises(RuntimeError, match="worker lost"):
+        train.train(cfg, ModelConfig(size="1m"), sft, out, callbacks=[WorkerLost()], staging_key=key)
+    uploaded = train.remote_checkpoints(f"{out}/checkpoints/{key}")
+    assert [io.basename(u) for u in uploaded] == ["checkpoint-3"]
+    monkeypatch.setenv("SBT_CACHE", str(tmp_path / "worker-b"))
+    resumed = train.train(cfg, ModelConfig(size="1m"), sft, out, staging_key=key)
+    metrics = io.read_json(f"{out}/train_metrics.json")
+    assert metrics["train/resumed_from"].endswith("checkpoint-3") and metrics["train/steps"] == 6
+    a = load_file(os.path.join(full["model"], "model.safetensors"))
+    b = load_file(os.path.join(io.localize_dir(resumed["model"]), "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert not io.exists(f"{out}/checkpoints")
