@@ -86,6 +86,7 @@ def main() -> None:
     build_tiny("1m", tok, seed=0).save_pretrained(model_dir)
     tok.save_pretrained(model_dir)
     cores = os.cpu_count() or 1
+    (tmp / "prefect").mkdir()
     server, api = start(tmp / "prefect", scheduler=False)
     workers = []
     try:

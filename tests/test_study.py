@@ -139,13 +139,14 @@ def test_the_study_flow_trains_evaluates_reports_and_caches(prefect_server, tmp_
     out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     run = json.loads((run_dir / "run.json").read_text())
-    # Per part: the pipeline's training order (every model's data, then every SFT), then each model's curves.
+    # Per part: the pipeline's training order (every model's data, then every SFT), then every model's curves
+    # (submitted together), then GRPO and its curves.
     assert run["cached"] == [] and run["ran"] == [
         "countdown-generate",
         "countdown-build-data-direct", "countdown-build-data-dfs", "countdown-build-data-sbt",
         "countdown-sft-direct", "countdown-sft-dfs", "countdown-sft-sbt",
-        "countdown-study-direct", "countdown-grpo-direct", "countdown-study-grpo-direct",
-        "countdown-study-dfs", "countdown-study-sbt",
+        "countdown-study-direct", "countdown-study-dfs", "countdown-study-sbt",
+        "countdown-grpo-direct", "countdown-study-grpo-direct",
         "sudoku-generate",
         "sudoku-build-data-direct", "sudoku-build-data-dfs", "sudoku-sft-direct", "sudoku-sft-dfs",
         "sudoku-study-direct", "sudoku-study-dfs",
