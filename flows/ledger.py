@@ -105,7 +105,8 @@ class Ledger:
         t0 = time.monotonic()
         ex, route = self.execution, self._route(task)
         if route == "fan-out":  # the stage here, holding no GPU; its shards on the GPU deployment
-            with stages.fanning_out(stage_runs.shard_runner(ex.gpu_deployment, ex.shard_runs, ex.shard_retries)):
+            with stages.fanning_out(stage_runs.shard_runner(ex.gpu_deployment, ex.shard_runs, ex.shard_retries,
+                                                                   ex.shards_per_run)):
                 state = task(name, return_state=True, **params)
             result, cached, reused = state.result(), state.name == "Cached", False
         elif route == "run":

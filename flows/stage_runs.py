@@ -23,7 +23,9 @@ val_new/shard-00001`) and keyed by `<root run id>/<stage key>/<unit>`, at most N
 workers take them together. A failed or crashed shard is retried alone, as a new flow run keyed
 `<key>/retry-<n>` (`execution.shard_retries` times, then the stage fails); shards already written are
 never sent again, and a retried pipeline run finds its shard runs by their keys (waiting for one still
-running, sending a new attempt of one that failed).
+running, sending a new attempt of one that failed). With `execution.shards_per_run: k` the missing shards
+go k to a run (`<stage>/<first unit>+<k-1>`), which writes each as it finishes it; a retried pipeline run
+packs what is still missing anew.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from prefect.context import FlowRunContext
 from prefect.states import Scheduled
 
 from sbt_core import io
+from sbt_core.search.common import group
 from tasks import stages
 
 POLL_SECONDS = 1.0
@@ -104,12 +107,12 @@ def _gpus(client, deployment: str, task: str, params: dict) -> dict | None:
     return gpu_job_variables(pool.type, gpus) or None
 
 
-def shard_runner(deployment: str, max_runs: int, retries: int):
-    """`make(stage_name)` -> a FanOut (`sbt_core.search.common`) sending units to `deployment` (see the module
-    docstring); for `tasks.stages.fanning_out`."""
+def shard_runner(deployment: str, max_runs: int, retries: int, per_run: int = 1):
+    """`make(stage_name)` -> a FanOut (`sbt_core.search.common`) sending units to `deployment`, `per_run` to a
+    flow run (see the module docstring); for `tasks.stages.fanning_out`."""
 
     def make(stage: str):
-        return lambda units: _fan_out(deployment, stage, units, max_runs, retries)
+        return lambda units: _fan_out(deployment, stage, group(units, per_run), max_runs, retries)
 
     return make
 

@@ -343,6 +343,10 @@ class ExecutionConfig(_Config):
                             "the GPU deployment; N >= 1 runs its shards (`shard_size` problems each) as their own flow "
                             "runs of it, at most N at once, across the pool's workers, while the stage itself (its "
                             "record, the gather, the summary) runs in the pipeline's run, holding no GPU.")
+    shards_per_run: int = Field(1, ge=1, description="deployments mode with shard_runs: the missing shards sent "
+                                "this many to a flow run (consecutive ones; a run writes each as it finishes it, so "
+                                "a retry redoes only the unwritten): each run costs seconds to start (a process, "
+                                "imports, a model load), so pack small shards; keep 1 where shards take minutes.")
     shard_retries: int = Field(1, ge=0, description="Times a failed or crashed shard run is retried on its own "
                                "before the stage fails (a retry of the pipeline run retries it again).")
 

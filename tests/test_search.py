@@ -195,11 +195,14 @@ def _run_unit(entry: str, kwargs: dict) -> None:
     getattr(importlib.import_module(module), name)(**kwargs)
 
 
+@pytest.mark.parametrize("per_run", [1, 5])
 def test_an_evaluation_fanned_out_to_other_processes_gathers_the_bytes_of_the_serial_one(trained, data_dir, tmp_path,
-                                                                                         monkeypatch):
-    """Every missing shard of every (method, split) goes out at once as a JSON unit; two worker processes run
-    them in any order; the gathering process never loads the model; summary and results equal the serial run's."""
+                                                                                         monkeypatch, per_run):
+    """Every missing shard of every (method, split) goes out at once as a JSON unit, or packed `per_run` to a unit
+    (`execution.shards_per_run`); two worker processes run them in any order; the gathering process never loads
+    the model; summary and results equal the serial run's."""
     from sbt_core import evaluate
+    from sbt_core.search.common import group
 
     _, model_path, _ = trained
     methods = {m: SearchConfig(**{**METHODS[m], "max_new_tokens": 40, "shard_size": 4}) for m in ("greedy", "sbt_b1_n8")}
@@ -208,10 +211,15 @@ def test_an_evaluation_fanned_out_to_other_processes_gathers_the_bytes_of_the_se
 
     def fan_out(units):
         sent.extend(units)
-        json.dumps([u.kwargs for u in units])  # only JSON crosses to a worker
+        packs = group(units, per_run)
+        json.dumps([u.kwargs for u in packs])  # only JSON crosses to a worker
         ctx = multiprocessing.get_context("spawn")
         with concurrent.futures.ProcessPoolExecutor(2, mp_context=ctx) as pool:
-            list(pool.map(_run_unit, *zip(*[(u.entry, u.kwargs) for u in reversed(units)])))
+            list(pool.map(_run_unit, *zip(*[(u.entry, u.kwargs) for u in reversed(packs)])))
+        if per_run > 1 and units:  # 12 units as packs of 5, 5 and 2; one search's consecutive shards a single call
+            assert [p.name for p in packs] == [f"{units[i].name}+{n - 1}" for i, n in ((0, 5), (5, 5), (10, 2))]
+            assert [[c["kwargs"]["shards"] for c in p.kwargs["calls"]] for p in packs] == [
+                [[0, 1, 2], [0, 1]], [[2], [0, 1, 2], [0]], [[1, 2]]]
 
     monkeypatch.setattr(search_stage, "load", lambda *a, **k: pytest.fail("the gathering process loaded the model"))
     out = tmp_path / "fanned"

@@ -38,6 +38,44 @@ class Shard:
 FanOut = Callable[[list[Shard]], None]
 
 
+def group(units: list[Shard], size: int) -> list[Shard]:
+    """`units` packed `size` to a unit, in order, so that a pool runs fewer, longer units (each run's start costs
+    seconds: a process, imports, a model load). A pack of one is its unit; a pack of several is named after its
+    first unit (`<name>+<k more>`) and runs them one after another (`run_packed`), consecutive shards of one search
+    (the same entry and arguments but `shards`) as one call, so they share the loaded model."""
+    if size <= 1:
+        return list(units)
+    packs = []
+    for i in range(0, len(units), size):
+        part = units[i:i + size]
+        if len(part) == 1:
+            packs.append(part[0])
+            continue
+        calls: list[dict[str, Any]] = []
+        for unit in part:
+            last = calls[-1] if calls else None
+            if (last is not None and last["entry"] == unit.entry and "shards" in unit.kwargs
+                    and {**last["kwargs"], "shards": None} == {**unit.kwargs, "shards": None}):
+                last["kwargs"]["shards"] = [*last["kwargs"]["shards"], *unit.kwargs["shards"]]
+            else:
+                calls.append({"entry": unit.entry, "kwargs": dict(unit.kwargs)})
+        packs.append(Shard(f"{part[0].name}+{len(part) - 1}", f"{__name__}:run_packed", {"calls": calls}))
+    return packs
+
+
+def run_packed(calls: list[dict[str, Any]]) -> list[Any]:
+    """What a pack of units (`group`) runs: each call's sbt_core `entry` with its `kwargs`, in order."""
+    import importlib
+
+    out = []
+    for call in calls:
+        module, _, function = call["entry"].partition(":")
+        if module.partition(".")[0] != "sbt_core":
+            raise ValueError(f"entry {call['entry']!r} is not an sbt_core function")
+        out.append(getattr(importlib.import_module(module), function)(**call["kwargs"]))
+    return out
+
+
 def mean(xs) -> float:
     xs = list(xs)
     return sum(xs) / len(xs) if xs else float("-inf")
