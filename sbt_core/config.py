@@ -85,6 +85,25 @@ class TrainConfig(_Config):
     num_processes: int = Field(
         1, ge=1, description="Training processes (one per GPU); >1 launches torchrun from the stage itself."
     )
+    nnodes: int = Field(1, ge=1, description="Machines in one multi-node SFT, each running the same stage with "
+                        "its `node_rank` and `num_processes` ranks (torchrun's --nnodes); >1 needs rdzv_endpoint.")
+    node_rank: int = Field(0, ge=0, description="This machine's place among the nnodes (0 writes the outputs: "
+                           "give every node the same s3:// out dir, or read them from node 0's).")
+    rdzv_endpoint: str | None = Field(None, description="host:port of node 0 that every node's ranks meet at "
+                                      "(torchrun's static rendezvous, --master_addr/--master_port); None: one "
+                                      "machine (--standalone).")
+
+    @model_validator(mode="after")
+    def _rendezvous(self):
+        if self.nnodes > 1 and not self.rdzv_endpoint:
+            raise ValueError("nnodes > 1 needs rdzv_endpoint (host:port of node 0, reachable from every node)")
+        if self.node_rank >= self.nnodes:
+            raise ValueError(f"node_rank {self.node_rank} must be below nnodes {self.nnodes}")
+        if self.rdzv_endpoint is not None:
+            host, _, port = self.rdzv_endpoint.rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"rdzv_endpoint {self.rdzv_endpoint!r} is not host:port")
+        return self
     group_by_length: bool = Field(
         False, description="Batch rows of similar length (less padding: for search traces of very unequal lengths)."
     )

@@ -8,7 +8,8 @@ paper copies labels before padding, so its pad-as-eos tokens were).
 Checkpoints are written every `save_steps`; a rerun of the same call resumes from the last
 complete one. `--deepspeed` trains through DeepSpeed ZeRO-2 (`assets/ds_zero2.json`).
 `num_processes > 1` relaunches this module under `torchrun` (one process per GPU; gloo on
-CPU), and rank 0 writes the outputs.
+CPU), and rank 0 writes the outputs. Several machines: each runs the same stage with `nnodes`, its
+`node_rank` and node 0's `rdzv_endpoint` (torchrun's static rendezvous); node 0's rank 0 writes the outputs.
 
 Run: `sbt train --data data/sft/sft.parquet --out runs/sft --size 1m`.
 """
@@ -294,7 +295,7 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig, data_uri: str, out_dir: str,
     remote_ckpts = io.join(out_dir, "checkpoints", staging_key or "run") if remote else None
     if remote and "LOCAL_RANK" not in os.environ:  # (the launcher, or the only process: once per machine)
         restore_checkpoint(remote_ckpts, out / "checkpoints")
-    if cfg.num_processes > 1 and "LOCAL_RANK" not in os.environ:
+    if (cfg.num_processes > 1 or cfg.nnodes > 1) and "LOCAL_RANK" not in os.environ:
         return _launch(cfg, model_cfg, data_uri, out_dir, out, staging_key, progress_bar)
     # fp32 master weights always; `bf16` means bf16 autocast on a GPU. (Loading the weights in
     # bf16 made AdamW update bf16 parameters directly, where small updates round away.)
@@ -354,6 +355,7 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig, data_uri: str, out_dir: str,
         "train/rows_cut": cut,  # longer than context_length
         "train/longest_response": longest_response,
         "train/parameters": params,
+        "train/world_size": trainer.args.world_size,  # ranks over every node
         "train/flops": 6.0 * params * rows_seen * mean_tokens,
         "train/resumed_from": resume,
         "train/loss_history": [{"step": h["step"], "loss": h["loss"]} for h in losses],
@@ -384,7 +386,8 @@ def quiet_trainer(trainer) -> None:
 
 def _launch(cfg: TrainConfig, model_cfg: ModelConfig, data_uri: str, out_dir: str, out: Path,
             staging_key: str, progress_bar: bool = True) -> dict[str, str]:
-    """Run this stage under torchrun with cfg.num_processes ranks; rank 0 writes the outputs."""
+    """Run this stage under torchrun with cfg.num_processes ranks here (of cfg.nnodes machines' ranks meeting at
+    cfg.rdzv_endpoint); global rank 0 writes the outputs, so another node returns none."""
     import subprocess
     import sys
 
@@ -392,12 +395,23 @@ def _launch(cfg: TrainConfig, model_cfg: ModelConfig, data_uri: str, out_dir: st
     spec.write_text(json.dumps({"train": cfg.model_dump(mode="json"), "model": model_cfg.model_dump(mode="json"),
                                 "data_uri": str(data_uri), "out_dir": str(out_dir),
                                 "staging_key": staging_key, "progress_bar": progress_bar}))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={cfg.num_processes}",
-           "-m", "sbt_core.train", str(spec)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", *rendezvous_args(cfg),
+           f"--nproc_per_node={cfg.num_processes}", "-m", "sbt_core.train", str(spec)]
     log.info("launching %d training processes: %s", cfg.num_processes, " ".join(cmd))
     subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
+    if cfg.node_rank:
+        log.info("node %d of %d done: node 0 wrote the outputs to its out dir", cfg.node_rank, cfg.nnodes)
+        return {}
     model_uri = io.join(str(out_dir), "model") if not io.is_local(out_dir) else str(out / "model")
     return {"model": model_uri, "metrics": io.join(str(out_dir), "train_metrics.json")}
+
+
+def rendezvous_args(cfg: TrainConfig) -> list[str]:
+    """torchrun's options for where ranks meet: --standalone on one machine, else a static rendezvous at node 0."""
+    if cfg.rdzv_endpoint is None:
+        return ["--standalone"]
+    host, _, port = cfg.rdzv_endpoint.rpartition(":")
+    return [f"--nnodes={cfg.nnodes}", f"--node_rank={cfg.node_rank}", f"--master_addr={host}", f"--master_port={port}"]
 
 
 if __name__ == "__main__":  # a torchrun rank (see _launch)

@@ -431,7 +431,7 @@ def build_data(stage_name: str, *, cfg: BuildDataConfig, data: StageResult, out_
     return core.run(cfg, data["outputs"]["train"], out_dir, domain)
 
 
-@stage("sft", entry="sbt_core.train:train", heavy=True)
+@stage("sft", entry="sbt_core.train:train", heavy=True, ignore=("cfg.node_rank", "cfg.rdzv_endpoint"))
 def sft(stage_name: str, *, cfg: TrainConfig, model: ModelConfig, data: StageResult, out_dir: str,
         base: StageResult | None = None):
     """SFT; `base` is the StageResult of the model fine-tuned further (its URI goes in model.path)."""

@@ -137,6 +137,36 @@ def test_deepspeed_zero2_two_ranks_launched_by_the_stage(tmp_path, data_dir):
     assert metrics["train/steps"] == 3 and (out / "model" / "model.safetensors").exists()
 
 
+@pytest.mark.integration
+def test_two_nodes_meet_at_an_explicit_rendezvous_endpoint_and_node_0_writes_the_model(tmp_path, data_dir):
+    """Two machines' launches, here two `sbt train` processes each with its own out dir (a machine's own disk): one
+    rank per node, nnodes=2, node 0's endpoint; the ranks train as one world of 2 (gloo on CPU); node 0 writes
+    the model and its metrics, node 1 nothing but its own launch files."""
+    import socket
+
+    sft = _tiny_sft(tmp_path, data_dir, n=32)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = lambda rank: [sys.executable, "-m", "flows.cli", "train", "--data", sft, "--out", str(tmp_path / f"node{rank}"),  # noqa: E731
+                        "--size", "1m", "--max-steps", "3", "--batch-size", "4", "--lr", "1e-3", "--save-steps", "3",
+                        "--nnodes", "2", "--node-rank", str(rank), "--rdzv-endpoint", f"127.0.0.1:{port}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    nodes = [subprocess.Popen(cmd(rank), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+             for rank in (0, 1)]
+    outs = [node.communicate(timeout=600) for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], [err[-3000:] for _, err in outs]
+    metrics = json.loads((tmp_path / "node0" / "train_metrics.json").read_text())
+    assert metrics["train/world_size"] == 2 and metrics["train/steps"] == 3
+    assert (tmp_path / "node0" / "model" / "model.safetensors").exists()
+    assert not (tmp_path / "node1" / "model").exists() and not (tmp_path / "node1" / "train_metrics.json").exists()
+    assert "--master_addr=127.0.0.1" in outs[1][1] and "--node_rank=1" in outs[1][1]  # the launch line it logged
+    with pytest.raises(ValueError, match="nnodes > 1 needs rdzv_endpoint"):
+        TrainConfig(nnodes=2)
+    with pytest.raises(ValueError, match="is not host:port"):
+        TrainConfig(nnodes=2, rdzv_endpoint="node0")
+
+
 def test_tokenised_rows_match_one_at_a_time_encoding_and_are_cached(tmp_path, data_dir):
     """`Dataset.map` in batches gives what encode_example gives row by row; a second call reuses the cache file."""
     sft = build_data.run(BuildDataConfig(), str(data_dir / "train.parquet"), str(tmp_path / "sft"))["sft"]
