@@ -32,7 +32,14 @@ from sbt_core import domains, io
 from sbt_core.config import GRPOConfig
 from sbt_core.domains import Domain
 from sbt_core.models import load
-from sbt_core.train import TimeLimit, last_complete_checkpoint, one_device, quiet_trainer
+from sbt_core.train import (
+    CheckpointUpload,
+    TimeLimit,
+    last_complete_checkpoint,
+    one_device,
+    quiet_trainer,
+    restore_checkpoint,
+)
 
 log = logging.getLogger(__name__)
 HISTORY_KEYS = {"reward": "reward", "reward_std": "reward_std", "kl": "kl", "entropy": "entropy",
@@ -139,9 +146,10 @@ def train(cfg: GRPOConfig, model_uri: str, data_uri: str, out_dir: str, *, domai
           max_completion_length: int = 64, callbacks=(), staging_key: str = "", progress_bar: bool = True) -> dict[str, str]:
     """Stage entry: GRPO on the train problems in `data_uri`, starting from `model_uri`; writes out_dir/model.
 
-    A remote `out_dir` (s3://...) trains in a local staging folder (checkpoints stay on this machine,
-    so a rerun here resumes) and uploads the model, metrics and manifest at the end; `staging_key` (the
-    stage's cache key) names that folder, so a changed config never resumes another run's checkpoints.
+    A remote `out_dir` (s3://...) trains in a local staging folder and uploads the model, metrics and
+    manifest at the end; each checkpoint is uploaded as it is written (`<out_dir>/checkpoints/<staging_key>/`,
+    as SFT's), so a retry here or on another worker resumes from the last one. `staging_key` (the stage's
+    cache key) names both, so a changed config never resumes another run's checkpoints.
     """
     from trl import GRPOTrainer
 
@@ -151,11 +159,15 @@ def train(cfg: GRPOConfig, model_uri: str, data_uri: str, out_dir: str, *, domai
     remote = not io.is_local(out_dir)
     out = io.staging_dir(out_dir, staging_key) if remote else Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    remote_ckpts = io.join(out_dir, "checkpoints", staging_key or "run") if remote else None
+    if remote:
+        restore_checkpoint(remote_ckpts, out / "checkpoints")
     model, tokenizer = load(model_uri, dtype=torch.float32)
     funcs, weights = reward_functions(d, tokenizer, cfg.format_reward)
     trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=trl_args(cfg, out, length, weights, progress_bar),
                           train_dataset=prompts_dataset(d, data_uri, cfg.problems), processing_class=tokenizer,
-                          callbacks=[TimeLimit(cfg.max_minutes), *callbacks])
+                          callbacks=[TimeLimit(cfg.max_minutes),
+                                     *([CheckpointUpload(remote_ckpts)] if remote else []), *callbacks])
     if not progress_bar:  # the caller shows progress (`callbacks`)
         quiet_trainer(trainer)
     resume = last_complete_checkpoint(out / "checkpoints")
@@ -187,6 +199,8 @@ def train(cfg: GRPOConfig, model_uri: str, data_uri: str, out_dir: str, *, domai
         "grpo/history": steps,
     }
     model_uri_out = io.upload_dir(final, io.join(out_dir, "model")) if remote else str(final)
+    if remote:  # the model is there: the uploaded checkpoints have done their work
+        io.remove(remote_ckpts)
     metrics_uri = io.write_json(metrics, io.join(str(out_dir), "grpo_metrics.json"))
     io.write_manifest(str(out_dir), "grpo", {"grpo": cfg.model_dump(mode="json"), "domain": domain,
                                              "max_completion_length": length},

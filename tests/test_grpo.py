@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from sbt_core import grpo, io
+from sbt_core import grpo, io, train
 from sbt_core.config import ConfigError, GRPOConfig, load_run_config
 from sbt_core.domains import BACKTRACK, DOMAINS
 from sbt_core.models import build_tokenizer, load
@@ -93,6 +93,31 @@ def test_grpo_trains_saves_a_loadable_model_and_a_rerun_resumes(tmp_path, traine
     again = grpo.train(GRPOConfig(**FAST), trained[1], str(data_dir / "train.parquet"), str(out),
                        max_completion_length=40)  # a rerun of a finished call resumes at its end
     assert json.loads(Path(again["metrics"]).read_text())["train/resumed_from"].endswith("checkpoint-3")
+
+
+def test_a_grpo_retry_on_another_worker_resumes_from_its_uploaded_checkpoint(tmp_path, trained, data_dir, s3,
+                                                                             monkeypatch):
+    """GRPO into s3:// dies after checkpoint-2 on one worker; the retry on another (an empty local cache) downloads
+    checkpoint-2, resumes there, and removes the uploaded checkpoints once the model is up."""
+    from transformers import TrainerCallback
+
+    out, key, data = "s3://sbt-test/grpo/resume", "stage-key", str(data_dir / "train.parquet")
+
+    class WorkerLost(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == 3:
+                raise RuntimeError("worker lost")
+
+    monkeypatch.setenv("SBT_CACHE", str(tmp_path / "worker-a"))
+    with pytest.raises(RuntimeError, match="worker lost"):
+        grpo.train(GRPOConfig(**FAST), trained[1], data, out, max_completion_length=40, callbacks=[WorkerLost()],
+                   staging_key=key)
+    assert [io.basename(u) for u in train.remote_checkpoints(f"{out}/checkpoints/{key}")] == ["checkpoint-2"]
+    monkeypatch.setenv("SBT_CACHE", str(tmp_path / "worker-b"))
+    made = grpo.train(GRPOConfig(**FAST), trained[1], data, out, max_completion_length=40, staging_key=key)
+    metrics = io.read_json(made["metrics"])
+    assert metrics["train/resumed_from"].endswith("checkpoint-2") and metrics["train/steps"] == 3
+    assert io.exists(f"{out}/model/model.safetensors") and not io.exists(f"{out}/checkpoints")
 
 
 def test_kill_9_during_grpo_resumes_from_the_last_checkpoint(tmp_path, trained, data_dir):
