@@ -121,6 +121,10 @@ class SearchConfig(_Config):
     )
     max_new_tokens: int = Field(64, ge=1, description="Token limit of one continuation.")
     batch_rows: int = Field(2048, ge=1, description="Sequences decoded together in one batch.")
+    batch_tokens: int | None = Field(None, ge=1, description="Memory bound of a sampling batch: at most this many "
+                                     "rows x positions (longest prompt + token limit) decoded together (the KV "
+                                     "cache holds at most twice that); None: `batch_rows` alone. Rows sample "
+                                     "the same whatever the chunking.")
     seed: int = Field(4, description="Sampling seed (the paper's eval: 4).")
     shard_size: int = Field(256, ge=1, description="Problems per shard: the unit a killed search resumes from "
                             "and a GPU pool runs at once (`execution.shard_runs`); shard k samples with seed "
@@ -152,6 +156,10 @@ class EvalConfig(_Config):
     temperature: float = Field(0.7, ge=0, description="Sampling temperature of every sampling method.")
     max_new_tokens: int = Field(64, ge=1, description="Token limit of one continuation.")
     batch_rows: int = Field(2048, ge=1, description="Sequences decoded together.")
+    batch_tokens: int | None = Field(None, ge=1, description="Memory bound of a sampling batch: at most this many "
+                                     "rows x positions (longest prompt + token limit) decoded together (the KV "
+                                     "cache holds at most twice that); None: `batch_rows` alone. Rows sample "
+                                     "the same whatever the chunking.")
     seed: int = Field(4, description="Sampling seed.")
     shard_size: int = Field(256, ge=1, description="Problems per search shard (`SearchConfig.shard_size`).")
     splits: list[str] | None = Field(None, description="Evaluation splits (None: all of the domain's, e.g. "
@@ -161,7 +169,8 @@ class EvalConfig(_Config):
 
     def search_config(self, method: str) -> SearchConfig:
         return method_config(method, temperature=self.temperature, max_new_tokens=self.max_new_tokens,
-                             batch_rows=self.batch_rows, seed=self.seed, shard_size=self.shard_size)
+                             batch_rows=self.batch_rows, batch_tokens=self.batch_tokens, seed=self.seed,
+                             shard_size=self.shard_size)
 
 
 class StudyEvalConfig(_Config):
@@ -184,6 +193,10 @@ class StudyEvalConfig(_Config):
                                       description="The self-backtracking search's (b, N) points "
                                       "(`search.registry.METHODS`).")
     batch_rows: int = Field(2048, ge=1, description="Sequences decoded together.")
+    batch_tokens: int | None = Field(None, ge=1, description="Memory bound of a sampling batch: at most this many "
+                                     "rows x positions (longest prompt + token limit) decoded together (the KV "
+                                     "cache holds at most twice that); None: `batch_rows` alone. Rows sample "
+                                     "the same whatever the chunking.")
     seed: int = Field(4, description="Sampling seed.")
 
     _methods = field_validator("search_methods")(_known_methods)
@@ -271,6 +284,10 @@ class OnPolicyConfig(_Config):
     temperature: float = Field(1.0, gt=0, description="Sampling temperature of the harvest.")
     max_new_tokens: int = Field(16, ge=1, description="Tokens sampled per state (one step needs a few).")
     batch_rows: int = Field(2048, ge=1, description="Sequences decoded together.")
+    batch_tokens: int | None = Field(None, ge=1, description="Memory bound of a sampling batch: at most this many "
+                                     "rows x positions (longest prompt + token limit) decoded together (the KV "
+                                     "cache holds at most twice that); None: `batch_rows` alone. Rows sample "
+                                     "the same whatever the chunking.")
     seed: int = Field(0, description="Seed of the prefix choice and the sampling.")
 
 
@@ -458,6 +475,7 @@ class RunConfig(_Config):
         length = self.grpo.max_completion_length or self.eval.max_new_tokens
         return length, StudyEvalConfig(limit=self.grpo.eval_limit, ns=self.grpo.eval_ks, temperature=self.eval.temperature,
                                        direct_max_new_tokens=length, batch_rows=self.eval.batch_rows,
+                                       batch_tokens=self.eval.batch_tokens,
                                        seed=self.eval.seed)
 
     def with_seed_offset(self, offset: int) -> RunConfig:

@@ -50,7 +50,8 @@ def harvest(lm: LM, problems: list[dict], cfg: OnPolicyConfig) -> tuple[list[dic
     prompts = [lm.encode(d.prompt(problems[i]) + "".join(f"{s}\n" for s in prefix))
                for i, prefix in states for _ in range(cfg.samples)]
     out, _ = lm.sample(prompts, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
-                       batch_rows=cfg.batch_rows, generator=make_generator(cfg.seed, next(lm.model.parameters()).device))
+                       batch_rows=cfg.batch_rows, batch_tokens=cfg.batch_tokens,
+                       generator=make_generator(cfg.seed, next(lm.model.parameters()).device))
     rows, seen, counts = [], set(), Counter()
     for r, tokens in enumerate(out.tokens):
         i, prefix = states[r // cfg.samples]

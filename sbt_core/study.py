@@ -129,14 +129,16 @@ def evaluate(lm, problems: list[dict], cfg, kind: str, *, max_new_tokens: int, p
         prompts = [lm.prompt_ids(p) for p in problems]
         for name, temperature in (("greedy", 0.0), ("sampled", cfg.temperature)):
             out, _ = lm.sample(prompts, temperature=temperature, max_new_tokens=max(cfg.budgets),
-                               batch_rows=cfg.batch_rows, generator=make_generator(cfg.seed, device))
+                               batch_rows=cfg.batch_rows, batch_tokens=cfg.batch_tokens,
+                               generator=make_generator(cfg.seed, device))
             generated += sum(len(t) for t in out.tokens)
             curves[name] = budget_curve(d, problems, out.tokens, lm.text, cfg.budgets, shape)
             records[name] = _decode_records(d, problems, out.tokens, lm.text)
             if progress:
                 progress(len(problems))
     elif kind == "samples":
-        search_cfg = SearchConfig(max_new_tokens=cfg.direct_max_new_tokens, batch_rows=cfg.batch_rows)
+        search_cfg = SearchConfig(max_new_tokens=cfg.direct_max_new_tokens, batch_rows=cfg.batch_rows,
+                                  batch_tokens=cfg.batch_tokens)
         samples = [s for s, _ in sample_n(lm, problems, search_cfg, max(cfg.ns), cfg.temperature,
                                           make_generator(cfg.seed, device))]
         generated = sum(k for ss in samples for _, _, k, _ in ss)
@@ -149,7 +151,7 @@ def evaluate(lm, problems: list[dict], cfg, kind: str, *, max_new_tokens: int, p
         points = []
         for method in ["greedy", *cfg.search_methods]:
             search_cfg = method_config(method, temperature=cfg.temperature, max_new_tokens=max_new_tokens,
-                                       batch_rows=cfg.batch_rows, seed=cfg.seed)
+                                       batch_rows=cfg.batch_rows, batch_tokens=cfg.batch_tokens, seed=cfg.seed)
             results = search(lm, problems, search_cfg)
             generated += sum(r.generated_tokens for r in results)
             correct = [d.verify(p, r.output).correct for p, r in zip(problems, results)]

@@ -43,7 +43,7 @@ class ScriptedLM:
     def text(self, ids):
         return "".join("<backtrack>" if i == BT else chr(i) for i in ids)
 
-    def sample(self, prompts, *, temperature, max_new_tokens, batch_rows, generator):
+    def sample(self, prompts, *, temperature, max_new_tokens, batch_rows, generator, batch_tokens=None):
         self.calls.append([self.text(p[1:]) for p in prompts])
         seen, tokens, logprobs = {}, [], []
         for p in prompts:
@@ -54,7 +54,7 @@ class ScriptedLM:
             ids = self.encode(cont[: -len("<backtrack>")]) + [BT] if cont.endswith("<backtrack>") else self.encode(cont)
             tokens.append(ids)
             logprobs.append([lp] * len(ids))
-        return Sampled(tokens, logprobs, 1, [[-5.0] * len(ids) for ids in tokens]), [1] * len(prompts)
+        return Sampled(tokens, logprobs, 1, [[-5.0] * len(ids) for ids in tokens]), [(0, 1)] * len(prompts)
 
     value = LM.value
 
@@ -257,7 +257,7 @@ def test_the_cache_grown_in_place_decodes_exactly_as_a_concatenating_cache(monke
     monkeypatch.setattr(sampling, "_select_cache", select)
     concat = sampling.sample(model, prompts, generator=torch.Generator().manual_seed(0), **kw)
     lengths = sorted(len(t) for t in grown.tokens)
-    assert lengths[0] < 50 and lengths[-1] > 200  # rows left early, others grew the cache past 128 positions
+    assert lengths[0] < 50 and lengths[-1] > 128  # rows left early, others grew the cache past 128 positions
     assert grown.tokens == concat.tokens
     assert max(abs(a - b) for x, y in zip(grown.logprobs, concat.logprobs) for a, b in zip(x, y)) < 1e-4
 
@@ -309,3 +309,48 @@ def test_continuations_stopped_by_the_token_limit_are_counted_and_warned_about(l
         search_stage.run(SearchConfig(decoder="greedy", max_new_tokens=200), model_path, data, str(tmp_path / "b"),
                          limit=3, lm=lm)
     assert lm.cut - before[0] == 3 and "stopped at max_new_tokens" not in caplog.text
+
+
+def test_a_token_budget_splits_sampling_into_bounded_chunks_that_sample_what_one_batch_does(lm, data_dir, monkeypatch):
+    """`batch_tokens`: a self-backtracking search of 16 problems x N=8 (128 rows) decoded in chunks of at most the
+    budget's rows x positions gives the same tokens as one batch (every row's draws keyed on the row, not on its
+    batch), log-probs equal up to float rounding at another batch size, and the same results; counted model calls
+    grow with the chunks."""
+    from sbt_core.search import common
+
+    problems = io.read_parquet(str(data_dir / "val_new.parquet")).slice(0, 16).select(["nums", "target"]).to_pylist()
+    shapes = []
+    real = common.sample
+
+    def recording(model, prompts, **kw):
+        shapes.append((len(prompts), max(map(len, prompts)) + kw["max_new_tokens"]))
+        return real(model, prompts, **kw)
+
+    monkeypatch.setattr(common, "sample", recording)
+    cfg = SearchConfig(decoder="self_backtrack", n=8, backtrack_budget=1, max_new_tokens=40)
+    whole = search_stage.search(lm, problems, cfg)
+    assert shapes[0][0] == 16 * 8  # the first round: one batch
+    shapes.clear()
+    chunked = search_stage.search(lm, problems, cfg.model_copy(update={"batch_tokens": 1500}))
+    assert shapes and all(rows * positions <= 1500 for rows, positions in shapes) and len(shapes) >= 8
+    assert [r.output for r in chunked] == [r.output for r in whole]
+    assert [[c["response"] for c in r.candidates] for r in chunked] == [[c["response"] for c in r.candidates]
+                                                                       for r in whole]
+    drift = max(abs(a["score"] - b["score"]) for r, s in zip(chunked, whole) for a, b in zip(r.candidates, s.candidates))
+    assert drift < 1e-5
+    assert sum(r.forward_passes for r in chunked) > sum(r.forward_passes for r in whole)
+    assert common.chunk_rows([[1] * 10, [1] * 30], 70, 2048, 1000) == 10 and common.chunk_rows([[1]], 9, 4, None) == 4
+
+
+def test_sampling_draws_each_category_at_its_probability_from_hashed_uniforms():
+    """The counter-based draw is exact categorical sampling: 200,000 rows of one distribution, frequencies within
+    4 standard errors; a zero-probability token never drawn; the uniforms depend on (key, step) alone."""
+    from sbt_core.search import sampling
+
+    p = torch.tensor([0.1, 0.0, 0.6, 0.3])
+    n = 200_000
+    got = torch.bincount(sampling.draw(p.repeat(n, 1), torch.arange(n) * 7919, 3), minlength=4) / n
+    assert got[1] == 0 and all(abs(got[i] - p[i]) < 4 * (p[i] * (1 - p[i]) / n) ** 0.5 for i in (0, 2, 3))
+    keys = torch.tensor([5, 6, 7])
+    assert torch.equal(sampling.uniforms(keys, 2)[1:], sampling.uniforms(keys[1:], 2))
+    assert not torch.equal(sampling.uniforms(keys, 2), sampling.uniforms(keys, 3))

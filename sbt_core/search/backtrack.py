@@ -56,7 +56,8 @@ def self_backtrack(lm: LM, problems, cfg: SearchConfig, generator) -> list[Resul
             break
         out, passes = lm.sample(
             [prompts[p] + state[0] for p, state in rows], temperature=cfg.temperature,
-            max_new_tokens=cfg.max_new_tokens, batch_rows=cfg.batch_rows, generator=generator,
+            max_new_tokens=cfg.max_new_tokens, batch_rows=cfg.batch_rows, batch_tokens=cfg.batch_tokens,
+            generator=generator,
         )
         nxt = [defaultdict(lambda: None) for _ in range(n_problems)]
         seen_passes = [set() for _ in range(n_problems)]
@@ -66,7 +67,7 @@ def self_backtrack(lm: LM, problems, cfg: SearchConfig, generator) -> list[Resul
             entry = {"response": text, "score": mean(logprobs), "value": lm.value(tokens, bt)}
             continuations[p].append(entry)
             results[p].generated_tokens += len(out.tokens[r])
-            seen_passes[p].add((r // cfg.batch_rows, passes[r]))
+            seen_passes[p].add(passes[r])  # (chunk, its model calls): a call is counted once per problem
             if lm.domain.claims_goal(text):
                 candidates[p].append(entry)
             elif out.tokens[r] and out.tokens[r][-1] == lm.backtrack_id:

@@ -10,7 +10,7 @@ import torch
 
 from sbt_core import domains
 from sbt_core.domains import BACKTRACK, Domain
-from sbt_core.search.sampling import Sampled, sample
+from sbt_core.search.sampling import Sampled, row_keys, sample
 
 
 @dataclass
@@ -107,21 +107,29 @@ class LM:
         """Response text; EOS and pad dropped, `<backtrack>` kept."""
         return self.tokenizer.decode([i for i in ids if i not in self._drop], skip_special_tokens=False)
 
-    def sample(self, prompts, *, temperature, max_new_tokens, batch_rows, generator) -> tuple[Sampled, list[int]]:
-        """Sample in chunks of `batch_rows`; also returns the model calls each row took part in. `watched`
-        holds the log-prob of `<backtrack>` at every generated position (for `value`)."""
+    def sample(self, prompts, *, temperature, max_new_tokens, batch_rows, generator,
+               batch_tokens: int | None = None) -> tuple[Sampled, list[tuple[int, int]]]:
+        """Sample in chunks of at most `batch_rows` rows and, with `batch_tokens`, at most that many rows x positions
+        (the longest prompt plus `max_new_tokens` a row: the KV cache's bound, which its doubling buffers hold at most
+        twice). Each row's sampling key is drawn before chunking, so the chunks sample what one batch would. Also
+        returns, per row, (its chunk, the model calls of that chunk). `watched` holds the log-prob of `<backtrack>`
+        at every generated position (for `value`)."""
         tokens, logprobs, watched, passes, total = [], [], [], [], 0
-        for s in range(0, len(prompts), batch_rows):
+        device = next(self.model.parameters()).device
+        keys = row_keys(len(prompts), generator, device) if temperature > 0 else None
+        rows = chunk_rows(prompts, max_new_tokens, batch_rows, batch_tokens)
+        for chunk, s in enumerate(range(0, len(prompts), rows)):
             out = sample(
-                self.model, prompts[s : s + batch_rows], max_new_tokens=max_new_tokens, temperature=temperature,
+                self.model, prompts[s : s + rows], max_new_tokens=max_new_tokens, temperature=temperature,
                 stop_ids=self.stop_ids, pad_id=self.pad_id, generator=generator, watch_id=self.backtrack_id,
+                keys=None if keys is None else keys[s : s + rows],
             )
             tokens += out.tokens
             self.sampled += len(out.tokens)
             self.cut += sum(1 for t in out.tokens if len(t) >= max_new_tokens and t[-1] not in self.stop_ids)
             logprobs += out.logprobs
             watched += out.watched
-            passes += [out.forward_passes] * len(out.tokens)
+            passes += [(chunk, out.forward_passes)] * len(out.tokens)
             total += out.forward_passes
         return Sampled(tokens, logprobs, total, watched), passes
 
@@ -134,6 +142,13 @@ class LM:
             if i == 0 or tokens[i - 1] in self.newline_ids:
                 total += math.log1p(-min(math.exp(lp), 1.0 - 1e-12))
         return total
+
+
+def chunk_rows(prompts: list[list[int]], max_new_tokens: int, batch_rows: int, batch_tokens: int | None) -> int:
+    """Rows per sampling batch: `batch_rows`, fewer where `batch_tokens` (rows x positions) would be passed."""
+    if batch_tokens is None or not prompts:
+        return batch_rows
+    return max(1, min(batch_rows, batch_tokens // (max(map(len, prompts)) + max_new_tokens)))
 
 
 def make_generator(seed: int, device) -> torch.Generator:

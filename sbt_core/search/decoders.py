@@ -20,14 +20,14 @@ def sample_n(lm: LM, problems, cfg: SearchConfig, n: int, temperature: float, ge
     prompts = [lm.prompt_ids(problem) for problem in problems for _ in range(n)]
     out, passes = lm.sample(
         prompts, temperature=temperature, max_new_tokens=cfg.max_new_tokens, batch_rows=cfg.batch_rows,
-        generator=generator,
+        batch_tokens=cfg.batch_tokens, generator=generator,
     )
     per_problem = []
     for p in range(len(problems)):
         rows = range(p * n, (p + 1) * n)
         samples = [(lm.text(out.tokens[r]), mean(out.logprobs[r]), len(out.tokens[r]),
                     lm.value(out.tokens[r], out.watched[r])) for r in rows]
-        per_problem.append((samples, sum(set(passes[r] for r in rows))))
+        per_problem.append((samples, sum(calls for _, calls in set(passes[r] for r in rows))))
     return per_problem
 
 

@@ -4,6 +4,12 @@ Prompts of different lengths are left-padded; position ids follow the attention 
 padded row sees exactly what it would see alone. Rows stop at a stop token (EOS,
 `<backtrack>`) or the token limit; rows that stop early are dropped from the batch (and
 from the cache) so the remaining rows run on a smaller batch.
+
+Sampling is counter-based: each row carries a key (drawn from the generator before any batching,
+`row_keys`), and its token at step t is drawn by inverse CDF from the uniform hash(key, t) (splitmix64).
+That is exact categorical sampling, and a row's draws do not depend on which rows share its batch: a
+request split into bounded chunks (`LM.sample`'s `batch_tokens`) samples what it samples whole, up to
+the last bits of the model's arithmetic at another batch size.
 """
 
 from __future__ import annotations
@@ -23,6 +29,41 @@ class Sampled:
     logprobs: list[list[float]]
     forward_passes: int  # model calls made for this batch
     watched: list[list[float]] | None = None
+
+
+_GOLDEN = 0x9E3779B97F4A7C15 - 2**64  # splitmix64's constants as signed int64 (torch has no uint64 arithmetic)
+_MIX1 = 0xBF58476D1CE4E5B9 - 2**64
+_MIX2 = 0x94D049BB133111EB - 2**64
+
+
+def _shr(z: torch.Tensor, k: int) -> torch.Tensor:
+    """Logical right shift of int64 (torch's `>>` is arithmetic)."""
+    return (z >> k) & ((1 << (64 - k)) - 1)
+
+
+def splitmix64(z: torch.Tensor) -> torch.Tensor:
+    """splitmix64's output function on int64 tensors (multiplication wraps around, as in uint64)."""
+    z = z + _GOLDEN
+    z = (z ^ _shr(z, 30)) * _MIX1
+    z = (z ^ _shr(z, 27)) * _MIX2
+    return z ^ _shr(z, 31)
+
+
+def uniforms(keys: torch.Tensor, step: int) -> torch.Tensor:
+    """One uniform in [0, 1) per row (float64, 53 bits): a hash of the row's key and the step."""
+    return _shr(splitmix64(splitmix64(keys) ^ step), 11).double() * 2.0**-53
+
+
+def row_keys(n: int, generator: torch.Generator | None, device) -> torch.Tensor:
+    """n sampling keys, one per row, drawn from `generator`."""
+    return torch.randint(0, 2**62, (n,), generator=generator, device=device, dtype=torch.long)
+
+
+def draw(probs: torch.Tensor, keys: torch.Tensor, step: int) -> torch.Tensor:
+    """A token per row from `probs` (rows x vocab) by inverse CDF at `uniforms(keys, step)`."""
+    cdf = probs.double().cumsum(-1)
+    u = uniforms(keys, step) * cdf[:, -1]
+    return torch.searchsorted(cdf, u[:, None], right=True).squeeze(-1).clamp_(max=probs.shape[-1] - 1)
 
 
 def left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -93,11 +134,15 @@ def sample(
     generator: torch.Generator | None = None,
     compact_below: float = 0.5,
     watch_id: int | None = None,
+    keys: torch.Tensor | None = None,
 ) -> Sampled:
     """Continue every prompt; temperature 0 is greedy. Log-probs are the model's own
     (untempered) log-softmax, the quantity the search ranks by. `watch_id` (e.g. `<backtrack>`):
-    also record its log-prob at every position (free: the log-softmax is computed anyway)."""
+    also record its log-prob at every position (free: the log-softmax is computed anyway).
+    `keys`: the rows' sampling keys (`row_keys`); None draws them from `generator`."""
     device = next(model.parameters()).device
+    if temperature > 0 and keys is None:
+        keys = row_keys(len(prompts), generator, device)
     ids, mask = left_pad(prompts, pad_id, device)
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     n = len(prompts)
@@ -117,8 +162,7 @@ def sample(
         if temperature == 0:
             nxt = logits.argmax(-1)
         else:
-            probs = torch.softmax(logits.float() / temperature, dim=-1)
-            nxt = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+            nxt = draw(torch.softmax(logits.float() / temperature, dim=-1), keys, step)
         nxt = torch.where(finished, pad_id, nxt)
         log_softmax = torch.log_softmax(logits.float(), dim=-1)
         logp = log_softmax.gather(-1, nxt[:, None]).squeeze(-1)
@@ -134,6 +178,7 @@ def sample(
             keep = ~finished
             _select_cache(cache, keep)
             rows, nxt, mask, next_pos, finished = rows[keep], nxt[keep], mask[keep], next_pos[keep], finished[keep]
+            keys = keys[keep] if keys is not None else None
         mask = torch.cat([mask, (~finished).long()[:, None]], dim=1)
         logits = model(
             input_ids=nxt[:, None], attention_mask=mask, position_ids=next_pos[:, None],
