@@ -16,7 +16,8 @@ pipeline run owns exactly one flow run per stage, across its retries:
 Each stage run ends `Completed`, or `Completed` named `Cached` when its `stage.json` already held
 the outputs (see `tasks.stages`).
 
-With `execution.shard_runs: N` a search or an evaluation fans out instead (`shard_runner`): the stage
+With `execution.shard_runs: N` a search, an evaluation, a study-eval or an on-policy harvest fans out instead
+(`shard_runner`, `tasks.stages.FANS_OUT`): the stage
 runs in the pipeline's own run (its record, the gather and the summary; no GPU), and each of its
 missing shards is a flow run of the GPU deployment named `<stage>/<unit>` (`eval-sft-bt/greedy/
 val_new/shard-00001`) and keyed by `<root run id>/<stage key>/<unit>`, at most N at once, so the pool's

@@ -197,6 +197,9 @@ class StudyEvalConfig(_Config):
                                      "rows x positions (longest prompt + token limit) decoded together (the KV "
                                      "cache holds at most twice that); None: `batch_rows` alone. Rows sample "
                                      "the same whatever the chunking.")
+    shard_size: int = Field(100, ge=1, description="Problems per shard: the unit a killed study-eval resumes "
+                            "from and a GPU pool runs at once (`execution.shard_runs`); shard k samples with seed "
+                            "`seed + k`, so a new size gives other samples.")
     seed: int = Field(4, description="Sampling seed.")
 
     _methods = field_validator("search_methods")(_known_methods)
@@ -288,6 +291,9 @@ class OnPolicyConfig(_Config):
                                      "rows x positions (longest prompt + token limit) decoded together (the KV "
                                      "cache holds at most twice that); None: `batch_rows` alone. Rows sample "
                                      "the same whatever the chunking.")
+    shard_size: int = Field(5000, ge=1, description="Problems per shard: the unit a killed harvest resumes from "
+                            "and a GPU pool runs at once (`execution.shard_runs`); shard k draws its prefixes and "
+                            "samples from seed `seed + k`, so a new size gives other rows.")
     seed: int = Field(0, description="Seed of the prefix choice and the sampling.")
 
 
@@ -375,7 +381,7 @@ class ExecutionConfig(_Config):
     cpu_deployment: str | None = Field(
         "sbt-stage/cpu", description="FLOW/DEPLOYMENT for generate, build data, distill and report (None: in process)."
     )
-    shard_runs: int = Field(0, ge=0, description="deployments mode: 0 runs a search or evaluation as one flow run of "
+    shard_runs: int = Field(0, ge=0, description="deployments mode: 0 runs a search, evaluation, study-eval or on-policy harvest as one flow run of "
                             "the GPU deployment; N >= 1 runs its shards (`shard_size` problems each) as their own flow "
                             "runs of it, at most N at once, across the pool's workers, while the stage itself (its "
                             "record, the gather, the summary) runs in the pipeline's run, holding no GPU.")

@@ -24,24 +24,25 @@ from collections import Counter
 
 import numpy as np
 import pyarrow as pa
-import torch
-
 from sbt_core import domains, io
 from sbt_core.config import OnPolicyConfig
 from sbt_core.domains import BACKTRACK
 from sbt_core.domains.base import split_response
-from sbt_core.models import load
-from sbt_core.search.common import LM, make_generator
+from sbt_core.search.common import LM, FanOut, Shard, make_generator
 
 log = logging.getLogger(__name__)
 
 NOT_A_STEP_ERROR = {"correct", "not_reached", "format_error"}
 
 
-def harvest(lm: LM, problems: list[dict], cfg: OnPolicyConfig) -> tuple[list[dict], dict]:
-    """The model's wrong steps after optimal prefixes: rows {problem index, prefix_len, response, error_type}."""
+def harvest(lm: LM, problems: list[dict], cfg: OnPolicyConfig, *, seed: int | None = None,
+            first: int = 0) -> tuple[list[dict], dict]:
+    """The model's wrong steps after optimal prefixes: rows {problem index, prefix_len, response, error_type}, with
+    the counts of every outcome. Prefixes and samples are drawn from `seed` (`cfg.seed` if None); `first`: the
+    index of `problems[0]` in the whole set (what a row's `problem` counts from)."""
     d = lm.domain
-    rng = np.random.default_rng([cfg.seed, 7])
+    seed = cfg.seed if seed is None else seed
+    rng = np.random.default_rng([seed, 7])
     states = []  # (problem index, prefix lines)
     for i, problem in enumerate(problems):
         steps, _, _ = split_response(d.optimal(problem))
@@ -51,7 +52,7 @@ def harvest(lm: LM, problems: list[dict], cfg: OnPolicyConfig) -> tuple[list[dic
                for i, prefix in states for _ in range(cfg.samples)]
     out, _ = lm.sample(prompts, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
                        batch_rows=cfg.batch_rows, batch_tokens=cfg.batch_tokens,
-                       generator=make_generator(cfg.seed, next(lm.model.parameters()).device))
+                       generator=make_generator(seed, next(lm.model.parameters()).device))
     rows, seen, counts = [], set(), Counter()
     for r, tokens in enumerate(out.tokens):
         i, prefix = states[r // cfg.samples]
@@ -63,28 +64,89 @@ def harvest(lm: LM, problems: list[dict], cfg: OnPolicyConfig) -> tuple[list[dic
         if verdict.step != len(prefix) or verdict.category in NOT_A_STEP_ERROR:
             counts["legal" if verdict.category in ("not_reached", "correct") else verdict.category + " (not used)"] += 1
             continue
-        key = (i, len(prefix), step)
+        key = (i, len(prefix), step)  # distinct within a problem, so shards of problems dedupe as the whole set
         if key in seen:
             counts["duplicate"] += 1
             continue
         seen.add(key)
         counts[verdict.category] += 1
-        rows.append({"problem": i, "prefix_len": len(prefix), "error_type": f"onpolicy_{verdict.category}",
+        rows.append({"problem": first + i, "prefix_len": len(prefix), "error_type": f"onpolicy_{verdict.category}",
                      "response": "".join(f"{s}\n" for s in prefix) + f"{step}\n{BACKTRACK}"})
     stats = {"states": len(states), "samples": len(out.tokens), "rows": len(rows), "outcomes": dict(counts)}
     return rows, stats
 
 
-def run(cfg: OnPolicyConfig, model_path: str, problems_uri: str, base_uri: str, out_dir: str,
-        domain: str = domains.DEFAULT) -> dict[str, str]:
-    """Stage entry: `sft.parquet` = the base SFT rows (`base_uri`) plus on-policy D_back rows; manifest with the
-    harvest's counts."""
-    d = domains.get(domain)
-    lm = LM(*load(model_path, device="cuda" if torch.cuda.is_available() else "cpu"), d)
+def shard_uri(out_dir: str, k: int) -> str:
+    return io.join(out_dir, "shards", f"shard-{k:05d}.json")
+
+
+def _problems(cfg: OnPolicyConfig, problems_uri: str) -> pa.Table:
     problems = io.read_parquet(problems_uri)
-    problems = problems.slice(0, min(cfg.problems, len(problems)))
+    return problems.slice(0, min(cfg.problems, len(problems)))
+
+
+def _harvest_shard(lm: LM, problems: list[dict], cfg: OnPolicyConfig, k: int, out_dir: str) -> dict:
+    """Shard k of `problems` (seed `cfg.seed + k`), written to its file and read back (what a gather reads)."""
+    first = k * cfg.shard_size
+    rows, stats = harvest(lm, problems[first:first + cfg.shard_size], cfg, seed=cfg.seed + k, first=first)
+    return io.read_json(io.write_json({"rows": rows, "stats": stats}, shard_uri(out_dir, k)))
+
+
+def _lm(model_path: str, domain: str):
+    from sbt_core.search.run import lazy_lm
+
+    return lazy_lm(model_path, domain)
+
+
+def missing_shards(cfg: OnPolicyConfig | dict, model_path: str, problems_uri: str, out_dir: str,
+                   domain: str = domains.DEFAULT) -> list[Shard]:
+    """The shards of this harvest not yet written, as units another process can run (`run_shards`)."""
+    cfg = OnPolicyConfig.model_validate(cfg)
+    n = len(_problems(cfg, problems_uri))
+    args = {"cfg": cfg.model_dump(mode="json"), "model_path": str(model_path), "problems_uri": str(problems_uri),
+            "out_dir": str(out_dir), "domain": domain}
+    return [Shard(f"shard-{k:05d}", f"{__name__}:run_shards", {**args, "shards": [k]})
+            for k in range(-(-n // cfg.shard_size)) if not io.exists(shard_uri(out_dir, k))]
+
+
+def run_shards(cfg: OnPolicyConfig | dict, model_path: str, problems_uri: str, out_dir: str, *, shards: list[int],
+               domain: str = domains.DEFAULT) -> list[str]:
+    """Write the given shards of a harvest (those not written yet): what one fanned-out unit runs."""
+    cfg = OnPolicyConfig.model_validate(cfg)
+    problems, get_lm = _problems(cfg, problems_uri).to_pylist(), _lm(model_path, domain)
+    for k in shards:
+        if not io.exists(shard_uri(out_dir, k)):
+            _harvest_shard(get_lm(), problems, cfg, k, out_dir)
+    return [shard_uri(out_dir, k) for k in shards]
+
+
+def run(cfg: OnPolicyConfig, model_path: str, problems_uri: str, base_uri: str, out_dir: str,
+        domain: str = domains.DEFAULT, fan_out: FanOut | None = None) -> dict[str, str]:
+    """Stage entry: `sft.parquet` = the base SFT rows (`base_uri`) plus on-policy D_back rows; manifest with the
+    harvest's counts.
+
+    The problems are harvested in shards of `cfg.shard_size` (shard k from seed `cfg.seed + k`), each written to
+    `shards/` as it finishes: a killed stage resumes from its last shard, and `fan_out(units)`, if given, runs the
+    missing ones elsewhere (see `search.run.run`) while this process only gathers them, loading no model."""
+    d = domains.get(domain)
+    problems = _problems(cfg, problems_uri)
     plist = problems.to_pylist()
-    rows, stats = harvest(lm, plist, cfg)
+    if fan_out is not None:
+        fan_out(missing_shards(cfg, model_path, problems_uri, out_dir, domain))
+    get_lm, rows, stats = _lm(model_path, domain), [], {"states": 0, "samples": 0, "rows": 0}
+    outcomes: Counter = Counter()
+    for k in range(-(-len(plist) // cfg.shard_size)):
+        if io.exists(shard_uri(out_dir, k)):  # finished before a kill, or by a fanned-out unit: keep it
+            part = io.read_json(shard_uri(out_dir, k))
+        elif fan_out is not None:
+            raise RuntimeError(f"{shard_uri(out_dir, k)}: its fanned-out unit completed without writing it")
+        else:
+            part = _harvest_shard(get_lm(), plist, cfg, k, out_dir)
+        rows += part["rows"]
+        for name in stats:
+            stats[name] += part["stats"][name]
+        outcomes.update(part["stats"]["outcomes"])
+    stats["outcomes"] = dict(sorted(outcomes.items()))
     base = io.read_parquet(base_uri)
     new = {"id": pa.array(range(len(base), len(base) + len(rows)), pa.int64()),
            "problem_id": pa.array([plist[r["problem"]]["id"] for r in rows], base.schema.field("problem_id").type)}

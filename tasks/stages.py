@@ -84,7 +84,7 @@ class Stage:
 
 STAGES: dict[str, Stage] = {}
 PLANNED: dict[str, StageResult] = {}  # while planning (flows.ledger): stage folder -> its planned result
-FANS_OUT = ("search", "evaluate")  # stages whose shards can run as their own flow runs (`execution.shard_runs`)
+FANS_OUT = ("search", "evaluate", "study-eval", "onpolicy")  # stages whose shards can run as their own flow runs (`execution.shard_runs`)
 _running_key: contextvars.ContextVar[str] = contextvars.ContextVar("sbt_stage_key", default="")
 _fan_out: contextvars.ContextVar[Callable | None] = contextvars.ContextVar("sbt_fan_out", default=None)
 
@@ -530,10 +530,9 @@ def study_eval(stage_name: str, *, cfg: StudyEvalConfig, kind: str, model: Stage
     """One model's accuracy-vs-compute curves (`study.run`): kind budget, samples or search."""
     from sbt_core import study as core
 
-    steps = {"budget": 2, "samples": 1, "search": 1 + len(cfg.search_methods)}[kind]
-    bar = Progress(stage_name, steps * cfg.limit, "problems decoded")
+    bar = Progress(stage_name, core.decodes_per_problem(cfg, kind) * cfg.limit, "problems decoded")
     return core.run(model["outputs"]["model"], data["dir"], out_dir, cfg, kind=kind, domain=domain,
-                    max_new_tokens=max_new_tokens, progress=bar)
+                    max_new_tokens=max_new_tokens, progress=bar, fan_out=_fan_out_for(stage_name))
 
 
 @stage("study-report", entry="sbt_core.reports.study:run")
@@ -558,7 +557,8 @@ def onpolicy(stage_name: str, *, cfg: OnPolicyConfig, model: StageResult, data: 
     """`base`'s SFT rows plus D_back rows from `model`'s own wrong steps on the train problems (`sbt_core.onpolicy`)."""
     from sbt_core import onpolicy as core
 
-    return core.run(cfg, model["outputs"]["model"], data["outputs"]["train"], base["outputs"]["sft"], out_dir, domain)
+    return core.run(cfg, model["outputs"]["model"], data["outputs"]["train"], base["outputs"]["sft"], out_dir, domain,
+                    fan_out=_fan_out_for(stage_name))
 
 
 @stage("ladder-report", entry=("sbt_core.reports.ladder:run", "sbt_core.reports.ladder:rung_row"))

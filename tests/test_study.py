@@ -186,3 +186,47 @@ def test_a_study_stage_sent_through_a_deployment_gets_its_configs_back():
     params = coerce_params("study-eval", {"cfg": cfg.model_dump(mode="json"), "kind": "samples", "domain": "sudoku"})
     assert params["cfg"] == cfg and isinstance(params["cfg"], StudyEvalConfig) and params["kind"] == "samples"
     assert "study-eval" in HEAVY  # decoding goes to the GPU pool
+
+
+def test_a_study_eval_fanned_out_to_other_processes_gathers_what_the_serial_one_writes(trained, data_dir, tmp_path,
+                                                                                       monkeypatch):
+    """Each kind's shards go out as JSON units (`execution.shard_runs`) to two worker processes, last first; the
+    gathering process loads no model; study.json equals the serial run's but its wall time, and a rerun sends
+    nothing."""
+    import concurrent.futures
+    import multiprocessing
+
+    from sbt_core.search import run as search_run
+    from sbt_core.search.common import run_packed
+
+    _, model, _ = trained
+    cfg = StudyEvalConfig(split="val_new", limit=6, shard_size=2, ns=[1, 4], budgets=[8, 40], direct_max_new_tokens=40,
+                          search_methods=["sbt_b1_n8"], batch_rows=512)
+    kinds = {"samples": {}, "budget": {}, "search": {"max_new_tokens": 40}}
+    serial = {kind: study.run(model, str(data_dir), str(tmp_path / "serial" / kind), cfg, kind=kind, **kw)["study"]
+              for kind, kw in kinds.items()}
+    sent = []
+    pool = concurrent.futures.ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn"))
+
+    def fan_out(units):
+        sent.extend(units)
+        calls = json.loads(json.dumps([[{"entry": u.entry, "kwargs": u.kwargs}] for u in reversed(units)]))
+        list(pool.map(run_packed, calls))  # only JSON crosses to a worker
+
+    def timeless(uri):
+        return {k: v for k, v in io.read_json(uri).items() if k not in ("seconds", "tokens_per_second")}
+
+    def rows(folder):
+        return [io.read_json(str(p))["rows"] for p in sorted((folder / "shards").glob("*.json"))]
+
+    monkeypatch.setattr(search_run, "load", lambda *a, **k: pytest.fail("the gathering process loaded the model"))
+    with pool:
+        for kind, kw in kinds.items():
+            out = tmp_path / "fanned" / kind
+            fanned = study.run(model, str(data_dir), str(out), cfg, kind=kind, fan_out=fan_out, **kw)["study"]
+            assert [u.name for u in sent] == ["shard-00000", "shard-00001", "shard-00002"]
+            assert timeless(fanned) == timeless(serial[kind]) and timeless(fanned)["problems"] == 6
+            assert rows(out) == rows(tmp_path / "serial" / kind) and len(rows(out)) == 3
+            sent.clear()
+            study.run(model, str(data_dir), str(out), cfg, kind=kind, fan_out=fan_out, **kw)
+            assert sent == []  # every shard is written
