@@ -68,10 +68,19 @@ def expert_iteration_round(config: RunConfig, run_dir: str, round: int, model_ur
     searched = ledger(f"ei{round}-search", stages.search, cfg=config.eval.search_config(ei.method), model=base,
                       data=data, split=split, limit=ei.train_problems, out_dir=io.join(here, "search"),
                       domain=config.domain)
+    spec, _, _, data_cfg = config.model_spec(ei.model)
+    tag = spec.stage or ei.model
+    replay = {}
+    if ei.replay:  # the start model's own training set, as the pipeline built it (cached under its key)
+        replay = dict(replay=ei.replay, seed=round,
+                      replay_data=ledger(f"build-data-{tag}", stages.build_data, cfg=data_cfg, data=data,
+                                         out_dir=io.join(run_dir, f"data-{tag}"), domain=config.domain))
     distilled = ledger(f"ei{round}-distill", stages.distill, results=searched, out_dir=io.join(here, "data"),
-                       transductive=ei.transductive, domain=config.domain)
-    model = ledger(f"ei{round}-sft", stages.sft, cfg=ei.train, model=ModelConfig(size=None, path=model_uri),
-                   data=distilled, out_dir=io.join(here, "sft"), base=base)
+                       transductive=ei.transductive, domain=config.domain, **replay)
+    # Fine-tuned from the last round's model, or from the model expert iteration starts from.
+    start = model_uri if ei.continue_from_previous else io.join(run_dir, f"sft-{tag}", "model")
+    model = ledger(f"ei{round}-sft", stages.sft, cfg=ei.train, model=ModelConfig(size=None, path=start),
+                   data=distilled, out_dir=io.join(here, "sft"), base=stages.external(start))
     evaluation = ledger(f"ei{round}-evaluate", stages.evaluate, cfg=config.eval, methods=config.eval.ei_methods,
                         model=model, data=data, out_dir=io.join(here, "eval"), domain=config.domain)
     rows = None if ledger.planning else io.parquet_rows(distilled["outputs"]["sft"])

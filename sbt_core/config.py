@@ -334,7 +334,12 @@ class ExpertIterationConfig(_Config):
     method: str = Field("sbt_b1_n32", description="The slow search whose verified outputs are distilled.")
     train_problems: int = Field(2000, ge=1, description="Train problems searched per round.")
     transductive: bool = Field(False, description="Search an evaluation split instead of train (the paper's code).")
-    continue_from_previous: bool = Field(True, description="Round r fine-tunes round r-1's model (else the base).")
+    continue_from_previous: bool = Field(True, description="Round r fine-tunes round r-1's model; False: every "
+                                         "round fine-tunes the model expert iteration starts from (`model`) on its "
+                                         "round's outputs (the search is always the last round's model's).")
+    replay: float = Field(0.0, ge=0, description="Rows of the start model's own training set (D_op u D_back of "
+                          "`model`) added per distilled output, drawn at random without replacement (at most all "
+                          "of them): 0 trains on the distilled outputs alone; 1.0 on as many old rows as new.")
     train: TrainConfig = Field(TrainConfig(), description="SFT on the distilled outputs.")
 
     _method = field_validator("method")(lambda v: _known_methods([v])[0])

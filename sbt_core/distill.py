@@ -50,8 +50,24 @@ def distill(results: pa.Table, domain: Domain) -> pa.Table:
     )
 
 
-def run(results_uri: str, out_dir: str, *, domain: str = domains.DEFAULT, transductive: bool = False) -> dict[str, str]:
-    """Stage entry: write `sft.parquet` of verified outputs; refuses eval splits unless transductive."""
+def with_replay(table: pa.Table, old: pa.Table, per_row: float, seed: int) -> pa.Table:
+    """`table` followed by round(per_row * len(table)) rows of `old` (at most all of them) drawn at random without
+    replacement, in their order in `old`, in `table`'s schema, ids renumbered."""
+    import numpy as np
+
+    k = min(len(old), round(per_row * len(table)))
+    if k == 0:
+        return table
+    picked = np.sort(np.random.default_rng([seed, 11]).choice(len(old), size=k, replace=False))
+    rows = old.take(pa.array(picked)).select(table.column_names).cast(table.schema)
+    both = pa.concat_tables([table, rows])
+    return both.set_column(both.schema.get_field_index("id"), "id", pa.array(range(len(both)), pa.int64()))
+
+
+def run(results_uri: str, out_dir: str, *, domain: str = domains.DEFAULT, transductive: bool = False,
+        replay_uri: str | None = None, replay: float = 0.0, seed: int = 0) -> dict[str, str]:
+    """Stage entry: write `sft.parquet` of verified outputs, followed by `replay` rows of `replay_uri` (an SFT set)
+    per output (`with_replay`, seeded by `seed`); refuses eval splits unless transductive."""
     split = source_split(results_uri)
     if split != "train" and not transductive:
         raise ValueError(
@@ -59,7 +75,14 @@ def run(results_uri: str, out_dir: str, *, domain: str = domains.DEFAULT, transd
             "transductive; pass transductive=True (--transductive) to do it anyway"
         )
     table = distill(io.read_parquet(results_uri), domains.get(domain))
+    kept = len(table)
+    if replay and replay_uri is None:
+        raise ValueError(f"replay={replay} needs the training set to replay (replay_uri)")
+    if replay:
+        table = with_replay(table, io.read_parquet(replay_uri), replay, seed)
     uri = io.write_parquet(table, io.join(out_dir, "sft.parquet"))
-    io.write_manifest(out_dir, "distill", {"domain": domain, "transductive": transductive, "split": split}, [results_uri], {"sft": uri})
-    log.info("distill: kept %d verified outputs", len(table))
+    config = {"domain": domain, "transductive": transductive, "split": split, "replay": replay, "seed": seed}
+    io.write_manifest(out_dir, "distill", config, [results_uri, *([replay_uri] if replay else [])], {"sft": uri},
+                      {"distilled": kept, "replayed": len(table) - kept})
+    log.info("distill: kept %d verified outputs, %d replayed rows", kept, len(table) - kept)
     return {"sft": uri}

@@ -485,10 +485,13 @@ def search(stage_name: str, *, cfg: SearchConfig, model: StageResult, data: Stag
 
 @stage("distill", entry="sbt_core.distill:run")
 def distill(stage_name: str, *, results: StageResult, out_dir: str, transductive: bool = False,
-            domain: str = domains.DEFAULT):
+            domain: str = domains.DEFAULT, replay_data: StageResult | None = None, replay: float = 0.0,
+            seed: int = 0):
+    """Verified outputs of `results` as SFT rows, with `replay` rows of `replay_data`'s SFT set per output."""
     from sbt_core import distill as core
 
-    return core.run(results["outputs"]["results"], out_dir, domain=domain, transductive=transductive)
+    return core.run(results["outputs"]["results"], out_dir, domain=domain, transductive=transductive,
+                    replay_uri=replay_data["outputs"]["sft"] if replay_data else None, replay=replay, seed=seed)
 
 
 def _with_copies_up(made: dict[str, str], run_dir: str) -> dict[str, str]:

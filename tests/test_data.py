@@ -233,3 +233,50 @@ def test_computational_errors_at_the_target_bend_the_last_step(data_dir):
     last = [r["prefix_len"] == len(optimal[r["problem_id"]]) - 1 and r["response"].split("\n")[-2].endswith(f"={r['target']}")
             for r in half.to_pylist() if r["kind"] == "backtrack"]
     assert 0.4 < sum(last) / len(last) < 0.75  # half bent onto the target, plus chance hits of the plain kind
+
+
+def test_replay_adds_old_rows_per_distilled_row_without_replacement_in_the_new_rows_schema():
+    import pyarrow as pa
+
+    from sbt_core.distill import with_replay
+
+    new = pa.table({"id": pa.array([0, 1], pa.int64()), "response": ["a", "b"], "prefix_len": pa.array([1, 1], pa.int64())})
+    old = pa.table({"prefix_len": pa.array(range(10), pa.int32()), "id": pa.array(range(10), pa.int32()),
+                    "response": [f"o{i}" for i in range(10)], "kind": ["optimal"] * 10})
+    both = with_replay(new, old, 2.0, seed=0)
+    assert both.schema == new.schema and both["id"].to_pylist() == [0, 1, 2, 3, 4, 5]
+    picked = both["response"].to_pylist()[2:]
+    assert len(set(picked)) == 4 and set(picked) <= {f"o{i}" for i in range(10)}
+    assert picked == sorted(picked, key=lambda r: int(r[1:]))  # in their order in the old set
+    assert with_replay(new, old, 2.0, seed=0).equals(both) and not with_replay(new, old, 2.0, seed=1).equals(both)
+    assert len(with_replay(new, old, 100.0, seed=0)) == 12 and with_replay(new, old, 0.0, seed=0).equals(new)
+
+
+def test_distill_run_keeps_verified_outputs_then_replays_the_old_set_and_records_both(data_dir, tmp_path):
+    from sbt_core import distill
+
+    train_uri = str(data_dir / "train.parquet")
+    problems = io.read_parquet(train_uri).slice(0, 40)
+    old = build_data.build(problems, BuildDataConfig(seed=2), COUNTDOWN)
+    old_uri = io.write_parquet(old, str(tmp_path / "old" / "sft.parquet"))
+    solved = {r["problem_id"]: r["response"] for r in old.to_pylist() if r["kind"] == "optimal"}
+    rows = problems.slice(0, 10).to_pylist()
+    search = pa.table({"id": [r["id"] for r in rows], "nums": [r["nums"] for r in rows],
+                       "target": [r["target"] for r in rows],
+                       "output": [solved[r["id"]] if i % 2 else "1+1=2\n" for i, r in enumerate(rows)],
+                       "correct_strict": [bool(i % 2) for i in range(10)]})
+    results = io.write_parquet(search, str(tmp_path / "search" / "results.parquet"))
+    io.write_manifest(str(tmp_path / "search"), "search", {}, [train_uri], {"results": results})
+
+    out = distill.run(results, str(tmp_path / "ei"), replay_uri=old_uri, replay=1.5, seed=4)
+    made = io.read_parquet(out["sft"]).to_pylist()
+    manifest = json.loads((tmp_path / "ei" / "manifest.json").read_text())
+    assert manifest["stats"] == {"distilled": 5, "replayed": 8} and len(made) == 13
+    assert [r["problem_id"] for r in made[:5]] == [rows[i]["id"] for i in (1, 3, 5, 7, 9)]
+    assert all(r["kind"] == "optimal" for r in made[:5])
+    assert {(r["prompt"], r["response"]) for r in made[5:]} <= {(r["prompt"], r["response"]) for r in old.to_pylist()}
+    assert old_uri in [i["uri"] for i in manifest["inputs"]] and manifest["config"]["replay"] == 1.5
+    again = distill.run(results, str(tmp_path / "ei2"), replay_uri=old_uri, replay=1.5, seed=4)
+    assert io.read_bytes(again["sft"]) == io.read_bytes(out["sft"])
+    with pytest.raises(ValueError, match="replay_uri"):
+        distill.run(results, str(tmp_path / "ei3"), replay=1.0)

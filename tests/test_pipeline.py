@@ -263,6 +263,39 @@ def test_seeds_rerun_the_pipeline_per_offset_and_report_the_spread(finished):
     assert "seeds:" in proc.stdout
 
 
+def test_expert_iteration_replays_the_start_models_rows_and_restarts_each_round_from_it(finished):
+    """expert_iteration.replay=1.0: a round trains on its verified outputs and as many rows of the backtracking
+    model's own training set (the smoke model may verify none: the rows themselves are tested in test_data);
+    continue_from_previous=false: round 2 fine-tunes the round-0 model, not round 1's (its search samples round
+    1's). Only the rounds rerun (the search of round 1 is cached)."""
+    api, run_dir = finished["api"], finished["run_dir"]
+    before = flow_run_ids(api)
+    proc = sbt_run(api, run_dir, "--set", "eval.limit=2", "--set", "expert_iteration.rounds=2",
+                   "--set", "expert_iteration.replay=1.0", "--set", "expert_iteration.continue_from_previous=false")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ran = {name for name, states in new_runs(api, before)["tasks"].items() if "Completed" in states}
+    assert {"ei1-distill", "ei1-sft", "ei2-search", "ei2-distill", "ei2-sft"} <= ran
+    assert "ei1-search" not in ran and "sft-bt" not in ran
+    old = io.read_parquet(str(run_dir / "data-bt" / "sft.parquet"))
+    for r in (1, 2):
+        stats = json.loads((run_dir / f"ei{r}" / "data" / "manifest.json").read_text())["stats"]
+        rows = io.read_parquet(str(run_dir / f"ei{r}" / "data" / "sft.parquet")).to_pylist()
+        assert stats["replayed"] == min(stats["distilled"], len(old)) and len(rows) == sum(stats.values())
+        assert [row["id"] for row in rows] == list(range(len(rows)))
+        replayed = {(row["prompt"], row["response"]) for row in rows[stats["distilled"]:]}
+        assert replayed <= {(row["prompt"], row["response"]) for row in old.to_pylist()}
+
+    def start(r):  # the model round r fine-tuned (or kept, when it verified nothing)
+        sft = run_dir / f"ei{r}" / "sft"
+        if (sft / "manifest.json").exists():
+            return json.loads((sft / "manifest.json").read_text())["config"]["model"]["path"]
+        return json.loads((sft / "stage.json").read_text())["outputs"]["model"]
+
+    assert start(1) == start(2) == str(run_dir / "sft-bt" / "model")
+    searched = json.loads((run_dir / "ei2" / "search" / "manifest.json").read_text())["config"]["model"]
+    assert searched == json.loads((run_dir / "ei1" / "sft" / "stage.json").read_text())["outputs"]["model"]
+
+
 SUDOKU_STAGES = ["generate", "build-data-op", "build-data-bt", "sft-op", "sft-bt", "eval-sft-op", "eval-sft-bt",
                  *GRPO_STAGES, "ei1-search", "ei1-distill", "ei1-sft", "ei1-evaluate", "report"]
 
