@@ -88,7 +88,7 @@ def expert_iteration_round(config: RunConfig, run_dir: str, round: int, model_ur
         get_run_logger().info("round %d: %d verified outputs distilled from %d searched problems", round, rows,
                               min(ei.train_problems, io.parquet_rows(data["outputs"][split])))
     return {"model": model["outputs"]["model"], "model_result": model, "evaluation": evaluation,
-            "distilled_rows": rows, "stages": ledger.rows}
+            "distilled_rows": rows, "searched": searched, "distilled": distilled, "stages": ledger.rows}
 
 
 @flow(name="grpo-round", log_prints=True)
@@ -146,10 +146,12 @@ def pipeline(config: RunConfig = RunConfig(), run_dir: str = "runs/tiny") -> dic
         evaluations[f"grpo_{name}"], tuned[name] = out["evaluation"], out["grpo"]
     model_uri = trained[config.expert_iteration.model]["outputs"]["model"] if config.expert_iteration.rounds else None
     distilled = {}
+    rounds = [{"eval": evaluations[config.expert_iteration.model]}] if config.expert_iteration.rounds else []
     for r in range(1, config.expert_iteration.rounds + 1):
         out = ledger.subflow(expert_iteration_round, config, run_dir, r, model_uri)
         ledger.merge(out["stages"])
         model_uri, evaluations[f"ei{r}"], distilled[r] = out["model"], out["evaluation"], out["distilled_rows"]
+        rounds.append({"search": out["searched"], "distill": out["distilled"], "eval": out["evaluation"]})
     notes = [
         f"preset `{config.name}`; {config.eval.limit or 'all'} problems per split; config hash "
         f"{io.config_hash(config.model_dump(mode='json'))}; code {io.code_version()}",
@@ -158,7 +160,8 @@ def pipeline(config: RunConfig = RunConfig(), run_dir: str = "runs/tiny") -> dic
     ]
     report = ledger("report", stages.report, title=config.name, evaluations=evaluations,
                     out_dir=io.join(run_dir, "report"), models=config.report_models(), domain=config.domain,
-                    search_method=config.expert_iteration.method, notes=notes, grpo=tuned or None)
+                    search_method=config.expert_iteration.method, notes=notes, grpo=tuned or None,
+                    rounds=rounds or None, round_methods=config.eval.ei_methods)
     if ledger.planning:
         return {"run_dir": str(run_dir), **ledger.summary()}
     _publish(report, config.report_models())

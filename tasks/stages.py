@@ -502,9 +502,11 @@ def _with_copies_up(made: dict[str, str], run_dir: str) -> dict[str, str]:
 @stage("report", entry="sbt_core.reports.pipeline:run")
 def report(stage_name: str, *, title: str, evaluations: dict[str, StageResult], out_dir: str,
            models: dict[str, dict], domain: str, search_method: str, notes: list[str] = (),
-           grpo: dict[str, dict[str, StageResult]] | None = None):
+           grpo: dict[str, dict[str, StageResult]] | None = None, rounds: list[dict[str, StageResult]] | None = None,
+           round_methods: list[str] = ()):
     """report.md, metrics.json and plots in out_dir, with copies one level up (the run folder). `models`:
-    `RunConfig.report_models()`.
+    `RunConfig.report_models()`. `rounds`: {"eval"} for the start model, then {"search", "distill", "eval"} per
+    expert-iteration round, `round_methods` evaluated on each.
 
     `grpo[model]`: {"before", "after" (its pass@k study-evals), "grpo" (the GRPO stage)} per model tuned.
     """
@@ -513,7 +515,11 @@ def report(stage_name: str, *, title: str, evaluations: dict[str, StageResult], 
     summaries = {model: ev["outputs"]["summary"] for model, ev in evaluations.items()}
     tuned = {model: {"before": r["before"]["outputs"]["study"], "after": r["after"]["outputs"]["study"],
                      "metrics": r["grpo"]["outputs"]["metrics"]} for model, r in (grpo or {}).items()}
-    made = core.run(summaries, out_dir, title, models, domain, list(notes), search_method, tuned)
+    parts = [{"eval": r["eval"]["outputs"]["summary"],
+              **({"search": r["search"]["outputs"]["results"], "distill": io.join(r["distill"]["dir"], io.MANIFEST)}
+                 if "search" in r else {})} for r in rounds or []]
+    made = core.run(summaries, out_dir, title, models, domain, list(notes), search_method, tuned, parts or None,
+                    list(round_methods))
     return _with_copies_up(made, io.parent(out_dir))
 
 

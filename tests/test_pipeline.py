@@ -139,6 +139,7 @@ def test_report_and_metrics_follow_the_contract(finished):
         assert row["tokens_per_problem"] > 0 and row["verifier_mode"] == "strict"
     report = (run_dir / "report.md").read_text()
     assert "| `sbt_b1_n32` |" in report and "expert iteration round 1" in report
+    assert "## Expert iteration, round by round" in report and "| 1 | 8 |" in report  # 8 train problems searched
     assert (run_dir / "accuracy_vs_n.png").read_bytes()[:4] == b"\x89PNG"
     # GRPO on the bt model: its rows, pass@k before and after, rewards per step, the plot
     tuned = metrics["grpo_bt_greedy"]["grpo"]
@@ -294,6 +295,8 @@ def test_expert_iteration_replays_the_start_models_rows_and_restarts_each_round_
     assert start(1) == start(2) == str(run_dir / "sft-bt" / "model")
     searched = json.loads((run_dir / "ei2" / "search" / "manifest.json").read_text())["config"]["model"]
     assert searched == json.loads((run_dir / "ei1" / "sft" / "stage.json").read_text())["outputs"]["model"]
+    by_round = json.loads((run_dir / "report" / "rounds.json").read_text())
+    assert [r["round"] for r in by_round] == [0, 1, 2] and all("change" in r["greedy"] for r in by_round[1:])
 
 
 SUDOKU_STAGES = ["generate", "build-data-op", "build-data-bt", "sft-op", "sft-bt", "eval-sft-op", "eval-sft-bt",

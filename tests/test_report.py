@@ -177,3 +177,31 @@ def test_every_accuracy_carries_its_interval_and_pooled_methods_get_the_selector
     assert "65.0 [" in row and "| 90.0 [" in row and row.endswith("| 30.0 |")
     assert "bt_greedy" not in selection  # one sample per problem: nothing to select
     assert pipeline.table(rows, Models(MODELS))[0]["new targets 95% interval"] == "43.1-56.9"
+
+
+def test_rounds_section_counts_each_round_and_pairs_its_change_on_the_same_problems(tmp_path):
+    import pyarrow as pa
+
+    from sbt_core import io
+    from sbt_core.reports import rounds
+
+    def evaluation(name, greedy, search):
+        for method, correct in (("greedy", greedy), ("sbt_b1_n32", search)):
+            io.write_parquet(pa.table({"id": list(range(len(correct))), "correct_strict": correct}),
+                             str(tmp_path / name / method / "val_new" / "results.parquet"))
+        return io.write_json({}, str(tmp_path / name / "summary.json"))
+
+    parts = [{"eval": evaluation("r0", [True, False, False, False], [True, True, False, False])}]
+    for r, (greedy, search) in enumerate([([True, True, True, False], [True, True, True, False])], 1):
+        searched = io.write_parquet(pa.table({"id": list(range(7))}), str(tmp_path / f"s{r}" / "results.parquet"))
+        kept = io.write_json({"stats": {"distilled": 3, "replayed": 3}}, str(tmp_path / f"d{r}" / "manifest.json"))
+        parts.append({"eval": evaluation(f"r{r}", greedy, search), "search": searched, "distill": kept})
+    summary = rounds.summarise(parts, ["greedy", "sbt_b1_n32"], "val_new")
+    assert [s["round"] for s in summary] == [0, 1] and "change" not in summary[0]["greedy"]
+    assert summary[1]["searched"] == 7 and summary[1]["kept"] == 3 and summary[1]["replayed"] == 3
+    g = summary[1]["greedy"]
+    assert g["accuracy"] == 0.75 and g["change"]["mean"] == pytest.approx(0.5)
+    assert g["change"]["low"] < 0.5 < g["change"]["high"]
+    assert summary[1]["sbt_b1_n32"]["change"]["mean"] == pytest.approx(0.25)
+    text = "\n".join(rounds.markdown(summary, ["greedy", "sbt_b1_n32"], "new targets"))
+    assert "| 1 | 7 | 3 | 3 | 75.0 (+50.0 [" in text and "| 0 | - | - | - | 25.0 | 50.0 |" in text

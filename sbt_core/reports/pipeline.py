@@ -318,12 +318,15 @@ def table(rows: dict[str, dict], models: Models) -> list[dict]:
 
 def run(summaries: dict[str, str], out_dir: str, title: str, models: dict[str, dict], domain: str,
         notes: list[str] = (), search_method: str = "sbt_b1_n32",
-        grpo: dict[str, dict[str, str]] | None = None) -> dict[str, str]:
+        grpo: dict[str, dict[str, str]] | None = None, rounds: list[dict[str, str]] | None = None,
+        round_methods: list[str] = ()) -> dict[str, str]:
     """Stage entry: summaries (model -> summary.json URI) -> report.md, metrics.json, two PNGs. `models`:
     `RunConfig.report_models()`; `domain`: whose evaluation splits the summaries hold.
 
     `grpo[model]`: {"before", "after" (pass@k study.json URIs), "metrics" (grpo_metrics.json)} per model tuned;
     its figures go in a GRPO section, `grpo.png`, and a `grpo` field on the tuned model's rows (`grpo_{model}`).
+    `rounds`: expert iteration's rounds (`reports.rounds`), `round_methods` on each: a round-by-round section
+    and `rounds.json`.
     """
     from sbt_core.reports.grpo import grpo_markdown, grpo_plot, grpo_summary
 
@@ -346,6 +349,13 @@ def run(summaries: dict[str, str], out_dir: str, title: str, models: dict[str, d
     io.write_bytes(outputs["plot_rounds"], rounds_plot(rows, known, search_method))
     body = (markdown(rows, known, domain, title, notes)
             + "\n![accuracy against N](accuracy_vs_n.png)\n\n![accuracy against rounds](accuracy_vs_rounds.png)\n")
+    if rounds:
+        from sbt_core.reports import rounds as ei
+
+        d = domains.get(domain)
+        summary = ei.summarise(rounds, list(round_methods), d.eval_splits[-1])
+        outputs["rounds"] = io.write_json(summary, io.join(out_dir, "rounds.json"))
+        body += "\n".join(ei.markdown(summary, list(round_methods), d.split_labels[d.eval_splits[-1]][0])) + "\n"
     if tuned:
         labels = {m: known.label(m) for m in tuned}
         outputs["grpo"] = io.write_json(tuned, io.join(out_dir, "grpo.json"))
