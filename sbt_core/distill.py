@@ -74,10 +74,10 @@ def run(results_uri: str, out_dir: str, *, domain: str = domains.DEFAULT, transd
             f"the search read split {split!r}, not 'train': self-training on an evaluation split is "
             "transductive; pass transductive=True (--transductive) to do it anyway"
         )
-    table = distill(io.read_parquet(results_uri), domains.get(domain))
-    kept = len(table)
     if replay and replay_uri is None:
         raise ValueError(f"replay={replay} needs the training set to replay (replay_uri)")
+    table = distill(io.read_parquet(results_uri), domains.get(domain))
+    kept = len(table)
     if replay:
         table = with_replay(table, io.read_parquet(replay_uri), replay, seed)
     uri = io.write_parquet(table, io.join(out_dir, "sft.parquet"))

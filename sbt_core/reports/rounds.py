@@ -1,9 +1,10 @@
 """The report's expert-iteration section: per round, what it searched and kept, and how its greedy and search
 accuracy changed against the round before on the same problems (paired 95% intervals).
 
-Inputs: a list, round r at position r (0 = the model expert iteration starts from), each: `eval` (its evaluation's summary.json URI, the
-per-problem results beside it as `<method>/<split>/results.parquet`), and for r >= 1 `search` (the round's
-train-search results) and `distill` (the distill manifest: outputs kept, old rows replayed).
+Inputs: a list, round r at position r (0 = the model expert iteration starts from), each with `eval` (its
+evaluation's summary.json URI, the per-problem results beside it as `<method>/<split>/results.parquet`) and, for
+r >= 1, `search` (the round's train-search results) and `distill` (the distill manifest: outputs kept, old rows
+replayed).
 """
 
 from __future__ import annotations
