@@ -7,7 +7,11 @@
 #    evaluation's shards as flow runs of a real `prefect server`, against the same fan-out over one worker;
 # 2. a bf16 SFT of the 17m model for 200 steps on D_op u D_back (the paper's 4-number Countdown): steps/s,
 #    tokens/s, train FLOPs and the loss, with the world size the trainer saw (1: no implicit DataParallel);
-# 3. GRPO (TRL) for 5 steps from that model, on one GPU: seconds, rollouts, first and last reward.
+# 3. GRPO (TRL) for 5 steps from that model, on one GPU: seconds, rollouts, first and last reward;
+# 4. the sampling engines: benchmarks/engines.py, self-backtracking b=1 N=32 on 1,000 problems through engine hf
+#    and engine vllm, for a 17m and a 1B-shaped (Llama-3.2-1B) random model, bf16 (the goal: vllm >= 5x hf).
+#    vLLM goes in a venv of its own (.venv-vllm-gpu, `pip install vllm`: its torch pin may differ from ours);
+#    SBT_GPU_CHECK_ENGINES=0 leaves it out.
 #
 # SBT_GPU_CHECK_CPU=1 runs the same steps on a CPU at a size it finishes in a few minutes (the 1m model, fewer
 # steps): what the CPU machine checks the script with; its figures say nothing about a GPU.
@@ -68,4 +72,21 @@ print(f"grpo: {m['train/steps']} steps in {m['train/seconds']:.1f} s, {m['grpo/r
       f"{m['train/tokens_per_second'] or 0:.0f} tokens/s, reward {m['grpo/first_reward']:.3f} first / "
       f"{m['grpo/last_reward']:.3f} last")
 EOF
+if [ "${SBT_GPU_CHECK_ENGINES:-1}" = 1 ]; then
+  echo "== 4. engines: self-backtracking b=1 N=32, hf vs vllm"
+  if [ "${SBT_GPU_CHECK_CPU:-0}" = 1 ]; then
+    bash scripts/setup-vllm.sh; VPY=.venv-vllm/bin/python; ENGINE_SIZES="1m"; ENGINE_PROBLEMS=64; DT=float32
+  else
+    if ! .venv-vllm-gpu/bin/python -c "import vllm, sbt_core" 2>/dev/null; then
+      python -m venv .venv-vllm-gpu && .venv-vllm-gpu/bin/pip install -q vllm && .venv-vllm-gpu/bin/pip install -q -e . \
+        > "$OUT/vllm-install.log" 2>&1 || { tail -40 "$OUT/vllm-install.log"; exit 1; }
+    fi
+    VPY=.venv-vllm-gpu/bin/python; ENGINE_SIZES="17m 1b"; ENGINE_PROBLEMS=1000; DT=bfloat16
+  fi
+  for size in $ENGINE_SIZES; do
+    $VPY benchmarks/engines.py --size "$size" --problems "$ENGINE_PROBLEMS" --dtype "$DT" > "$OUT/engines-$size.txt" 2>&1 ||
+      { tail -40 "$OUT/engines-$size.txt"; exit 1; }
+    grep -E "^(model|hf |vllm|tokens/s ratio|ratio)" "$OUT/engines-$size.txt"
+  done
+fi
 echo "gpu_check: done in $(( $(date +%s) - START )) s; files in $OUT"

@@ -109,7 +109,31 @@ class TrainConfig(_Config):
     )
 
 
-class SearchConfig(_Config):
+HF_ONLY_DECODERS = ("beam", "reference")  # Hugging Face `generate` semantics: they run on the HF model
+
+
+class InferenceConfig(_Config):
+    """How the sampling stages run the model: the engine and the weights' dtype."""
+
+    engine: Literal["hf", "vllm"] = Field("hf", description="Sampling engine: `hf`, our batched KV-cache loop over "
+                                          "the HF model (any device; reports every model call and the "
+                                          "<backtrack> log-prob the `value` selector ranks by), or `vllm` (GPU "
+                                          "workers, pip install 'sbt[vllm]': paged attention, prefix caching; "
+                                          "`value` and `forward_passes` are absent). The beam and reference "
+                                          "decoders always run on `hf`. README \"Inference engines\".")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Inference dtype of either engine; auto: bfloat16 on a GPU that has it, float32 on "
+        "CPU (bf16 matrix products are ~600x slower than fp32 on CPU).")
+    gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="vLLM: the share of the device's memory "
+                                          "its engine reserves for weights and KV cache (on CPU: of RAM). Lower it "
+                                          "when another process shares the GPU.")
+
+    def inference(self) -> dict:
+        """These fields alone, for the engine's loader (`search.run.lazy_lm`)."""
+        return {k: getattr(self, k) for k in InferenceConfig.model_fields}
+
+
+class SearchConfig(InferenceConfig):
     decoder: Literal[tuple(DECODERS)] = Field(
         "self_backtrack", description="Decoding strategy (`search.registry.DECODERS`)."
     )
@@ -129,6 +153,13 @@ class SearchConfig(_Config):
     shard_size: int = Field(256, ge=1, description="Problems per shard: the unit a killed search resumes from "
                             "and a GPU pool runs at once (`execution.shard_runs`); shard k samples with seed "
                             "`seed + k`, so a new size gives other samples.")
+
+    @model_validator(mode="after")
+    def _engine_runs_decoder(self):
+        if self.engine != "hf" and self.decoder in HF_ONLY_DECODERS:
+            raise ValueError(f"engine: {self.engine} cannot run decoder {self.decoder!r}: it is Hugging Face "
+                             "`generate` (beam search), which runs on engine: hf")
+        return self
 
 
 SFT_METHODS = ["greedy", "beam", "best_of_n_8", "best_of_n_16", "best_of_n_32"]
@@ -150,7 +181,7 @@ def _known_methods(names: list[str]) -> list[str]:
     return names
 
 
-class EvalConfig(_Config):
+class EvalConfig(InferenceConfig):
     limit: int | None = Field(200, ge=1, description="Problems per evaluation split (None: all).")
     ei_methods: list[str] = Field(EI_METHODS, description="Methods run on each expert-iteration model.")
     temperature: float = Field(0.7, ge=0, description="Sampling temperature of every sampling method.")
@@ -168,12 +199,16 @@ class EvalConfig(_Config):
     _methods = field_validator("ei_methods")(_known_methods)
 
     def search_config(self, method: str) -> SearchConfig:
+        """The method's SearchConfig with this section's settings; beam and reference keep engine hf."""
+        inference = self.inference()
+        if METHODS[method]["decoder"] in HF_ONLY_DECODERS:
+            inference["engine"] = "hf"
         return method_config(method, temperature=self.temperature, max_new_tokens=self.max_new_tokens,
                              batch_rows=self.batch_rows, batch_tokens=self.batch_tokens, seed=self.seed,
-                             shard_size=self.shard_size)
+                             shard_size=self.shard_size, **inference)
 
 
-class StudyEvalConfig(_Config):
+class StudyEvalConfig(InferenceConfig):
     """`sbt study`: how each model is evaluated at equal test-time compute (arXiv 2504.07052).
 
     A trace model (dfs/mix/think) decodes once per problem, greedy and sampled, read at every token
@@ -277,7 +312,7 @@ class GRPOConfig(_Config):
         return self
 
 
-class OnPolicyConfig(_Config):
+class OnPolicyConfig(InferenceConfig):
     """D_back rows from a trained model's own wrong steps (`sbt_core.onpolicy`), added to its training set."""
 
     source: str = Field(description="The model whose errors are harvested: a ladder rung listed earlier, or a "
@@ -570,6 +605,32 @@ def _load_tree(path: str | Path | None) -> dict:
     return tree
 
 
+def _merged(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _based(tree: dict, path, seen: tuple = ()) -> dict:
+    """`base: tiny` (a preset beside this file, or a path): that preset's sections, with this file's keys merged
+    over them section by section; the base's `name` is not inherited."""
+    if "base" not in tree:
+        return tree
+    base = tree.pop("base")
+    here = Path(path).parent if path is not None else Path("configs")
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"invalid configuration ({path}):\nbase: a preset name or a YAML path")
+    base_path = Path(base) if base.endswith((".yaml", ".yml")) else here / f"{base}.yaml"
+    if not base_path.is_absolute() and not base_path.exists():
+        base_path = here / base_path
+    if base_path.resolve() in seen:
+        raise ConfigError(f"invalid configuration ({path}):\nbase: {base} includes itself")
+    parent = _based(_load_tree(base_path), base_path, (*seen, base_path.resolve()))
+    parent.pop("name", None)
+    return _merged(parent, tree)
+
+
 def _named(tree: dict, path) -> dict:
     """A run, study or ladder YAML without `name:` is named after its file (`my-run.yaml` -> runs/my-run), not
     after the model's default, so that two such files never share a run folder."""
@@ -633,7 +694,7 @@ def _validate(model, tree: dict, path):
 def load_run_config(path: str | Path | None = None, overrides: list[str] = (), tree: dict | None = None) -> RunConfig:
     """A preset YAML (or a `tree` already read, e.g. the config a run recorded in run.json) plus `key.sub=value`
     overrides (values parsed as YAML: 3, 1e-3, [1,2], null)."""
-    tree = _named(_load_tree(path), path) if tree is None else dict(tree)
+    tree = _named(_based(_load_tree(path), path), path) if tree is None else dict(tree)
     if any(item.strip().startswith("models.") for item in overrides) and "models" not in tree:
         tree["models"] = {k: v.model_dump(mode="json", exclude_defaults=True) for k, v in DEFAULT_MODELS.items()}
     return _validate(RunConfig, _apply(tree, overrides, RunConfig), path)

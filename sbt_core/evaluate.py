@@ -11,6 +11,7 @@ Run: `sbt evaluate --model runs/sft/model --data data/countdown --out runs/eval`
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from collections import Counter
 
@@ -60,7 +61,9 @@ def summarize(results: pa.Table, domain: Domain) -> dict:
            if any(len(v) > 1 for v in verdicts) else {}),
         "rolled_back_share": sum(r["rounds"] > 1 for r in rows) / div,  # searches that took back a step
         "tokens_per_problem": sum(r["generated_tokens"] for r in rows) / div,
-        "forward_passes_per_problem": sum(r["forward_passes"] for r in rows) / div,
+        # None where the engine does not count its model calls (vLLM)
+        "forward_passes_per_problem": (None if any(r["forward_passes"] is None for r in rows)
+                                       else sum(r["forward_passes"] for r in rows) / div),
         "seconds": sum(r["seconds"] for r in rows),
         **extra,
     }
@@ -103,14 +106,26 @@ def run(
     if fan_out is not None:
         fan_out([dataclasses.replace(unit, name=f"{name}/{split}/{unit.name}") for name, cfg, split, data_uri, out in searches
                  for unit in search_stage.missing_shards(cfg, model_path, data_uri, out, domain=domain, limit=limit)])
-    lm = search_stage.lazy_lm(model_path, domain)
-    summary: dict[str, dict] = {}
-    for name, cfg, split, data_uri, out in searches:
+    # One model per engine setting, loaded once; the searches of one setting run together, and the last is
+    # released before the next is loaded (a vLLM engine and the HF model never hold the device at once).
+    loaders: dict[str, search_stage.Loader] = {}
+    by_inference = sorted(range(len(searches)), key=lambda i: json.dumps(searches[i][1].inference(), sort_keys=True))
+    found: dict[int, dict] = {}
+    for i in by_inference:
+        name, cfg, split, data_uri, out = searches[i]
+        key = json.dumps(cfg.inference(), sort_keys=True)
+        for other in [k for k in loaders if k != key]:
+            loaders.pop(other).release()
+        lm = loaders.setdefault(key, search_stage.lazy_lm(model_path, domain, inference=cfg.inference()))
         res = search_stage.run(cfg, model_path, data_uri, out, domain=domain, limit=limit, lm=lm, progress=progress,
                                fan_out=None if fan_out is None else _written)
-        summary.setdefault(name, {})[split] = summarize(io.read_parquet(res["results"]), d)
-        log.info("%s %s: strict %.3f paper %.3f", name, split, summary[name][split]["accuracy_strict"],
-                 summary[name][split]["accuracy_paper"])
+        found[i] = summarize(io.read_parquet(res["results"]), d)
+        log.info("%s %s: strict %.3f paper %.3f", name, split, found[i]["accuracy_strict"], found[i]["accuracy_paper"])
+    for loader in loaders.values():
+        loader.release()
+    summary: dict[str, dict] = {}
+    for i, (name, _, split, _, _) in enumerate(searches):
+        summary.setdefault(name, {})[split] = found[i]
     uri = io.write_json(summary, io.join(out_dir, "summary.json"))
     md = io.join(out_dir, "summary.md")
     io.write_bytes(md, markdown_table(summary, splits).encode())

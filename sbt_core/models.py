@@ -30,6 +30,9 @@ SIZES = {
     "1m": dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4, intermediate_size=512),
     "3m": dict(hidden_size=256, num_hidden_layers=6, num_attention_heads=4, num_key_value_heads=1, intermediate_size=512),
     "17m": dict(hidden_size=512, num_hidden_layers=8, num_attention_heads=4, num_key_value_heads=1, intermediate_size=1024),
+    # Llama-3.2-1B's shape (0.97B parameters with this vocabulary): for GPU throughput checks, not for a CPU
+    "1b": dict(hidden_size=2048, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
+               intermediate_size=8192),
 }
 
 
@@ -88,8 +91,8 @@ def prepare_tokenizer(tokenizer) -> bool:
     return grew
 
 
-def load(path: str | Path, dtype: torch.dtype = torch.float32, device: str = "cpu"):
-    """(model, tokenizer) from a folder (local, or remote through a cached download); no hub access."""
+def model_folder(path: str | Path) -> Path:
+    """A saved model's local folder (a remote one downloaded to the cache), checked to hold a model."""
     path = Path(io.localize_dir(str(path)))
     if not path.is_dir():
         raise FileNotFoundError(f"model folder not found: {path}")
@@ -97,8 +100,19 @@ def load(path: str | Path, dtype: torch.dtype = torch.float32, device: str = "cp
         if (path / "model" / "config.json").is_file():  # a stage's folder (sft-bt/): its model is model/
             raise FileNotFoundError(f"{path} is a stage's folder, not a model: give {path / 'model'}")
         raise FileNotFoundError(f"{path} holds no model (no config.json): give a folder saved with save_pretrained")
+    return path
+
+
+def load_tokenizer(path: str | Path):
+    """(tokenizer, whether `<backtrack>` had to be added) of a model folder (`model_folder`)."""
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    grew = prepare_tokenizer(tokenizer)
+    return tokenizer, prepare_tokenizer(tokenizer)
+
+
+def load(path: str | Path, dtype: torch.dtype = torch.float32, device: str = "cpu"):
+    """(model, tokenizer) from a folder (local, or remote through a cached download); no hub access."""
+    path = model_folder(path)
+    tokenizer, grew = load_tokenizer(path)
     model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=dtype)
     if grew or model.get_input_embeddings().num_embeddings < len(tokenizer):
         model.resize_token_embeddings(len(tokenizer))

@@ -52,7 +52,7 @@ def harvest(lm: LM, problems: list[dict], cfg: OnPolicyConfig, *, seed: int | No
                for i, prefix in states for _ in range(cfg.samples)]
     out, _ = lm.sample(prompts, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
                        batch_rows=cfg.batch_rows, batch_tokens=cfg.batch_tokens,
-                       generator=make_generator(seed, next(lm.model.parameters()).device))
+                       generator=make_generator(seed, lm.device))
     rows, seen, counts = [], set(), Counter()
     for r, tokens in enumerate(out.tokens):
         i, prefix = states[r // cfg.samples]
@@ -92,10 +92,10 @@ def _harvest_shard(lm: LM, problems: list[dict], cfg: OnPolicyConfig, k: int, ou
     return io.read_json(io.write_json({"rows": rows, "stats": stats}, shard_uri(out_dir, k)))
 
 
-def _lm(model_path: str, domain: str):
+def _lm(model_path: str, domain: str, cfg: OnPolicyConfig):
     from sbt_core.search.run import lazy_lm
 
-    return lazy_lm(model_path, domain)
+    return lazy_lm(model_path, domain, inference=cfg.inference())
 
 
 def missing_shards(cfg: OnPolicyConfig | dict, model_path: str, problems_uri: str, out_dir: str,
@@ -113,10 +113,11 @@ def run_shards(cfg: OnPolicyConfig | dict, model_path: str, problems_uri: str, o
                domain: str = domains.DEFAULT) -> list[str]:
     """Write the given shards of a harvest (those not written yet): what one fanned-out unit runs."""
     cfg = OnPolicyConfig.model_validate(cfg)
-    problems, get_lm = _problems(cfg, problems_uri).to_pylist(), _lm(model_path, domain)
+    problems, get_lm = _problems(cfg, problems_uri).to_pylist(), _lm(model_path, domain, cfg)
     for k in shards:
         if not io.exists(shard_uri(out_dir, k)):
             _harvest_shard(get_lm(), problems, cfg, k, out_dir)
+    get_lm.release()
     return [shard_uri(out_dir, k) for k in shards]
 
 
@@ -133,7 +134,7 @@ def run(cfg: OnPolicyConfig, model_path: str, problems_uri: str, base_uri: str, 
     plist = problems.to_pylist()
     if fan_out is not None:
         fan_out(missing_shards(cfg, model_path, problems_uri, out_dir, domain))
-    get_lm, rows, stats = _lm(model_path, domain), [], {"states": 0, "samples": 0, "rows": 0}
+    get_lm, rows, stats = _lm(model_path, domain, cfg), [], {"states": 0, "samples": 0, "rows": 0}
     outcomes: Counter = Counter()
     for k in range(-(-len(plist) // cfg.shard_size)):
         if io.exists(shard_uri(out_dir, k)):  # finished before a kill, or by a fanned-out unit: keep it
@@ -146,6 +147,7 @@ def run(cfg: OnPolicyConfig, model_path: str, problems_uri: str, base_uri: str, 
         for name in stats:
             stats[name] += part["stats"][name]
         outcomes.update(part["stats"]["outcomes"])
+    get_lm.release()
     stats["outcomes"] = dict(sorted(outcomes.items()))
     base = io.read_parquet(base_uri)
     new = {"id": pa.array(range(len(base), len(base) + len(rows)), pa.int64()),

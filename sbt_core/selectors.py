@@ -97,11 +97,14 @@ def per_problem(problems: list[dict], candidates: list[Candidates],
                 domain: Domain) -> tuple[dict[str, list[bool]], list[list[bool]]]:
     """For each selector, and for the `ceiling`, whether its pick verifies (strict), problem by problem;
     and each candidate's verdict. Each candidate is verified once."""
-    picks: dict[str, list[bool]] = {name: [] for name in [*SELECTORS, "ceiling"]}
+    # `value` only where the engine reported it (vLLM does not: every candidate's value is None)
+    absent = any(candidates) and all(c.get("value") is None for cs in candidates for c in cs)
+    names = [n for n in SELECTORS if not (n == "value" and absent)]
+    picks: dict[str, list[bool]] = {name: [] for name in [*names, "ceiling"]}
     verdicts = []
     for problem, cands in zip(problems, candidates):
         ok = [domain.verify(problem, c["response"]).correct for c in cands]
-        for name in SELECTORS:
+        for name in names:
             i = choose(name, cands, domain)
             picks[name].append(i is not None and ok[i])
         picks["ceiling"].append(any(ok))

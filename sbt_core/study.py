@@ -140,7 +140,7 @@ def decode(lm, problems: list[dict], cfg, kind: str, *, max_new_tokens: int, see
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     d = lm.domain
-    device = next(lm.model.parameters()).device
+    device = lm.device
     torch.manual_seed(seed)
     rows: list[dict] = [{} for _ in problems]
     generated, t0 = 0, time.perf_counter()
@@ -158,7 +158,7 @@ def decode(lm, problems: list[dict], cfg, kind: str, *, max_new_tokens: int, see
                 progress(len(problems))
     elif kind == "samples":
         search_cfg = SearchConfig(max_new_tokens=cfg.direct_max_new_tokens, batch_rows=cfg.batch_rows,
-                                  batch_tokens=cfg.batch_tokens)
+                                  batch_tokens=cfg.batch_tokens, **cfg.inference())
         samples = [s for s, _ in sample_n(lm, problems, search_cfg, max(cfg.ns), cfg.temperature,
                                           make_generator(seed, device))]
         generated = sum(k for ss in samples for _, _, k, _ in ss)
@@ -169,7 +169,8 @@ def decode(lm, problems: list[dict], cfg, kind: str, *, max_new_tokens: int, see
     else:
         for method in ["greedy", *cfg.search_methods]:
             search_cfg = method_config(method, temperature=cfg.temperature, max_new_tokens=max_new_tokens,
-                                       batch_rows=cfg.batch_rows, batch_tokens=cfg.batch_tokens, seed=seed)
+                                       batch_rows=cfg.batch_rows, batch_tokens=cfg.batch_tokens, seed=seed,
+                                       **cfg.inference())
             results = search(lm, problems, search_cfg)
             generated += sum(r.generated_tokens for r in results)
             for row, p, r in zip(rows, problems, results):
@@ -218,7 +219,7 @@ def evaluate(lm, problems: list[dict], cfg, kind: str, *, max_new_tokens: int, p
     """One model's curves on `problems` decoded in one piece, sampling from `cfg.seed` (what `run` gives when they
     fit one shard); see the module docstring."""
     part = decode(lm, problems, cfg, kind, max_new_tokens=max_new_tokens, seed=cfg.seed, progress=progress)
-    return _result(lm.domain, problems, [part], cfg, kind, metrics.Shape.of(lm.model.config))
+    return _result(lm.domain, problems, [part], cfg, kind, metrics.Shape.of(lm.config))
 
 
 def shard_uri(out_dir: str, k: int) -> str:
@@ -244,7 +245,7 @@ def _decode_shard(lm, problems: list[dict], cfg, kind: str, k: int, out_dir: str
 
     part = problems[k * cfg.shard_size:(k + 1) * cfg.shard_size]
     found = decode(lm, part, cfg, kind, max_new_tokens=max_new_tokens, seed=cfg.seed + k, progress=progress)
-    return io.read_json(io.write_json({"shape": metrics.Shape.of(lm.model.config).__dict__, **found},
+    return io.read_json(io.write_json({"shape": metrics.Shape.of(lm.config).__dict__, **found},
                                       shard_uri(out_dir, k)))
 
 
@@ -274,14 +275,15 @@ def run_shards(model_path: str, data_dir: str, out_dir: str, cfg, *, kind: str, 
                domain: str = domains.DEFAULT, max_new_tokens: int = 64) -> list[str]:
     """Write the given shards of a study-eval (those not written yet): what one fanned-out unit runs."""
     from sbt_core import io
-    from sbt_core.search.run import lazy_lm
+    from sbt_core.search.run import lazy_lm, release
 
     cfg = _config(cfg, kind)
     _, _, problems = _problems(data_dir, cfg, domain)
-    get_lm = lazy_lm(model_path, domain)
+    get_lm = lazy_lm(model_path, domain, inference=cfg.inference())
     for k in shards:
         if not io.exists(shard_uri(out_dir, k)):
             _decode_shard(get_lm(), problems, cfg, kind, k, out_dir, max_new_tokens)
+    release(get_lm)
     return [shard_uri(out_dir, k) for k in shards]
 
 
@@ -295,7 +297,7 @@ def run(model_path: str, data_dir: str, out_dir: str, cfg, *, kind: str, domain:
     process only gathers them, loading no model. The bytes do not depend on where the shards ran (but the wall
     time: `seconds`, `tokens_per_second`)."""
     from sbt_core import io
-    from sbt_core.search.run import lazy_lm
+    from sbt_core.search.run import lazy_lm, release
 
     cfg = _config(cfg, kind)
     d = domains.get(domain)
@@ -303,7 +305,7 @@ def run(model_path: str, data_dir: str, out_dir: str, cfg, *, kind: str, domain:
     if fan_out is not None:
         fan_out(missing_shards(model_path, data_dir, out_dir, cfg, kind=kind, domain=domain,
                                max_new_tokens=max_new_tokens))
-    get_lm, parts = lazy_lm(model_path, domain), []
+    get_lm, parts = lazy_lm(model_path, domain, inference=cfg.inference()), []
     for k in range(-(-len(problems) // cfg.shard_size)):
         uri = shard_uri(out_dir, k)
         if io.exists(uri):  # finished before a kill, or by a fanned-out unit: keep it
@@ -314,7 +316,8 @@ def run(model_path: str, data_dir: str, out_dir: str, cfg, *, kind: str, domain:
             raise RuntimeError(f"{uri}: its fanned-out unit completed without writing it")
         else:
             parts.append(_decode_shard(get_lm(), problems, cfg, kind, k, out_dir, max_new_tokens, progress))
-    shape = metrics.Shape(**parts[0]["shape"]) if parts else metrics.Shape.of(get_lm().model.config)
+    shape = metrics.Shape(**parts[0]["shape"]) if parts else metrics.Shape.of(get_lm().config)
+    release(get_lm)
     result = {"domain": domain, "model": str(model_path), "split": split,
               **_result(d, problems, parts, cfg, kind, shape)}
     uri = io.write_json(result, io.join(out_dir, "study.json"))

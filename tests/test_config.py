@@ -157,3 +157,17 @@ def test_generate_settings_must_be_the_runs_domain():
     assert cfg.generate.size == 4 and cfg.models["bt"].recipe == "dfs_trace" and cfg.models["sft"].recipe == "optimal"
     with pytest.raises(ConfigError, match="models.bt.recipe: sudoku has no 'think' traces"):
         load_run_config(None, ["domain=sudoku", "models.bt.recipe=think_trace"])
+
+
+def test_a_run_yaml_with_a_base_takes_the_presets_sections_and_merges_its_own(tmp_path):
+    tiny, grpo = load_run_config(CONFIGS / "tiny.yaml"), load_run_config(CONFIGS / "tiny-grpo.yaml")
+    assert (tiny.grpo.models, grpo.grpo.models, grpo.name) == ([], ["sft", "bt"], "tiny-grpo")
+    assert grpo.grpo.steps == tiny.grpo.steps  # the base's other grpo fields stand
+    assert grpo.model_dump(exclude={"name", "grpo"}) == tiny.model_dump(exclude={"name", "grpo"})
+    (tmp_path / "a.yaml").write_text("base: b\n")
+    (tmp_path / "b.yaml").write_text("base: a\n")
+    with pytest.raises(ConfigError, match="includes itself"):
+        load_run_config(tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("base: nosuch\n")
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_run_config(tmp_path / "c.yaml")

@@ -62,12 +62,14 @@ def self_backtrack(lm: LM, problems, cfg: SearchConfig, generator) -> list[Resul
         nxt = [defaultdict(lambda: None) for _ in range(n_problems)]
         seen_passes = [set() for _ in range(n_problems)]
         for r, (p, (prefix, prefix_lp, prefix_bt, _)) in enumerate(rows):
-            tokens, logprobs, bt = prefix + out.tokens[r], prefix_lp + out.logprobs[r], prefix_bt + out.watched[r]
+            tokens, logprobs = prefix + out.tokens[r], prefix_lp + out.logprobs[r]
+            bt = None if out.watched is None else prefix_bt + out.watched[r]  # None: the engine does not give it
             text = lm.text(tokens)
             entry = {"response": text, "score": mean(logprobs), "value": lm.value(tokens, bt)}
             continuations[p].append(entry)
             results[p].generated_tokens += len(out.tokens[r])
-            seen_passes[p].add(passes[r])  # (chunk, its model calls): a call is counted once per problem
+            if passes is not None:
+                seen_passes[p].add(passes[r])  # (chunk, its model calls): a call is counted once per problem
             if lm.domain.claims_goal(text):
                 candidates[p].append(entry)
             elif out.tokens[r] and out.tokens[r][-1] == lm.backtrack_id:
@@ -76,11 +78,12 @@ def self_backtrack(lm: LM, problems, cfg: SearchConfig, generator) -> list[Resul
                 if key in visited[p]:
                     continue
                 old = nxt[p][key]
-                nxt[p][key] = (state, logprobs[: len(state)], bt[: len(state)], (old[3] if old else 0) + 1)
+                nxt[p][key] = (state, logprobs[: len(state)], bt and bt[: len(state)], (old[3] if old else 0) + 1)
         for p in range(n_problems):
             if frontier[p]:
                 results[p].rounds += 1
-                results[p].forward_passes += sum(k for _, k in seen_passes[p])
+                results[p].forward_passes = (None if passes is None or results[p].forward_passes is None
+                                             else results[p].forward_passes + sum(k for _, k in seen_passes[p]))
             visited[p].update(nxt[p].keys())
         frontier = [dict(d) for d in nxt]
     for p in range(n_problems):

@@ -20,7 +20,7 @@ class Result:
     output: str  # the chosen response (text after `###Response:\n`)
     candidates: list[dict] = field(default_factory=list)  # {"response", "score", "value"}
     generated_tokens: int = 0
-    forward_passes: int = 0
+    forward_passes: int | None = 0  # None: the engine does not report its model calls (vLLM)
     rounds: int = 0
 
 
@@ -82,10 +82,17 @@ def mean(xs) -> float:
 
 
 class LM:
-    """A causal LM with its tokenizer and the domain whose text it writes: token ids in, token ids out."""
+    """A causal LM with its tokenizer and the domain whose text it writes: token ids in, token ids out.
 
-    def __init__(self, model, tokenizer, domain: str | Domain = domains.DEFAULT):
-        self.model = model.eval()
+    `engine` (`engines.VLLMEngine`), if given, samples in place of the HF model; `model` may then be a loader
+    (called on first use of `lm.model`, e.g. by the HF-only decoders beam and reference), and the engine is
+    closed before the HF model is loaded, so both never hold the device at once."""
+
+    def __init__(self, model, tokenizer, domain: str | Domain = domains.DEFAULT, engine=None, model_config=None):
+        self._model = model.eval() if isinstance(model, torch.nn.Module) else None
+        self._load = None if self._model is not None else model
+        self.engine = engine
+        self._config = model_config
         self.tokenizer = tokenizer
         self.domain = domains.get(domain) if isinstance(domain, str) else domain
         self.eos_id = tokenizer.eos_token_id
@@ -96,6 +103,29 @@ class LM:
         self.newline_ids = {i for i in range(len(tokenizer)) if "\n" in tokenizer.decode([i])}
         self._drop = {self.eos_id, self.pad_id}
         self.sampled = self.cut = 0  # continuations sampled, and those stopped by max_new_tokens (not by a stop token)
+
+    @property
+    def model(self):
+        """The HF model (loaded on first use when this LM samples through another engine, which is closed first)."""
+        if self._model is None:
+            self.close_engine()
+            self._model = self._load().eval()
+        return self._model
+
+    @property
+    def device(self) -> torch.device:
+        """Where sampling keys and generators live: the HF model's device (CPU for another engine)."""
+        return next(self._model.parameters()).device if self._model is not None else torch.device("cpu")
+
+    @property
+    def config(self):
+        """The model's config (shape, context length), without loading HF weights for another engine."""
+        return self._model.config if self._model is not None else self._config
+
+    def close_engine(self) -> None:
+        if self.engine is not None:
+            self.engine.close()
+            self.engine = None
 
     def prompt_ids(self, problem: dict) -> list[int]:
         return self.encode(self.domain.prompt(problem))
@@ -108,15 +138,20 @@ class LM:
         return self.tokenizer.decode([i for i in ids if i not in self._drop], skip_special_tokens=False)
 
     def sample(self, prompts, *, temperature, max_new_tokens, batch_rows, generator,
-               batch_tokens: int | None = None) -> tuple[Sampled, list[tuple[int, int]]]:
+               batch_tokens: int | None = None) -> tuple[Sampled, list[tuple[int, int]] | None]:
         """Sample in chunks of at most `batch_rows` rows and, with `batch_tokens`, at most that many rows x positions
         (the longest prompt plus `max_new_tokens` a row: the KV cache's bound, which its doubling buffers hold at most
         twice). Each row's sampling key is drawn before chunking, so the chunks sample what one batch would. Also
         returns, per row, (its chunk, the model calls of that chunk). `watched` holds the log-prob of `<backtrack>`
-        at every generated position (for `value`)."""
+        at every generated position (for `value`). Through another engine (vLLM: it batches and bounds memory
+        itself) `watched`, `forward_passes` and the per-row calls are None: that engine does not report them."""
+        if self.engine is not None:
+            out = self.engine.sample(prompts, temperature=temperature, max_new_tokens=max_new_tokens,
+                                     stop_ids=self.stop_ids, generator=generator)
+            self._count(out.tokens, max_new_tokens)
+            return out, None
         tokens, logprobs, watched, passes, total = [], [], [], [], 0
-        device = next(self.model.parameters()).device
-        keys = row_keys(len(prompts), generator, device) if temperature > 0 else None
+        keys = row_keys(len(prompts), generator, self.device) if temperature > 0 else None
         rows = chunk_rows(prompts, max_new_tokens, batch_rows, batch_tokens)
         for chunk, s in enumerate(range(0, len(prompts), rows)):
             out = sample(
@@ -125,18 +160,24 @@ class LM:
                 keys=None if keys is None else keys[s : s + rows],
             )
             tokens += out.tokens
-            self.sampled += len(out.tokens)
-            self.cut += sum(1 for t in out.tokens if len(t) >= max_new_tokens and t[-1] not in self.stop_ids)
+            self._count(out.tokens, max_new_tokens)
             logprobs += out.logprobs
             watched += out.watched
             passes += [(chunk, out.forward_passes)] * len(out.tokens)
             total += out.forward_passes
         return Sampled(tokens, logprobs, total, watched), passes
 
-    def value(self, tokens: list[int], backtrack_logprobs: list[float]) -> float:
+    def _count(self, tokens: list[list[int]], max_new_tokens: int) -> None:
+        self.sampled += len(tokens)
+        self.cut += sum(1 for t in tokens if len(t) >= max_new_tokens and t[-1] not in self.stop_ids)
+
+    def value(self, tokens: list[int], backtrack_logprobs: list[float] | None) -> float | None:
         """The model's own estimate that a response holds no wrong step: the log-probability that it emits no
         `<backtrack>` at any step boundary (the first position and each one after a newline), which is where
-        D_back taught it to take a wrong step back. Sum over boundaries of log(1 - p(<backtrack>))."""
+        D_back taught it to take a wrong step back. Sum over boundaries of log(1 - p(<backtrack>)). None where the
+        engine did not report those log-probs."""
+        if backtrack_logprobs is None:
+            return None
         total = 0.0
         for i, lp in enumerate(backtrack_logprobs):
             if i == 0 or tokens[i - 1] in self.newline_ids:

@@ -26,8 +26,9 @@ def sample_n(lm: LM, problems, cfg: SearchConfig, n: int, temperature: float, ge
     for p in range(len(problems)):
         rows = range(p * n, (p + 1) * n)
         samples = [(lm.text(out.tokens[r]), mean(out.logprobs[r]), len(out.tokens[r]),
-                    lm.value(out.tokens[r], out.watched[r])) for r in rows]
-        per_problem.append((samples, sum(calls for _, calls in set(passes[r] for r in rows))))
+                    lm.value(out.tokens[r], None if out.watched is None else out.watched[r])) for r in rows]
+        calls = None if passes is None else sum(k for _, k in set(passes[r] for r in rows))
+        per_problem.append((samples, calls))
     return per_problem
 
 
@@ -78,7 +79,7 @@ def beam(lm: LM, problems, cfg: SearchConfig, generator) -> list[Result]:
     """Beam search with `n` beams (Hugging Face `generate`), batched over problems."""
     results = []
     per_batch = max(1, cfg.batch_rows // cfg.n)
-    device = next(lm.model.parameters()).device
+    device = lm.device
     for s in range(0, len(problems), per_batch):
         chunk = problems[s : s + per_batch]
         ids, mask = left_pad([lm.prompt_ids(problem) for problem in chunk], lm.pad_id, device)

@@ -9,7 +9,6 @@ Run: `sbt search --model runs/sft/model --data data/countdown/val_new.parquet --
 
 from __future__ import annotations
 
-import functools
 import importlib
 import logging
 import time
@@ -21,8 +20,9 @@ import torch
 from sbt_core import domains, io
 from sbt_core.config import SearchConfig
 from sbt_core.domains import Domain
-from sbt_core.models import load
-from sbt_core.search import backtrack, decoders, reference, registry  # noqa: F401 (the registry's entries)
+from sbt_core.domains import BACKTRACK
+from sbt_core.models import load, load_tokenizer, model_folder
+from sbt_core.search import backtrack, decoders, engines, reference, registry  # noqa: F401 (the registry's entries)
 from sbt_core.search.common import LM, FanOut, Result, Shard, make_generator
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ def search(lm: LM, problems: list[dict], cfg: SearchConfig, seed: int | None = N
     """Run the configured decoder on problems (dicts of `lm.domain`'s columns), in memory."""
     seed = cfg.seed if seed is None else seed
     torch.manual_seed(seed)  # HF generate (beam, reference) draws from the global generator
-    return DECODERS[cfg.decoder](lm, problems, cfg, make_generator(seed, next(lm.model.parameters()).device))
+    return DECODERS[cfg.decoder](lm, problems, cfg, make_generator(seed, lm.device))
 
 
 def results_table(problems: pa.Table, results: list[Result], seconds: float, domain: Domain) -> pa.Table:
@@ -120,15 +120,65 @@ def _warn_cut(cfg: SearchConfig, data_uri: str, cut: int, sampled: int) -> None:
                     cut, sampled, cfg.max_new_tokens)
 
 
-def lazy_lm(model_path: str, domain: str, lm: LM | Callable[[], LM] | None = None) -> Callable[[], LM]:
+def lazy_lm(model_path: str, domain: str, lm: LM | Callable[[], LM] | None = None,
+            inference: dict | None = None) -> Callable[[], LM]:
     """The model, loaded on first use (a search whose shards are all written loads nothing); `lm`: one
-    already loaded, or such a loader (returned as it is)."""
+    already loaded, or such a loader (returned as it is). `inference`: `InferenceConfig.inference()` (the
+    engine, the dtype, vLLM's memory share); None: the HF engine at the device's `auto` dtype."""
     if isinstance(lm, LM):
         return lambda: lm
     if lm is not None:
         return lm
+    inference = {"engine": "hf", "dtype": "auto", "gpu_memory_utilization": 0.85, **(inference or {})}
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    return functools.cache(lambda: LM(*load(model_path, device=device), domain))
+    dtype = engines.inference_dtype(inference["dtype"], device)
+    if inference["engine"] == "hf":
+        return Loader(lambda: LM(*load(model_path, dtype=dtype, device=device), domain))
+
+    def with_engine() -> LM:
+        from transformers import AutoConfig
+
+        path = model_folder(model_path)
+        tokenizer, grew = load_tokenizer(path)
+        config = AutoConfig.from_pretrained(path, local_files_only=True)
+        if grew or config.vocab_size < len(tokenizer):
+            raise ValueError(f"engine: {inference['engine']} needs a model whose vocabulary has {BACKTRACK} (one "
+                             f"saved by `sbt train`); {path} has {config.vocab_size} embeddings for a tokenizer of "
+                             f"{len(tokenizer)}: use engine: hf, which resizes them")
+        engine = engines.VLLMEngine(str(path), dtype=inference["dtype"],
+                                    gpu_memory_utilization=inference["gpu_memory_utilization"])
+        return LM(lambda: load(path, dtype=dtype, device=device)[0], tokenizer, domain, engine=engine,
+                  model_config=config)
+
+    return Loader(with_engine)
+
+
+class Loader:
+    """An LM made on first call and kept; `release` drops it (closing its engine), so that the next stage in this
+    process finds the device free. Loaders given by a caller (`lazy_lm`'s `lm`) are the caller's to release."""
+
+    def __init__(self, make: Callable[[], LM]):
+        self._make, self._lm = make, None
+
+    def __call__(self) -> LM:
+        if self._lm is None:
+            self._lm = self._make()
+        return self._lm
+
+    @property
+    def loaded(self) -> bool:
+        return self._lm is not None
+
+    def release(self) -> None:
+        if self._lm is not None:
+            self._lm.close_engine()
+            self._lm = None
+
+
+def release(get_lm: Callable[[], LM]) -> None:
+    """Release what `lazy_lm` made (nothing for an LM or loader the caller passed in)."""
+    if isinstance(get_lm, Loader):
+        get_lm.release()
 
 
 def missing_shards(cfg: SearchConfig, model_path: str, data_uri: str, out_dir: str, *,
@@ -145,7 +195,7 @@ def run_shards(cfg: SearchConfig | dict, model_path: str, data_uri: str, out_dir
                domain: str = domains.DEFAULT, limit: int | None = None, lm: LM | None = None) -> list[str]:
     """Write the given shards of a search (those not written yet): what one fanned-out unit runs."""
     cfg = SearchConfig.model_validate(cfg)
-    problems, get_lm, uris = _problems(data_uri, limit), lazy_lm(model_path, domain, lm), []
+    problems, get_lm, uris = _problems(data_uri, limit), lazy_lm(model_path, domain, lm, cfg.inference()), []
     before = None
     for k in shards:
         if not io.exists(shard_uri(out_dir, k)):
@@ -154,6 +204,8 @@ def run_shards(cfg: SearchConfig | dict, model_path: str, data_uri: str, out_dir
         uris.append(shard_uri(out_dir, k))
     if before:
         _warn_cut(cfg, data_uri, get_lm().cut - before[0], get_lm().sampled - before[1])
+    if lm is None:
+        release(get_lm)
     return uris
 
 
@@ -171,7 +223,7 @@ def run(
     problems = _problems(data_uri, limit)
     if fan_out is not None:
         fan_out(missing_shards(cfg, model_path, data_uri, out_dir, domain=domain, limit=limit))
-    get_lm, parts, cuts = lazy_lm(model_path, domain, lm), [], None
+    get_lm, parts, cuts = lazy_lm(model_path, domain, lm, cfg.inference()), [], None
     for k in range(-(-len(problems) // cfg.shard_size)):
         if io.exists(shard_uri(out_dir, k)):  # finished before a kill, or by a fanned-out unit: keep it
             parts.append(io.read_parquet(shard_uri(out_dir, k)))
@@ -184,6 +236,8 @@ def run(
             progress(len(parts[-1]))
     if cuts:
         _warn_cut(cfg, data_uri, get_lm().cut - cuts[0], get_lm().sampled - cuts[1])
+    if lm is None:
+        release(get_lm)
     table = pa.concat_tables(parts) if parts else _empty(problems, domain)
     uri = io.write_parquet(table, io.join(out_dir, "results.parquet"))
     config = {"search": cfg.model_dump(mode="json"), "model": str(model_path), "domain": domain, "limit": limit}
