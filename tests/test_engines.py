@@ -138,3 +138,27 @@ def test_the_evaluate_stage_runs_each_method_on_its_engine(trained, data_dir, tm
         assert vl["sbt_b1_n8"][split]["forward_passes_per_problem"] is None
         assert "value" not in vl["sbt_b1_n8"][split].get("selectors", {})
     assert method_config("beam", engine="hf").engine == "hf"
+
+
+def test_the_study_and_the_on_policy_harvest_run_on_vllm(trained, data_dir, tmp_path, lms):
+    """Every kind of study-eval and the on-policy harvest through `engine: vllm`; the greedy budget curve equals the
+    HF engine's (greedy tokens are identical)."""
+    from sbt_core import build_data, onpolicy, study
+    from sbt_core.config import BuildDataConfig, OnPolicyConfig, StudyEvalConfig
+
+    _, model, _ = trained
+    lms[1].close_engine()
+    cfg = StudyEvalConfig(split="val_new", limit=6, ns=[1, 4], budgets=[8, 40], direct_max_new_tokens=40,
+                          search_methods=["sbt_b1_n8"], batch_rows=512, engine="vllm", gpu_memory_utilization=0.05)
+    found = {kind: io.read_json(study.run(model, str(data_dir), str(tmp_path / kind), cfg, kind=kind,
+                                          max_new_tokens=40)["study"]) for kind in study.KINDS}
+    assert set(found["samples"]["curves"]) == {"pass_at_n", "best_of_n", "majority_at_n"}
+    assert {p["method"] for p in found["search"]["curves"]["search"]} == {"sbt_b1_n8"}
+    hf = io.read_json(study.run(model, str(data_dir), str(tmp_path / "hf"), cfg.model_copy(update={"engine": "hf"}),
+                                kind="budget")["study"])
+    assert [p["accuracy"] for p in found["budget"]["curves"]["greedy"]] == [p["accuracy"] for p in hf["curves"]["greedy"]]
+    base = build_data.run(BuildDataConfig(), str(data_dir / "train.parquet"), str(tmp_path / "base"))["sft"]
+    op = OnPolicyConfig(source=model, problems=100, samples=4, engine="vllm", gpu_memory_utilization=0.05)
+    out = onpolicy.run(op, model, str(data_dir / "train.parquet"), base, str(tmp_path / "op"))
+    stats = io.read_json(str(tmp_path / "op" / "manifest.json"))["stats"]
+    assert stats["samples"] > 0 and stats["rows"] == len(io.read_parquet(out["sft"])) - len(io.read_parquet(base))
