@@ -79,7 +79,7 @@ def beam(lm: LM, problems, cfg: SearchConfig, generator) -> list[Result]:
     """Beam search with `n` beams (Hugging Face `generate`), batched over problems."""
     results = []
     per_batch = max(1, cfg.batch_rows // cfg.n)
-    device = lm.device
+    device = next(lm.model.parameters()).device  # HF only: loads the model if this LM had another engine
     for s in range(0, len(problems), per_batch):
         chunk = problems[s : s + per_batch]
         ids, mask = left_pad([lm.prompt_ids(problem) for problem in chunk], lm.pad_id, device)

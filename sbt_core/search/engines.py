@@ -89,8 +89,8 @@ class VLLMEngine:
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator)) if temperature > 0 else 0
         groups = runs(prompts)
         params = [SamplingParams(
-            n=k if temperature > 0 else 1, temperature=temperature, max_tokens=max_new_tokens, stop_token_ids=list(stop_ids),
-            logprobs=0, detokenize=False, skip_special_tokens=False,
+            n=k if temperature > 0 else 1, temperature=temperature, max_tokens=max_new_tokens,
+            stop_token_ids=list(stop_ids), logprobs=0, detokenize=False, skip_special_tokens=False,
             seed=(seed + 1_000_003 * g) % 2**31 if self.on_gpu and temperature > 0 else None,
         ) for g, (_, k) in enumerate(groups)]
         if not self.on_gpu and temperature > 0:
