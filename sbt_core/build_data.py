@@ -8,8 +8,11 @@
   `computational_at_target` (Countdown; default 0, the paper's data) makes that share of the
   computational errors the false claim a small model makes: the last step bent onto the target.
 - `dfs_trace`, `mix_trace`, `think_trace`: one search trace per problem (arXiv 2504.07052), failed
-  searches kept; `direct`: the optimal path written in the trace vocabulary. The domain writes them
-  (`Domain.trace`); a domain that has no such style refuses the recipe when the config is loaded.
+  searches kept; `direct`: one solution path written in the trace vocabulary. The domain writes them
+  (`Domain.trace`) in `trace_format` (Countdown: the released generator's text by default); a domain
+  that has no such style refuses the recipe when the config is loaded. Their rows' prompt is the
+  trace's first line by default (`prompt: state`, the released evaluation's prompt), the response the
+  rest of the trace.
 
 Rows: id, problem_id, the domain's problem columns, prompt, response, kind, error_type, prefix_len
 (steps before the erroneous one on D_back rows, the number of response lines otherwise). The
@@ -39,14 +42,21 @@ def build(problems: pa.Table, cfg: BuildDataConfig, domain: Domain) -> pa.Table:
         raise ValueError(f"unknown recipe {cfg.recipe!r}; choose from {sorted(RECIPES)}")
     recipe = RECIPES[cfg.recipe]
     recipe.check(domain, "recipe")
+    recipe.check_data(cfg, domain, "build_data")
+    form = recipe.prompt_form(domain, cfg)
     rng = np.random.default_rng([cfg.seed, 2])
     stats = domain.data_stats(problems)
     cols = ("problem_id", *domain.columns, "prompt", "response", "kind", "error_type", "prefix_len")
     rows: dict[str, list] = {k: [] for k in cols}
     for problem in problems.to_pylist():
-        prompt = domain.prompt(problem)
+        prompt = domain.prompt(problem, form)
         for ex in recipe.build(domain, problem, rng, cfg, stats):
-            for k, v in zip(cols, (problem["id"], *(problem[c] for c in domain.columns), prompt, ex.response,
+            response = ex.response
+            if form == "state":  # the trace's first line is the prompt: the rest (maybe nothing) is the response
+                first, _, response = response.partition("\n")
+                if first + "\n" != prompt:
+                    raise ValueError(f"problem {problem['id']}: its trace does not start with the prompt {prompt!r}")
+            for k, v in zip(cols, (problem["id"], *(problem[c] for c in domain.columns), prompt, response,
                                    ex.kind, ex.error_type, ex.prefix_len)):
                 rows[k].append(v)
     table = {"id": pa.array(range(len(rows["kind"])), pa.int64())}
@@ -80,7 +90,8 @@ def run(cfg: BuildDataConfig, problems_uri: str, out_dir: str, domain: str = dom
     uri = io.write_parquet(table, io.join(out_dir, "sft.parquet"))
     vocabulary = RECIPES[cfg.recipe].vocabulary(d)
     lengths = token_lengths(table, vocabulary)
-    config = {**cfg.model_dump(mode="json"), "domain": domain, "vocabulary": vocabulary}
+    config = {**cfg.model_dump(mode="json"), "domain": domain, "vocabulary": vocabulary,
+              "prompt": RECIPES[cfg.recipe].prompt_form(d, cfg)}
     io.write_manifest(out_dir, "build_data", config, [problems_uri], {"sft": uri}, {"token_lengths": lengths})
     log.info("build-data (%s, %s): %d rows, tokens %s", domain, cfg.recipe, len(table), lengths["all"])
     return {"sft": uri}

@@ -40,6 +40,16 @@ class BuildDataConfig(_Config):
         0.0, ge=0, le=1, description="Share of computational errors made at the last step with the target as the "
         "wrong result (a small model's typical false claim); 0 is the paper's data."
     )
+    trace_format: str | None = Field(
+        None, description="Text of the trace recipes (the domain's `trace_formats`): Countdown `released` (the text "
+        "of arXiv 2504.07052's generator) or `sbt` (ours: mean mult heuristic, larger operand first, a closing line "
+        "on failure); None: the domain's first (Countdown released, Sudoku sbt)."
+    )
+    prompt: Literal["question", "state"] | None = Field(
+        None, description="What the model is given: `question` (the `###Question:` header) or `state` (a trace's "
+        "first line, the root `Current State`: the released evaluation's prompt); None: `state` for trace recipes "
+        "where the domain writes one, else `question`."
+    )
 
     @model_validator(mode="after")
     def _ratio(self):
@@ -56,6 +66,9 @@ class ModelConfig(_Config):
     seed: int = Field(0, description="Seed for the from-scratch initialisation.")
     vocabulary: str | None = Field(None, description="The from-scratch tokenizer's vocabulary (a domain's: "
                                    "countdown, countdown-trace, sudoku); None: countdown.")
+    numbers: Literal["digits", "chunks"] = Field(
+        "digits", description="How the from-scratch tokenizer writes numbers: `digits` (one a token) or `chunks` "
+        "(up to three digits a token, as Llama-3's tokenizer, which the first paper's model read).")
 
     @model_validator(mode="after")
     def _one_source(self):
@@ -76,6 +89,11 @@ class TrainConfig(_Config):
     batch_size: int = Field(16, ge=1, description="Per-device micro-batch (the paper: 16).")
     grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps.")
     context_length: int = Field(128, ge=8, description="Truncation length in tokens (the paper: 128).")
+    overflow: Literal["cut", "split", "drop"] | None = Field(
+        None, description="A row longer than context_length: `cut` (its end, EOS included, never trained on), "
+        "`split` into rows of context_length (arXiv 2504.07052's train.py: the tokenizer's overflowing tokens), or "
+        "`drop`; None: `split` for trace recipes, `cut` otherwise (a run's models), `cut` for `sbt train`."
+    )
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping (the paper's DeepSpeed config: 1.0).")
     save_steps: int = Field(500, ge=1, description="Checkpoint every this many steps (resume point).")
     logging_steps: int = Field(50, ge=1, description="Log loss every this many steps.")
@@ -341,6 +359,8 @@ class ModelSpec(_Config):
     label: str | None = Field(None, description="Its name in the report's first column; None: from the recipe.")
     model: ModelConfig | None = Field(None, description="Size / path; None: the run's `model`.")
     sft: TrainConfig | None = Field(None, description="SFT settings; None: the run's `sft`.")
+    data: BuildDataConfig | None = Field(None, description="Its data settings (trace_format, prompt, ...); None: the "
+                                         "run's `build_data`. Its `recipe` is this model's.")
     methods: list[str] = Field(["greedy"], description="Methods evaluated on it (`search.registry.METHODS`).")
     bare_methods: list[str] = Field([], description="Methods (names or shell patterns, `sbt_*`) whose report rows "
                                     "are named by the method alone, as the paper's Table 1 names them: `best_of_n_N` "
@@ -475,6 +495,8 @@ class RunConfig(_Config):
             if spec.recipe not in RECIPES:
                 raise ValueError(f"models.{name}.recipe: unknown recipe {spec.recipe!r}; choose from {sorted(RECIPES)}")
             RECIPES[spec.recipe].check(DOMAINS[self.domain], f"models.{name}.recipe")
+            where = f"models.{name}.data" if spec.data else "build_data"
+            RECIPES[spec.recipe].check_data(spec.data or self.build_data, DOMAINS[self.domain], where)
         unknown = [s for s in self.eval.splits or () if s not in DOMAINS[self.domain].eval_splits]
         if unknown:
             raise ValueError(f"eval.splits: {unknown} are not evaluation splits of {self.domain} "
@@ -497,7 +519,10 @@ class RunConfig(_Config):
         model = spec.model or self.model
         if model.size and model.vocabulary is None:
             model = model.model_copy(update={"vocabulary": recipe.vocabulary(DOMAINS[self.domain])})
-        return spec, model, spec.sft or self.sft, self.build_data.model_copy(update={"recipe": spec.recipe})
+        sft = spec.sft or self.sft
+        if sft.overflow is None:  # the released training splits long traces into rows (arXiv 2504.07052)
+            sft = sft.model_copy(update={"overflow": "split" if recipe.style else "cut"})
+        return spec, model, sft, (spec.data or self.build_data).model_copy(update={"recipe": spec.recipe})
 
     def report_models(self) -> dict[str, dict]:
         """Every model the run evaluates, in the report's order, named as its stages and rows name it: the

@@ -31,7 +31,7 @@ import torch
 from sbt_core import domains, io
 from sbt_core.config import GRPOConfig
 from sbt_core.domains import Domain
-from sbt_core.models import load
+from sbt_core.models import load, prompt_form
 from sbt_core.train import (
     CheckpointUpload,
     TimeLimit,
@@ -76,15 +76,16 @@ def reward_functions(domain: Domain, tokenizer, format_weight: float = 0.0) -> t
     return funcs, weights
 
 
-def prompts_dataset(domain: Domain, data_uri: str, limit: int | None = None):
-    """The train problems as a `datasets.Dataset`: `prompt` (the domain's prompt text) and the problem columns."""
+def prompts_dataset(domain: Domain, data_uri: str, limit: int | None = None, form: str = "question"):
+    """The train problems as a `datasets.Dataset`: `prompt` (the domain's prompt text in the model's `form`) and the
+    problem columns."""
     import datasets
 
     table = io.read_parquet(data_uri)
     if limit:
         table = table.slice(0, limit)
     rows = table.select(list(domain.columns)).to_pylist()
-    return datasets.Dataset.from_list([{"prompt": domain.prompt(p), **p} for p in rows])
+    return datasets.Dataset.from_list([{"prompt": domain.prompt(p, form), **p} for p in rows])
 
 
 def trl_args(cfg: GRPOConfig, out: Path, max_completion_length: int, weights: list[float], progress_bar: bool = True):
@@ -165,7 +166,7 @@ def train(cfg: GRPOConfig, model_uri: str, data_uri: str, out_dir: str, *, domai
     model, tokenizer = load(model_uri, dtype=torch.float32)
     funcs, weights = reward_functions(d, tokenizer, cfg.format_reward)
     trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=trl_args(cfg, out, length, weights, progress_bar),
-                          train_dataset=prompts_dataset(d, data_uri, cfg.problems), processing_class=tokenizer,
+                          train_dataset=prompts_dataset(d, data_uri, cfg.problems, prompt_form(tokenizer)), processing_class=tokenizer,
                           callbacks=[TimeLimit(cfg.max_minutes),
                                      *([CheckpointUpload(remote_ckpts)] if remote else []), *callbacks])
     if not progress_bar:  # the caller shows progress (`callbacks`)

@@ -22,6 +22,13 @@ from sbt_core.domains import BACKTRACK, DEFAULT, DOMAINS
 log = logging.getLogger(__name__)
 
 PAD, EOS, BOS, UNK = "<pad>", "</s>", "<s>", "<unk>"
+# How a from-scratch tokenizer writes numbers: one digit a token, or up to three digits a token, left to right, as
+# Llama-3's pre-tokenizer splits digit runs (`\p{N}{1,3}`): `1234` is `123`, `4`.
+NUMBERS = ("digits", "chunks")
+DIGITS = "0123456789"
+# The tokenizer_config.json key that says what the model is given (`Domain.prompt`'s form): the SFT stage writes it
+# from its data, every loader of the model reads it (absent: the question).
+PROMPT_KEY = "sbt_prompt"
 # Every domain's vocabularies by name: (fixed phrases, one token each; characters, one token each).
 VOCABULARIES = {name: v for d in DOMAINS.values() for name, v in d.vocabularies.items()}
 DEFAULT_VOCABULARY = next(iter(DOMAINS[DEFAULT].vocabularies))
@@ -36,14 +43,24 @@ SIZES = {
 }
 
 
-def build_tokenizer(vocabulary: str = DEFAULT_VOCABULARY) -> PreTrainedTokenizerFast:
-    """A word-level tokenizer whose decode is the exact inverse of encode on a domain's format."""
+def build_tokenizer(vocabulary: str = DEFAULT_VOCABULARY, numbers: str = "digits") -> PreTrainedTokenizerFast:
+    """A word-level tokenizer whose decode is the exact inverse of encode on a domain's format; `numbers`: one of
+    `NUMBERS` (`chunks` adds the 1,110 strings of one to three digits as tokens, after the vocabulary's own)."""
     if vocabulary not in VOCABULARIES:
         raise ValueError(f"unknown vocabulary {vocabulary!r}; choose one of {sorted(VOCABULARIES)}")
+    if numbers not in NUMBERS:
+        raise ValueError(f"unknown number tokens {numbers!r}; choose one of {NUMBERS}")
     phrases, chars = VOCABULARIES[vocabulary]
     specials = [PAD, EOS, BOS, UNK, BACKTRACK]
-    vocab = {tok: i for i, tok in enumerate(specials + list(phrases) + list(chars))}
-    pattern = "|".join(re.escape(p) for p in (*phrases, *chars))
+    parts = [re.escape(p) for p in phrases]
+    if numbers == "chunks":
+        chars = tuple(c for c in chars if c not in DIGITS)
+        chunks = [f"{i:0{w}d}" for w in (1, 2, 3) for i in range(10**w)]
+        parts.append("[0-9]{1,3}")  # greedy, left to right: Llama-3's digit chunks
+    else:
+        chunks = []
+    vocab = {tok: i for i, tok in enumerate(specials + list(phrases) + list(chars) + chunks)}
+    pattern = "|".join(parts + [re.escape(c) for c in chars])
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
     tok.pre_tokenizer = pre_tokenizers.Split(Regex(pattern), behavior="isolated")
     tok.decoder = decoders.Fuse()
@@ -69,9 +86,9 @@ def build_tiny(size: str, tokenizer: PreTrainedTokenizerFast, seed: int = 0, max
 
 
 def create_tiny(size: str, out_dir: str | Path, seed: int = 0, vocabulary: str | None = None,
-                max_positions: int = 256) -> Path:
+                max_positions: int = 256, numbers: str = "digits") -> Path:
     """Build and save a tiny model with its tokenizer; load it back with `load`."""
-    tokenizer = build_tokenizer(vocabulary or DEFAULT_VOCABULARY)
+    tokenizer = build_tokenizer(vocabulary or DEFAULT_VOCABULARY, numbers)
     model = build_tiny(size, tokenizer, seed, max_positions)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
@@ -89,6 +106,16 @@ def prepare_tokenizer(tokenizer) -> bool:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
     return grew
+
+
+def prompt_form(tokenizer) -> str:
+    """What the model was trained to be given (`Domain.prompt`'s form), as its SFT recorded it."""
+    return tokenizer.init_kwargs.get(PROMPT_KEY, "question")
+
+
+def set_prompt_form(tokenizer, form: str) -> None:
+    """Record the prompt form in the tokenizer (saved in tokenizer_config.json with it)."""
+    tokenizer.init_kwargs[PROMPT_KEY] = form
 
 
 def model_folder(path: str | Path) -> Path:

@@ -39,7 +39,7 @@ def self_backtrack(domain: Domain, problem: dict, rng, cfg: BuildDataConfig, sta
 
 def _trace(style: str, kind: str = "trace") -> Callable[..., list[Example]]:
     def recipe(domain: Domain, problem: dict, rng, cfg: BuildDataConfig, stats: dict) -> list[Example]:
-        response = domain.trace(problem, style, rng)
+        response = domain.trace(problem, style, rng, cfg.trace_format or domain.trace_formats[0])
         return [Example(response, kind, None, response.count("\n"))]
 
     recipe.__name__ = f"{style}_trace"
@@ -61,6 +61,23 @@ class Recipe:
     def check(self, domain: Domain, where: str) -> None:
         if self.style and self.style not in domain.trace_styles:
             raise ValueError(f"{where}: {domain.name} has no {self.style!r} traces (it writes {domain.trace_styles})")
+
+    def prompt_form(self, domain: Domain, cfg: BuildDataConfig) -> str:
+        """What the model is given (`BuildDataConfig.prompt`): by default a trace recipe's model is given the trace's
+        first line where the domain writes one (arXiv 2504.07052's evaluation prompt), any other the question."""
+        if cfg.prompt:
+            return cfg.prompt
+        return "state" if self.style and "state" in domain.prompt_forms else "question"
+
+    def check_data(self, cfg: BuildDataConfig, domain: Domain, where: str) -> None:
+        """`cfg`'s trace format and prompt are ones `domain` writes (and a state prompt is a trace's line)."""
+        if cfg.trace_format and cfg.trace_format not in domain.trace_formats:
+            raise ValueError(f"{where}.trace_format: {domain.name} writes traces as {domain.trace_formats}, "
+                             f"not {cfg.trace_format!r}")
+        form = self.prompt_form(domain, cfg)
+        if form not in domain.prompt_forms or (form == "state" and not self.style):
+            raise ValueError(f"{where}.prompt: {form!r} is not a prompt of {domain.name}'s {self.label!r} rows "
+                             f"(a `state` prompt is a trace's first line; {domain.name} writes {domain.prompt_forms})")
 
 
 RECIPES = {

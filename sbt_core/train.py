@@ -31,7 +31,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from sbt_core import io
 from sbt_core.config import ModelConfig, TrainConfig
 from sbt_core.domains import BACKTRACK
-from sbt_core.models import create_tiny, load
+from sbt_core.models import create_tiny, load, set_prompt_form
 
 log = logging.getLogger(__name__)
 DS_CONFIG = Path(__file__).parent / "assets" / "ds_zero2.json"
@@ -48,17 +48,24 @@ def masked_char_spans(prompt: str, response: str) -> list[tuple[int, int]]:
     return spans
 
 
-def encode_batch(tokenizer, prompts, responses, context_length: int) -> dict[str, list[list[int]]]:
+def encode_batch(tokenizer, prompts, responses, context_length: int, overflow: str = "cut") -> dict[str, list[list[int]]]:
     """input_ids and labels for a batch of rows (one tokenizer call); a token is masked when it starts
-    in a masked span; EOS ends every row and is supervised."""
+    in a masked span; EOS ends every row and is supervised. A row longer than `context_length` is `cut` there,
+    `split` into consecutive rows of that length (as arXiv 2504.07052's train.py does with the tokenizer's
+    overflowing tokens; a piece with nothing supervised is left out), or `drop`ped."""
     enc = tokenizer([p + r for p, r in zip(prompts, responses)], return_offsets_mapping=True, add_special_tokens=True)
     eos = tokenizer.eos_token_id
     out: dict[str, list[list[int]]] = {"input_ids": [], "labels": []}
     for prompt, response, ids, offsets in zip(prompts, responses, enc["input_ids"], enc["offset_mapping"]):
         spans = masked_char_spans(prompt, response)
         labels = [IGNORE if any(a <= start < b for a, b in spans) else tok for tok, (start, _) in zip(ids, offsets)]
-        out["input_ids"].append((list(ids) + [eos])[:context_length])
-        out["labels"].append((labels + [eos])[:context_length])
+        ids, labels = list(ids) + [eos], labels + [eos]
+        if len(ids) > context_length and overflow == "drop":
+            continue
+        for s in range(0, len(ids) if overflow == "split" else 1, context_length):
+            if any(t != IGNORE for t in labels[s:s + context_length]):
+                out["input_ids"].append(ids[s:s + context_length])
+                out["labels"].append(labels[s:s + context_length])
     return out
 
 
@@ -71,6 +78,13 @@ def encode_example(tokenizer, prompt: str, response: str, context_length: int) -
     """`encode_batch` for one row."""
     out = encode_batch(tokenizer, [prompt], [response], context_length)
     return {k: v[0] for k, v in out.items()}
+
+
+def data_prompt_form(data: str) -> str:
+    """The prompt form build-data's manifest beside `data` records (`question` without one): the model keeps it."""
+    manifest = io.join(io.parent(data) if str(data).endswith(".parquet") else str(data), io.MANIFEST)
+    config = (io.read_json(manifest).get("config") or {}) if io.exists(manifest) else {}
+    return config.get("prompt") or "question"
 
 
 def sft_rows(data: str):
@@ -95,13 +109,14 @@ def sft_rows(data: str):
     return domains.released().load_released(data)
 
 
-def tokenised(rows, tokenizer, context_length: int):
+def tokenised(rows, tokenizer, context_length: int, overflow: str = "cut"):
     """`rows` tokenised with `Dataset.map`, cached under a fingerprint of the rows, the tokenizer's
-    content and the context length (a rerun on the same data reuses the cache file)."""
+    content, the context length and what happens to longer rows (a rerun on the same data reuses the cache file)."""
     fingerprint = io.config_hash({"rows": rows._fingerprint, "tokenizer": tokenizer.backend_tokenizer.to_str(),
-                                  "eos": tokenizer.eos_token_id, "context_length": context_length, "v": 2})
+                                  "eos": tokenizer.eos_token_id, "context_length": context_length,
+                                  "overflow": overflow, "v": 3})
     return rows.map(
-        lambda b: encode_batch(tokenizer, b["prompt"], b["response"], context_length),
+        lambda b: encode_batch(tokenizer, b["prompt"], b["response"], context_length, overflow),
         batched=True, batch_size=1000, remove_columns=rows.column_names, new_fingerprint=fingerprint,
         desc="tokenise",
     )
@@ -290,7 +305,7 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig, data_uri: str, out_dir: str,
     init = model_cfg.path or str(out / "init")
     if model_cfg.size and not (out / "init").exists():
         create_tiny(model_cfg.size, out / "init.tmp", seed=model_cfg.seed, vocabulary=model_cfg.vocabulary,
-                    max_positions=max(256, cfg.context_length))
+                    max_positions=max(256, cfg.context_length), numbers=model_cfg.numbers)
         os.replace(out / "init.tmp", out / "init")
     remote_ckpts = io.join(out_dir, "checkpoints", staging_key or "run") if remote else None
     if remote and "LOCAL_RANK" not in os.environ:  # (the launcher, or the only process: once per machine)
@@ -300,13 +315,20 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig, data_uri: str, out_dir: str,
     # fp32 master weights always; `bf16` means bf16 autocast on a GPU. (Loading the weights in
     # bf16 made AdamW update bf16 parameters directly, where small updates round away.)
     model, tokenizer = load(init, dtype=torch.float32)
-    dataset = tokenised(sft_rows(data_uri), tokenizer, cfg.context_length)
-    # A row that fits ends in EOS; one cut at the context does not (its end is never learnt).
-    cut = sum(ids[-1] != tokenizer.eos_token_id for ids in dataset["input_ids"])
+    set_prompt_form(tokenizer, data_prompt_form(data_uri))
+    overflow = cfg.overflow or "cut"
+    rows = sft_rows(data_uri)
+    dataset = tokenised(rows, tokenizer, cfg.context_length, overflow)
+    # A row that fits ends in EOS; one cut at the context does not (its end is never learnt); a split one ends in
+    # EOS at its last piece only; a dropped one is gone.
+    cut = sum(ids[-1] != tokenizer.eos_token_id for ids in dataset["input_ids"]) if overflow == "cut" else 0
     if cut:
         log.warning("%d of %d rows are longer than context_length %d and were cut (their ends, EOS included, are "
-                    "not trained on): raise context_length (build-data's manifest has the data's token lengths)",
-                    cut, len(dataset), cfg.context_length)
+                    "not trained on): raise context_length (build-data's manifest has the data's token lengths), or "
+                    "set overflow: split", cut, len(dataset), cfg.context_length)
+    elif len(dataset) != len(rows):
+        log.info("overflow %s: %d rows of %d tokens at most from %d SFT rows", overflow, len(dataset),
+                 cfg.context_length, len(rows))
     # Tokens after the prompt (EOS included) of the longest row: what an evaluation of this model must let it write.
     longest_response = max((len(labels) - _masked_prefix(labels) for labels in dataset["labels"]), default=0)
     collator = Collator(tokenizer.pad_token_id)
@@ -351,8 +373,9 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig, data_uri: str, out_dir: str,
         "train/seconds_this_attempt": seconds,
         "train/tokens": collator.tokens,  # this attempt's
         "train/tokens_per_second": collator.tokens / seconds if seconds else None,
-        "train/rows": len(dataset),
-        "train/rows_cut": cut,  # longer than context_length
+        "train/rows": len(dataset),  # after `overflow` (split pieces, dropped rows)
+        "train/source_rows": len(rows),
+        "train/rows_cut": cut,  # longer than context_length, with overflow `cut`
         "train/longest_response": longest_response,
         "train/parameters": params,
         "train/world_size": trainer.args.world_size,  # ranks over every node

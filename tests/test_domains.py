@@ -278,33 +278,169 @@ def test_sudoku_backtrack_rows_put_the_wrong_placement_where_the_loss_masks_it()
 
 # --- Countdown traces --------------------------------------------------------------------------
 
-def test_a_dfs_trace_writes_the_search_and_its_claimed_path_verifies():
-    t = cd_trace.dfs([4, 8, 2], 24, "sum")
-    lines = t.split("\n")
-    assert lines[0] == "Current State: 24:[4, 8, 2], Operations: []"
-    assert lines[-1] == "24,24 equal: Goal Reached" and "unequal: No Solution" in t
-    assert any(x.startswith("Moving to Node #0") for x in lines) and "Generated Node #0,0: 24:" in t
-    path = cd_trace.final_steps(t)
-    assert path == ["8+4=12", "12*2=24"] and COUNTDOWN.verify({"nums": [4, 8, 2], "target": 24}, t).correct
-    assert COUNTDOWN.answer_key(t) == tuple(sorted(path)) and COUNTDOWN.final(t) == t
+# Expected texts written out by hand from the released generator's rules (arXiv 2504.07052's countdown_dfs.py,
+# countdown_dfs_hint.py, countdown.py): children per pair in list order `a+b, a*b`, then larger-smaller and exact
+# larger/smaller; a stable sort by heuristic; the parent restated after every child but the last; no closing line.
+
+RELEASED_DFS_SUM = """Current State: 24:[4, 8, 2], Operations: []
+Exploring Operation: 8*2=16, Resulting Numbers: [4, 16]
+Generated Node #0,0: 24:[4, 16] Operation: 8*2=16
+Moving to Node #0,0
+Current State: 24:[4, 16], Operations: ['8*2=16']
+Exploring Operation: 4+16=20, Resulting Numbers: [20]
+20,24 unequal: No Solution
+Moving to Node #0,0
+Current State: 24:[4, 16], Operations: ['8*2=16']
+Exploring Operation: 16-4=12, Resulting Numbers: [12]
+12,24 unequal: No Solution
+Moving to Node #0,0
+Current State: 24:[4, 16], Operations: ['8*2=16']
+Exploring Operation: 16/4=4, Resulting Numbers: [4]
+4,24 unequal: No Solution
+Moving to Node #0
+Current State: 24:[4, 8, 2], Operations: []
+Exploring Operation: 4*8=32, Resulting Numbers: [2, 32]
+Generated Node #0,1: 24:[2, 32] Operation: 4*8=32
+Moving to Node #0,1
+Current State: 24:[2, 32], Operations: ['4*8=32']
+Exploring Operation: 32-2=30, Resulting Numbers: [30]
+30,24 unequal: No Solution
+Moving to Node #0,1
+Current State: 24:[2, 32], Operations: ['4*8=32']
+Exploring Operation: 32/2=16, Resulting Numbers: [16]
+16,24 unequal: No Solution
+Moving to Node #0,1
+Current State: 24:[2, 32], Operations: ['4*8=32']
+Exploring Operation: 2+32=34, Resulting Numbers: [34]
+34,24 unequal: No Solution
+Moving to Node #0
+Current State: 24:[4, 8, 2], Operations: []
+Exploring Operation: 4*2=8, Resulting Numbers: [8, 8]
+Generated Node #0,2: 24:[8, 8] Operation: 4*2=8
+Moving to Node #0,2
+Current State: 24:[8, 8], Operations: ['4*2=8']
+Exploring Operation: 8+8=16, Resulting Numbers: [16]
+16,24 unequal: No Solution
+Moving to Node #0,2
+Current State: 24:[8, 8], Operations: ['4*2=8']
+Exploring Operation: 8/8=1, Resulting Numbers: [1]
+1,24 unequal: No Solution
+Moving to Node #0,2
+Current State: 24:[8, 8], Operations: ['4*2=8']
+Exploring Operation: 8-8=0, Resulting Numbers: [0]
+0,24 unequal: No Solution
+Moving to Node #0
+Current State: 24:[4, 8, 2], Operations: []
+Exploring Operation: 4+8=12, Resulting Numbers: [2, 12]
+Generated Node #0,3: 24:[2, 12] Operation: 4+8=12
+Moving to Node #0,3
+Current State: 24:[2, 12], Operations: ['4+8=12']
+Exploring Operation: 2*12=24, Resulting Numbers: [24]
+24,24 equal: Goal Reached"""
+
+RELEASED_DFS_FAILED = """Current State: 10:[2, 3, 28], Operations: []
+Exploring Operation: 28/2=14, Resulting Numbers: [3, 14]
+Generated Node #0,0: 10:[3, 14] Operation: 28/2=14
+Moving to Node #0,0
+Current State: 10:[3, 14], Operations: ['28/2=14']
+Exploring Operation: 14-3=11, Resulting Numbers: [11]
+11,10 unequal: No Solution
+Moving to Node #0,0
+Current State: 10:[3, 14], Operations: ['28/2=14']
+Exploring Operation: 3+14=17, Resulting Numbers: [17]
+17,10 unequal: No Solution"""
+
+RELEASED_THINK = """Current State: 10:[1, 1, 9], Operations: []
+Exploring Operation: 1+1=2, Resulting Numbers: [9, 2]
+[9, 2] No Solution
+Moving to Node #0
+Current State: 10:[1, 1, 9], Operations: []
+Exploring Operation: 1+9=10, Resulting Numbers: [1, 10]
+Generated Node #0,1: 10:[1, 10] Operation: 1+9=10
+Moving to Node #0,1
+Current State: 10:[1, 10], Operations: ['1+9=10']
+Exploring Operation: 1*10=10, Resulting Numbers: [10]
+10,10 equal: Goal Reached"""
+
+RELEASED_DIRECT = """Current State: 24:[4, 4, 8, 2], Operations: []
+Exploring Operation: 4+4=8, Resulting Numbers: [8, 2, 8]
+Generated Node #2: [8, 2, 8] from Operation: 4+4=8
+Current State: 24:[8, 2, 8], Operations: ['4+4=8']
+Exploring Operation: 8*2=16, Resulting Numbers: [8, 16]
+Generated Node #3: [8, 16] from Operation: 8*2=16
+Current State: 24:[8, 16], Operations: ['4+4=8', '8*2=16']
+Exploring Operation: 8+16=24, Resulting Numbers: [24]
+24,24 equal: Goal Reached"""
 
 
-def test_traces_backtrack_to_the_parent_and_restate_it():
-    t = cd_trace.dfs([5, 7, 3], 36, "sum")  # (5+7)*3 = 36 is found after dead ends
-    lines = t.split("\n")
+def test_released_dfs_text_with_a_tie_decided_by_generation_order():
+    # [2, 12] (4+8) and [4, 10] (8+2) both score 17: the pair generated first is explored first; 8*8 is pruned.
+    assert cd_trace.dfs([4, 8, 2], 24, "sum") == RELEASED_DFS_SUM
+    assert cd_trace.final_steps(RELEASED_DFS_SUM) == ["4*8=32", "4+8=12", "2*12=24"][1:]
+    assert COUNTDOWN.verify({"nums": [4, 8, 2], "target": 24}, RELEASED_DFS_SUM).correct
+
+
+def test_released_dfs_prunes_and_a_failed_search_ends_with_no_closing_line():
+    # 2+28=30 -> [3, 30] scores 13.5 > 10 and is pruned: the search misses (2+28)/3 = 10.
+    t = cd_trace.dfs([2, 3, 28], 10, "sum")
+    assert t == RELEASED_DFS_FAILED and cd_trace.first_solution([2, 3, 28], 10) == ["2+28=30", "30/3=10"]
+    assert COUNTDOWN.verify({"nums": [2, 3, 28], "target": 10}, t).category == "not_reached"
+    assert cd_trace.dfs([1, 1, 22], 11, "mult") == "Current State: 11:[1, 1, 22], Operations: []"  # all pruned
+
+
+def test_released_mult_heuristic_sums_distances_to_factors_from_2():
+    assert cd_trace.heuristic([3, 14], 10, "mult") == 1 + 4  # factors 2, 5, 10
+    assert cd_trace.heuristic([3, 14], 10, "mult", "sbt") == (1 + 4) / 2  # ours: the mean, factors from 1
+    assert cd_trace.heuristic([1], 10, "mult") == 1 and cd_trace.heuristic([1], 10, "mult", "sbt") == 0
+
+
+def test_released_think_names_a_hopeless_pair_and_counts_it_in_the_node_ids():
+    assert cd_trace.dfs([1, 1, 9], 10, "mult", think=True) == RELEASED_THINK
+    assert cd_trace.dfs([3, 8, 2], 23, "mult", think=True) == (
+        "Current State: 23:[3, 8, 2], Operations: []\nExploring Operation: 3*8=24, Resulting Numbers: [2, 24]\n"
+        "[2, 24] No Solution")
+
+
+def test_released_direct_is_the_first_dfs_solution_with_flat_ids_and_operands_removed_by_value():
+    assert cd_trace.direct_released([4, 4, 8, 2], 24) == RELEASED_DIRECT
+    assert COUNTDOWN.verify({"nums": [4, 4, 8, 2], "target": 24}, RELEASED_DIRECT).correct
+    assert cd_trace.final_steps(RELEASED_DIRECT) == ["4+4=8", "8*2=16", "8+16=24"]
+    with pytest.raises(ValueError, match="cannot make"):
+        cd_trace.direct_released([1, 1], 50)
+
+
+def test_a_trace_continued_after_a_state_prompt_verifies_from_its_first_explored_operation():
+    problem = {"nums": [4, 8, 2], "target": 24}
+    prompt = COUNTDOWN.prompt(problem, "state")
+    assert RELEASED_DFS_SUM.startswith(prompt) and prompt == "Current State: 24:[4, 8, 2], Operations: []\n"
+    rest = RELEASED_DFS_SUM[len(prompt):]
+    assert COUNTDOWN.verify(problem, rest).correct and COUNTDOWN.answer_key(rest) == ("2*12=24", "4+8=12")
+    with pytest.raises(ValueError, match="not 'header'"):
+        COUNTDOWN.prompt(problem, "header")
+
+
+def test_sbt_format_dfs_writes_our_order_and_closes_a_failed_search():
+    t = cd_trace.dfs([4, 8, 2], 24, "sum", fmt="sbt")
+    assert "Generated Node #0,0: 24:" in t and t.endswith("24,24 equal: Goal Reached")
+    assert cd_trace.final_steps(t) == ["8+4=12", "12*2=24"] and COUNTDOWN.verify({"nums": [4, 8, 2], "target": 24}, t).correct
+    lines = cd_trace.dfs([5, 7, 3], 36, "sum", fmt="sbt").split("\n")
     back = [i for i, x in enumerate(lines) if x == "Moving to Node #0"]
     assert back and all(lines[i + 1] == "Current State: 36:[5, 7, 3], Operations: []" for i in back)
-    assert COUNTDOWN.verify({"nums": [5, 7, 3], "target": 36}, t).correct
-    assert not COUNTDOWN.verify({"nums": [5, 7, 3], "target": 36}, "\n".join(lines[:-1])).correct
+    # Ours restates a node after a failed subtree, never after a leaf under it (the released text does).
+    assert "No Solution\nMoving to Node #0,0\n" not in "\n".join(lines)
+    assert "No Solution\nMoving to Node #0,0\n" in cd_trace.dfs([5, 7, 3], 36, "sum")
+    assert cd_trace.dfs([2, 3, 28], 10, "sum", fmt="sbt").endswith(cd_trace.FAILED)
 
 
 def test_pruned_dfs_can_fail_and_a_failed_trace_is_not_reached(data_dir):
     problems = io.read_parquet(str(data_dir / "train.parquet")).slice(0, 200).to_pylist()
-    failed = [p for p in problems if cd_trace.dfs(p["nums"], p["target"], "sum").endswith(cd_trace.FAILED)]
-    assert 0 < len(failed) < len(problems)  # every problem is solvable; pruning loses some
-    for p in failed[:20]:
-        t = cd_trace.dfs(p["nums"], p["target"], "sum")
-        assert not COUNTDOWN.claims_goal(t) and COUNTDOWN.verify(p, t).category == "not_reached"
+    for fmt in cd_trace.FORMATS:
+        traces = [(p, cd_trace.dfs(p["nums"], p["target"], "mult", fmt=fmt)) for p in problems]
+        failed = [(p, t) for p, t in traces if not COUNTDOWN.claims_goal(t)]
+        assert 0 < len(failed) < len(problems)  # every problem is solvable; pruning loses some
+        for p, t in failed[:20]:
+            assert COUNTDOWN.verify(p, t).category == "not_reached"
+            assert t.endswith(cd_trace.FAILED) == (fmt == "sbt")
 
 
 def test_bfs_keeps_beam_width_nodes_per_level():
@@ -314,20 +450,21 @@ def test_bfs_keeps_beam_width_nodes_per_level():
     assert t.endswith(cd_trace.FAILED) and len(moves) == 4  # 2 nodes at depth 1, 2 at depth 2
 
 
-def test_think_traces_skip_pairs_that_cannot_make_the_target():
-    t = cd_trace.dfs([3, 8, 2], 23, "mult", think=True)  # unreachable: every pair is hopeless
+def test_sbt_think_traces_skip_pairs_that_cannot_make_the_target():
+    t = cd_trace.dfs([3, 8, 2], 23, "mult", think=True, fmt="sbt")  # unreachable: every pair is hopeless
     assert "[2, 24] No Solution" in t and t.endswith(cd_trace.FAILED)
     assert "unequal: No Solution" not in t and "Moving to Node #0," not in t  # no hopeless pair is explored
-    found = cd_trace.dfs([4, 8, 2], 24, "mult", think=True)
+    found = cd_trace.dfs([4, 8, 2], 24, "mult", think=True, fmt="sbt")
     assert COUNTDOWN.verify({"nums": [4, 8, 2], "target": 24}, found).correct
     assert found.count("Moving to Node #0,") == 1  # straight to the pair that makes the target
 
 
 def test_direct_traces_verify_for_every_generated_problem(data_dir):
     problems = io.read_parquet(str(data_dir / "train.parquet")).slice(0, 200).to_pylist()
-    for p in problems:
-        t = COUNTDOWN.trace(p, "direct", None)
-        assert COUNTDOWN.verify(p, t).correct and t.count("Exploring Operation") == len(p["nums"]) - 1
+    for fmt in cd_trace.FORMATS:
+        for p in problems:
+            t = COUNTDOWN.trace(p, "direct", None, fmt)
+            assert COUNTDOWN.verify(p, t).correct and t.count("Exploring Operation") == len(p["nums"]) - 1
 
 
 def test_the_paper_checker_accepts_a_trace_that_leaves_a_number_unused():

@@ -82,11 +82,13 @@ class Domain(Protocol):
     study_figures: ClassVar[dict | None]
     # Tokenizer vocabularies by name: fixed phrases (one token each) and single characters.
     vocabularies: ClassVar[dict[str, tuple[tuple[str, ...], tuple[str, ...]]]]
-    # Trace styles this domain writes (`trace(problem, style, rng)`), e.g. dfs, mix, think, direct.
+    # Trace styles this domain writes (`trace(problem, style, rng, fmt)`), e.g. dfs, mix, think, direct.
     trace_styles: ClassVar[tuple[str, ...]]
+    trace_formats: ClassVar[tuple[str, ...]]  # the texts it can write them in, the default first
+    prompt_forms: ClassVar[tuple[str, ...]]  # `prompt(problem, form)`'s forms, `question` first
 
     def generate(self, cfg: Any, out_dir: str, progress: Callable | None = None) -> dict[str, str]: ...
-    def prompt(self, problem: dict) -> str: ...
+    def prompt(self, problem: dict, form: str = "question") -> str: ...
     def verify(self, problem: dict, response: str, strict: bool = True) -> Verdict: ...
     def claims_goal(self, response: str) -> bool: ...
     def answer_key(self, response: str) -> Any: ...  # what majority vote counts; None: no answer
@@ -96,7 +98,7 @@ class Domain(Protocol):
     # `stats` is what `data_stats` measured on the whole train split (build_data passes it).
     def backtrack_example(self, problem: dict, error_type: str, rng, at_target: bool = False,
                           stats: dict | None = None) -> Example: ...
-    def trace(self, problem: dict, style: str, rng) -> str: ...  # a search trace (or the direct path)
+    def trace(self, problem: dict, style: str, rng, fmt: str) -> str: ...  # a search trace (or the direct path)
     def data_stats(self, problems: pa.Table) -> dict: ...  # dataset-wide figures the error builders use
     def extra_metrics(self, problem: dict, response: str) -> dict[str, float]: ...  # averaged in evaluations
     def dead_ends(self, response: str) -> int: ...  # wrong branches abandoned before the answer (or the end)

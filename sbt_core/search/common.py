@@ -10,6 +10,7 @@ import torch
 
 from sbt_core import domains
 from sbt_core.domains import BACKTRACK, Domain
+from sbt_core.models import prompt_form
 from sbt_core.search.sampling import Sampled, row_keys, sample
 
 
@@ -95,6 +96,7 @@ class LM:
         self._config = model_config
         self.tokenizer = tokenizer
         self.domain = domains.get(domain) if isinstance(domain, str) else domain
+        self.prompt_form = prompt_form(tokenizer)  # what its SFT gave it: the question, or a trace's first line
         self.eos_id = tokenizer.eos_token_id
         self.pad_id = tokenizer.pad_token_id
         self.backtrack_id = tokenizer.convert_tokens_to_ids(BACKTRACK)
@@ -127,8 +129,11 @@ class LM:
             self.engine.close()
             self.engine = None
 
+    def prompt(self, problem: dict) -> str:
+        return self.domain.prompt(problem, self.prompt_form)
+
     def prompt_ids(self, problem: dict) -> list[int]:
-        return self.encode(self.domain.prompt(problem))
+        return self.encode(self.prompt(problem))
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=True)["input_ids"]

@@ -46,7 +46,7 @@ def _expand(lm: LM, state: str, total_length: int, prompt_len: int, cfg: SearchC
 
 
 def _solve_one(lm: LM, problem: dict, cfg: SearchConfig) -> Result:
-    prompt = lm.domain.prompt(problem)
+    prompt = lm.prompt(problem)
     prompt_len = len(lm.tokenizer(prompt, add_special_tokens=True)["input_ids"])
     total_length = prompt_len + cfg.max_new_tokens
     frontier, visited, candidates = [prompt], {prompt}, []

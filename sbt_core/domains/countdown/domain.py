@@ -43,6 +43,10 @@ class Countdown:
         },
     }
     trace_styles = trace.STYLES
+    trace_formats = trace.FORMATS
+    # `question`: the first paper's `###Question: ...` header; `state`: the trace's first line, the root
+    # `Current State` (the released evaluation's prompt of arXiv 2504.07052, so the model never copies the numbers).
+    prompt_forms = ("question", "state")
     vocabularies = {
         "countdown": (_STEP_PHRASES, _STEP_CHARS),
         "countdown-trace": (_STEP_PHRASES + trace.PHRASES, _STEP_CHARS + trace.CHARS),
@@ -51,7 +55,11 @@ class Countdown:
     def generate(self, cfg: GenerateConfig, out_dir: str, progress: Callable | None = None) -> dict[str, str]:
         return generate.run(cfg, out_dir, progress)
 
-    def prompt(self, problem: dict) -> str:
+    def prompt(self, problem: dict, form: str = "question") -> str:
+        if form == "state":
+            return trace.first_line(problem["nums"], problem["target"]) + "\n"
+        if form != "question":
+            raise ValueError(f"Countdown prompts are {self.prompt_forms}, not {form!r}")
         return format_prompt(problem["nums"], problem["target"])
 
     def difficulty(self, cfg: GenerateConfig) -> int:
@@ -109,9 +117,9 @@ class Countdown:
             problem["nums"], problem["target"], steps, error_type, rng, (stats or {}).get("number_max", 99), at_target)
         return Example(response, "backtrack", used, prefix_len)
 
-    def trace(self, problem: dict, style: str, rng) -> str:
-        steps = [parse_step(line) for line in solution_steps(problem["solution"])]
-        return trace.write(problem["nums"], problem["target"], style, rng, steps)
+    def trace(self, problem: dict, style: str, rng, fmt: str = trace.FORMATS[0]) -> str:
+        steps = [parse_step(line) for line in solution_steps(problem["solution"])] if fmt == "sbt" else None
+        return trace.write(problem["nums"], problem["target"], style, rng, steps, fmt)
 
     def load_released(self, source: str, split: str = "train"):
         """The first paper's released SFT rows (`sbt import-dataset`'s sources) as a `datasets.Dataset` with

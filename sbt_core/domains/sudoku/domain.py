@@ -53,6 +53,8 @@ class Sudoku:
         },
     }
     trace_styles = ("dfs", "direct")
+    trace_formats = ("sbt",)  # our solver's text (the authors' Sudoku generator is not public)
+    prompt_forms = ("question",)
     vocabularies = {
         "sudoku": (("###Question:", "###Response:", GOAL, "sudoku", "guess", "revert", "nocand", solver.INVALID)
                    + _CELLS, tuple("0123456789= []\n")),
@@ -64,7 +66,9 @@ class Sudoku:
     def difficulty(self, cfg: GenerateConfig) -> int:
         return cfg.size
 
-    def prompt(self, problem: dict) -> str:
+    def prompt(self, problem: dict, form: str = "question") -> str:
+        if form != "question":
+            raise ValueError(f"Sudoku prompts are {self.prompt_forms}, not {form!r}")
         p = problem["puzzle"]
         n = verify.size_of(p)
         return f"###Question: sudoku {' '.join(p[r * n:(r + 1) * n] for r in range(n))}\n{RESPONSE_HEADER}"
@@ -139,7 +143,7 @@ class Sudoku:
                                kind, k)
         raise ValueError(f"no wrong placement possible for {puzzle}")
 
-    def trace(self, problem: dict, style: str, rng) -> str:
+    def trace(self, problem: dict, style: str, rng, fmt: str = "sbt") -> str:
         if style == "dfs":
             return solver.trace_text(self._trace(problem))
         if style == "direct":
