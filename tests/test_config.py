@@ -171,3 +171,20 @@ def test_a_run_yaml_with_a_base_takes_the_presets_sections_and_merges_its_own(tm
     (tmp_path / "c.yaml").write_text("base: nosuch\n")
     with pytest.raises(ConfigError, match="no such config file"):
         load_run_config(tmp_path / "c.yaml")
+
+
+def test_trace_format_prompt_and_overflow_resolve_per_model_and_bad_ones_name_their_field():
+    cfg = load_run_config(None, ["models.+dfs.recipe=dfs_trace", "models.dfs.data.trace_format=sbt"])
+    _, model, sft, data = cfg.model_spec("dfs")
+    assert data.recipe == "dfs_trace" and data.trace_format == "sbt" and sft.overflow == "split"
+    assert model.vocabulary == "countdown-trace" and cfg.model_spec("bt")[2].overflow == "cut"
+    assert cfg.model_spec("bt")[3].trace_format is None  # the run's build_data: the domain's first, released
+    with pytest.raises(ConfigError, match="models.bt.data.prompt: 'state' is not a prompt of countdown's"):
+        load_run_config(None, ["models.bt.data.prompt=state"])
+    with pytest.raises(ConfigError, match="build_data.trace_format: sudoku writes traces as \\('sbt',\\)"):
+        load_run_config(None, ["domain=sudoku", "generate.size=4", "models.bt.recipe=dfs_trace",
+                               "build_data.trace_format=released"])
+    with pytest.raises(ConfigError, match="model.numbers: Input should be 'digits' or 'chunks'"):
+        load_run_config(None, ["model.numbers=words"])
+    with pytest.raises(ConfigError, match="sft.overflow: Input should be 'cut', 'split' or 'drop'"):
+        load_run_config(None, ["sft.overflow=wrap"])

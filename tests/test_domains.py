@@ -16,7 +16,7 @@ from sbt_core.domains import BACKTRACK, DOMAINS, GOAL
 from sbt_core.domains.countdown import trace as cd_trace
 from sbt_core.domains.sudoku import grid, solver
 from sbt_core.domains.sudoku.config import GenerateConfig as SudokuConfig
-from sbt_core.models import VOCABULARIES, build_tokenizer
+from sbt_core.models import NUMBERS, VOCABULARIES, build_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 COUNTDOWN, SUDOKU = DOMAINS["countdown"], DOMAINS["sudoku"]
@@ -86,19 +86,27 @@ def test_every_domain_has_the_protocols_parts():
             assert callable(getattr(d, attr)), (name, attr)
 
 
+@pytest.mark.parametrize("numbers", NUMBERS)
 @pytest.mark.parametrize("vocabulary", sorted(VOCABULARIES))
-def test_each_vocabulary_tokenises_its_texts_without_unknowns_and_decodes_them_back(vocabulary):
+def test_each_vocabulary_tokenises_its_texts_without_unknowns_and_decodes_them_back(vocabulary, numbers):
     texts = {
         "countdown": COUNTDOWN.prompt({"nums": [90, 11, 37, 95], "target": 55}) + "90+95=185\n11*185=2035\n"
                      "2035/37=55\nGoal Reached!",
-        "countdown-trace": COUNTDOWN.prompt({"nums": [3, 8, 2], "target": 24}) + cd_trace.dfs([3, 8, 2], 24, "sum"),
+        "countdown-trace": COUNTDOWN.prompt({"nums": [3, 8, 2], "target": 24}) + cd_trace.dfs([3, 8, 2], 24, "sum")
+                           + "\n" + cd_trace.direct_released([4, 8, 16, 2], 1024) + "\n" + cd_trace.dfs([2, 3, 28], 10, fmt="sbt"),
         "sudoku": SUDOKU.prompt({"puzzle": "0" * 81}) + "(9,9)=9\nguess (1,2) [3 4]=3\nnocand (4,4)\ninvalid\n"
                   "revert (1,2)\n<backtrack>",
     }
-    tok = build_tokenizer(vocabulary)
+    tok = build_tokenizer(vocabulary, numbers)
     ids = tok(texts[vocabulary], add_special_tokens=False)["input_ids"]
     assert tok.unk_token_id not in ids
     assert tok.decode(ids) == texts[vocabulary]
+    words = tok.convert_ids_to_tokens(ids)
+    numerals = [w for w in words if w.isdigit()]
+    if numbers == "chunks":  # Llama-3's digit chunks: up to three, left to right
+        assert max(map(len, numerals)) == 3
+    else:
+        assert max(map(len, numerals)) == 1
 
 
 def test_the_countdown_vocabulary_keeps_its_token_ids():

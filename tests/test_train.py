@@ -238,3 +238,52 @@ def test_a_retry_on_another_worker_resumes_from_the_checkpoint_uploaded_as_it_wa
     b = load_file(os.path.join(io.localize_dir(resumed["model"]), "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     assert not io.exists(f"{out}/checkpoints")
+
+
+def test_overflow_cuts_splits_or_drops_a_row_longer_than_the_context():
+    tok = build_tokenizer()
+    prompt, response = format_prompt([10, 20, 30], 60), "10+20=30\n30+30=60\nGoal Reached!"
+    full = train.encode_batch(tok, [prompt], [response], 1000)
+    n = len(full["input_ids"][0])  # 27 prompt tokens, 16 response tokens and EOS
+    cut = train.encode_batch(tok, [prompt], [response], 32)
+    assert cut["input_ids"] == [full["input_ids"][0][:32]] and cut["input_ids"][0][-1] != tok.eos_token_id
+    split = train.encode_batch(tok, [prompt], [response], 32, "split")
+    # As the released train.py: consecutive pieces of the context's length, the last ending in EOS.
+    assert [len(x) for x in split["input_ids"]] == [32, n - 32]
+    assert sum(split["input_ids"], []) == full["input_ids"][0] and sum(split["labels"], []) == full["labels"][0]
+    assert train.encode_batch(tok, [prompt], [response], 32, "drop") == {"input_ids": [], "labels": []}
+    # A piece that holds nothing supervised (the prompt alone) is left out.
+    assert len(train.encode_batch(tok, [prompt], [response], 20, "split")["input_ids"]) == -(-(n - 20) // 20)
+
+
+def test_chunked_numbers_keep_the_masking_of_a_backtrack_example():
+    tok = build_tokenizer("countdown", "chunks")
+    ex = train.encode_example(tok, format_prompt([90, 11, 37, 1995], 55), "90+1995=2085\n84/5=83\n<backtrack>", 128)
+    marks = supervised(ex, tok)
+    prompt_len = len(tok(format_prompt([90, 11, 37, 1995], 55))["input_ids"])
+    assert not any(s for _, s in marks[:prompt_len])
+    assert marks[prompt_len:] == [
+        ("90", True), ("+", True), ("199", True), ("5", True), ("=", True), ("208", True), ("5", True), ("\n", True),
+        ("84", False), ("/", False), ("5", False), ("=", False), ("83", False), ("\n", False),
+        ("<backtrack>", True), ("</s>", True),
+    ]
+
+
+def test_a_trace_model_is_given_the_root_state_and_its_tokenizer_says_so(tmp_path, data_dir):
+    from sbt_core.models import load, prompt_form
+    from sbt_core.search.common import LM
+
+    problems = io.read_parquet(str(data_dir / "train.parquet")).slice(0, 16)
+    out = build_data.run(BuildDataConfig(recipe="dfs_trace"), str(data_dir / "train.parquet"), str(tmp_path / "d"))
+    rows = io.read_parquet(out["sft"]).to_pylist()
+    first = problems.to_pylist()[0]
+    assert rows[0]["prompt"] == f"Current State: {first['target']}:{first['nums']}, Operations: []\n"
+    assert rows[0]["response"].startswith("Exploring Operation:")
+    result = train.train(TrainConfig(max_steps=1, save_steps=100, context_length=64, overflow="split", **CFG),
+                         ModelConfig(size="1m", vocabulary="countdown-trace", numbers="chunks"), out["sft"],
+                         str(tmp_path / "m"))
+    model, tok = load(result["model"])
+    assert prompt_form(tok) == "state" and "123" in tok.get_vocab()
+    assert LM(model, tok).prompt(first) == rows[0]["prompt"]
+    metrics = json.loads((tmp_path / "m" / "train_metrics.json").read_text())
+    assert metrics["train/rows"] > metrics["train/source_rows"] and metrics["train/rows_cut"] == 0

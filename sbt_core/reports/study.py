@@ -49,6 +49,16 @@ def levels(all_series: list[dict]) -> dict[str, float]:
     return {"low": flops[0], "middle": math.exp((lo + hi) / 2), "high": flops[-1]}
 
 
+def paper_direction(paper: dict, level: str) -> str:
+    """The paper's two best rows at a level (low: n = 1 / the smallest budget, middle: n = 8, high: its largest),
+    which is where its direction (direct best-of-n with the verifier vs search traces) reads."""
+    ns = paper["ns"]
+    i = {"low": 0, "middle": min(range(len(ns)), key=lambda k: abs(math.log(ns[k]) - math.log(8))),
+         "high": len(ns) - 1}[level]
+    (a, ra), (b, rb) = sorted(paper["rows"].items(), key=lambda kv: -kv[1][i])[:2]
+    return f"{a} {ra[i]:g}%, {b} {rb[i]:g}%"
+
+
 def best_within(points: list[dict], flops: float) -> dict | None:
     """The most accurate point that costs at most `flops` per problem (None: every point costs more)."""
     fits = [p for p in points if p["flops_measured"] <= flops * (1 + 1e-9)]
@@ -187,15 +197,17 @@ def _part_markdown(label, part, all_series, at, won, errs, studies, labels) -> l
     md.append(f"{problems} held-out problems per model; accuracy in % with its 95% Wilson interval; FLOPs per "
               "problem from the measured lengths (`flops_measured`) and by the paper's formula at the mean length.\n")
     md.append("### Who wins\n")
+    paper = domains.get(part["domain"]).study_figures
     md.append("| compute | FLOPs / problem | verifier-free winner | runner-up (another model) | with the direct "
-              "model's pass@n (the paper's comparison) |")
-    md.append("|---|---|---|---|---|")
+              "model's pass@n (the paper's comparison) |" + (" the paper at that level (its best two) |" if paper else ""))
+    md.append("|---|---|---|---|---|" + ("---|" if paper else ""))
     for level, entry in won.items():
         vf, wv = entry.get("verifier_free"), entry.get("with_verifier")
         cell = lambda e: "-" if not e else "none: every model 0%" if e["accuracy"] == 0 else (  # noqa: E731
             f"**{e['winner']}** {pct(e['accuracy'])}%" + ("" if e["clear"] else " (within noise)"))
         rival = "-" if not vf or not vf["runner_up"] else f"{vf['runner_up']} {pct(vf['runner_up_accuracy'])}%"
-        md.append(f"| {level} | {flops(entry['flops'])} | {cell(vf)} | {rival} | {cell(wv)} |")
+        md.append(f"| {level} | {flops(entry['flops'])} | {cell(vf)} | {rival} | {cell(wv)} |"
+                  + (f" {paper_direction(paper, level)} |" if paper else ""))
     md.append("\n(Each model's best point that costs at most the level's FLOPs; \"within noise\": the runner-up's "
               "95% interval reaches the winner's.)\n")
     md.append("### Every point\n")
@@ -237,7 +249,6 @@ def _part_markdown(label, part, all_series, at, won, errs, studies, labels) -> l
             loss = "-" if t["final_loss"] is None else f"{t['final_loss']:.3f}"
             md.append(f"| {labels.get(m, m)} | {t['steps']} | {t['rows']} | {t['tokens']} | "
                       f"{(t['seconds'] or 0):.0f} | {loss} |")
-    paper = domains.get(part["domain"]).study_figures
     if paper:
         same = paper["matches"](part["generate"])
         md.append(f"\n### The paper's figures (arXiv 2504.07052, {paper['setting']})\n")

@@ -65,9 +65,9 @@ HEURISTICS = ("sum", "mult")
 FORMATS = ("released", "sbt")
 # The trace vocabulary's fixed phrases (one token each); longer before shorter where one starts the other.
 PHRASES = ("Current State:", "Operations:", "Exploring Operation:", "Resulting Numbers:", "Generated Node",
-           "Operation:", "Moving to Node", "unequal: No Solution", "equal: Goal Reached", "No Solution", FAILED,
-           "from")
-CHARS = ("#", "'", ":")
+           "Operation:", "Moving to Node", "unequal: No Solution", "equal: Goal Reached", "No Solution", FAILED)
+# Its characters, then the released direct path's `from` (a word, last: the ids before it stay as they were).
+CHARS = ("#", "'", ":", "from")
 
 _STATE_RE = re.compile(r"Current State: \d+:\[[0-9, ]*\], Operations: \[(.*)\]")
 _EXPLORING_RE = re.compile(r"Exploring Operation: (\S+), Resulting Numbers: \[[0-9, ]*\]")
