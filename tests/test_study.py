@@ -54,6 +54,14 @@ def test_compute_levels_come_from_the_direct_models_n_and_each_series_gets_its_b
     assert study_report.best_within(all_series[2]["points"], 49) is None
 
 
+def test_the_papers_direction_at_each_level_is_its_two_best_rows_at_n_1_8_and_the_largest():
+    paper = {"budgets": [256, 512, 1024, 2048, 4096], "ns": [1, 2, 4, 8, 16],
+             "rows": {"DFS": [10, 20, 30, 40, 50], "direct": [15, 16, 17, 45, 60], "think": [12, 30, 46, 53, 59]}}
+    assert study_report.paper_direction(paper, "low") == "direct 15%, think 12%"
+    assert study_report.paper_direction(paper, "middle") == "think 53%, direct 45%"  # n = 8: the fourth column
+    assert study_report.paper_direction(paper, "high") == "direct 60%, think 59%"
+
+
 def test_the_wilson_interval_covers_the_proportion_and_narrows_with_more_problems():
     lo, hi = metrics.wilson(50, 100)
     assert lo < 0.5 < hi and round(hi - lo, 3) == 0.192

@@ -2,18 +2,20 @@
 
 A trace is the search written out, one event per line (the released generator's text, `released`):
 
-    Current State: 24:[3, 8, 2], Operations: []
-    Exploring Operation: 3+8=11, Resulting Numbers: [2, 11]
-    Generated Node #0,0: 24:[2, 11] Operation: 3+8=11
+    Current State: 24:[4, 8, 2], Operations: []
+    Exploring Operation: 8*2=16, Resulting Numbers: [4, 16]
+    Generated Node #0,0: 24:[4, 16] Operation: 8*2=16
     Moving to Node #0,0
-    Current State: 24:[2, 11], Operations: ['3+8=11']
-    Exploring Operation: 2+11=13, Resulting Numbers: [13]
-    13,24 unequal: No Solution
+    Current State: 24:[4, 16], Operations: ['8*2=16']
+    Exploring Operation: 4+16=20, Resulting Numbers: [20]
+    20,24 unequal: No Solution
     Moving to Node #0,0
-    Current State: 24:[2, 11], Operations: ['3+8=11']
+    Current State: 24:[4, 16], Operations: ['8*2=16']
     ...
-    Exploring Operation: 3*8=24, Resulting Numbers: [2, 24]
+    Moving to Node #0
+    Current State: 24:[4, 8, 2], Operations: []
     ...
+    Exploring Operation: 2*12=24, Resulting Numbers: [24]
     24,24 equal: Goal Reached
 
 Node ids are paths (`#0,2,1`: the second child of the third child of the root, counting every child
