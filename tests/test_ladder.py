@@ -113,6 +113,8 @@ def test_rows_carry_intervals_the_paired_gain_and_the_trend(tmp_path):
     assert ladder_report.first_reaching(flat) is None
     assert "No rung reaches +10 points" in ladder_report.markdown(flat, cfg)
     assert ladder_report.trend(flat)["flops_for"]["+10"] is None
+    same = [dict(r, train_flops=2.79e13 * (1 + 1e-9 * i)) for i, r in enumerate(rows)]  # an equal-FLOPs comparison
+    assert ladder_report.trend(same) is None and "Trend over" not in ladder_report.markdown(same, cfg)
 
 
 TINY = {

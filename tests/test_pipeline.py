@@ -347,6 +347,9 @@ def test_a_models_mapping_trains_evaluates_and_reports_each_model(prefect_server
     assert "| direct solution | `direct_greedy` |" in report and "| SFT on DFS traces | `dfs_greedy` |" in report
     for tag, kind in (("direct", "direct"), ("dfs", "trace")):
         sft = io.read_parquet(str(run_dir / f"data-{tag}" / "sft.parquet")).to_pylist()
-        assert {r["kind"] for r in sft} == {kind} and sft[0]["response"].startswith("Current State: ")
+        assert {r["kind"] for r in sft} == {kind} and sft[0]["response"].startswith("Exploring Operation: ")
+        assert sft[0]["prompt"] == f"Current State: {sft[0]['target']}:{sft[0]['nums']}, Operations: []\n"
         vocab = json.loads((run_dir / f"sft-{tag}" / "model" / "tokenizer.json").read_text())["model"]["vocab"]
         assert "Exploring Operation:" in vocab
+        tokenizer = json.loads((run_dir / f"sft-{tag}" / "model" / "tokenizer_config.json").read_text())
+        assert tokenizer["sbt_prompt"] == "state"  # every decoder gives the model the root state

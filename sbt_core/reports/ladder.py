@@ -66,7 +66,8 @@ def rung_row(name: str, config: RunConfig, ladder: LadderConfig, train_metrics: 
 
 def trend(rows: list[dict]) -> dict[str, Any] | None:
     """Least-squares line gain = a + b·log10(FLOPs) over the rungs of the first rung's setting (size varies,
-    the task does not; levers left out); the FLOPs where it reaches +10 and +40 points (None: it does not rise)."""
+    the task does not; levers left out); the FLOPs where it reaches +10 and +40 points (None: it does not rise).
+    None when those rungs are fewer than two or all at one compute (a comparison at equal FLOPs has no trend)."""
     setting = rows[0]["difficulty"] if rows else None
     pts = [(math.log10(r["train_flops"]), r["gain"]) for r in rows
            if r["difficulty"] == setting and r["train_flops"] and not r.get("lever")]
@@ -74,7 +75,9 @@ def trend(rows: list[dict]) -> dict[str, Any] | None:
         return None
     mx, my = sum(x for x, _ in pts) / len(pts), sum(y for _, y in pts) / len(pts)
     sxx = sum((x - mx) ** 2 for x, _ in pts)
-    slope = sum((x - mx) * (y - my) for x, y in pts) / sxx if sxx else 0.0
+    if sxx < 1e-6:  # within 0.1% of one compute
+        return None
+    slope = sum((x - mx) * (y - my) for x, y in pts) / sxx
     intercept = my - slope * mx
     reach = {f"+{t}": (10 ** ((t / 100 - intercept) / slope) if slope > 0 else None) for t in (10, 40)}
     return {"difficulty": setting, "rungs": len(pts), "intercept": intercept, "slope_per_decade": slope,
