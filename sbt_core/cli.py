@@ -72,10 +72,9 @@ def _built_data(data: str) -> dict:
     response and EOS in that vocabulary); {} without one."""
     from sbt_core import io
 
-    manifest = io.join(io.parent(data) if str(data).endswith(".parquet") else data, io.MANIFEST)
-    if not io.exists(manifest):
+    record = io.manifest_beside(data)
+    if not record:
         return {}
-    record = io.read_json(manifest)
     lengths = (record.get("stats") or {}).get("token_lengths") or {}
     return {"vocabulary": (record.get("config") or {}).get("vocabulary"), "longest": (lengths.get("all") or {}).get("max")}
 

@@ -401,6 +401,12 @@ def provenance() -> dict[str, Any]:
             "started_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
 
+def manifest_beside(data: str) -> dict:
+    """The manifest of the stage that wrote `data` (a Parquet file or a folder), {} without one."""
+    manifest = join(parent(data) if str(data).endswith(".parquet") else str(data), MANIFEST)
+    return read_json(manifest) if exists(manifest) else {}
+
+
 def write_manifest(out_dir: str, stage: str, config: dict, inputs: list[str], outputs: dict[str, str],
                    stats: dict | None = None) -> str:
     """The provenance record written beside a stage's outputs (outputs: name -> uri; stats: figures measured

@@ -82,9 +82,7 @@ def encode_example(tokenizer, prompt: str, response: str, context_length: int) -
 
 def data_prompt_form(data: str) -> str:
     """The prompt form build-data's manifest beside `data` records (`question` without one): the model keeps it."""
-    manifest = io.join(io.parent(data) if str(data).endswith(".parquet") else str(data), io.MANIFEST)
-    config = (io.read_json(manifest).get("config") or {}) if io.exists(manifest) else {}
-    return config.get("prompt") or "question"
+    return (io.manifest_beside(data).get("config") or {}).get("prompt") or "question"
 
 
 def sft_rows(data: str):
