@@ -68,6 +68,15 @@ def test_other_number_counts_and_ranges(tmp_path):
         assert len(nums) == 3 and max(nums) <= 20 and verify(nums, target, sol).correct
 
 
+def test_a_val_seen_the_train_split_used_up_is_an_error_not_an_empty_file():
+    # 2 numbers in [1, 3] with targets 2-6: a handful of problems, all drawn into train many times over
+    cfg = GenerateConfig(num_numbers=2, number_max=3, target_min=2, target_max=6, held_out_fraction=0.2,
+                         num_train=200, num_val_seen=5, num_val_new=0, workers=1)
+    with pytest.raises(ValueError, match=r"num_val_seen: 5 problems .* 0 found .* lower num_val_seen"):
+        generate.generate(cfg)
+    assert len(generate.generate(cfg.model_copy(update={"num_val_seen": 0}))["val_seen"]) == 0
+
+
 def test_backtrack_rows_follow_the_definition(data_dir):
     problems = io.read_parquet(str(data_dir / "train.parquet")).slice(0, 600)
     table = build_data.build(problems, BuildDataConfig(seed=3), COUNTDOWN)

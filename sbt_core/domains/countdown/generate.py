@@ -133,6 +133,13 @@ def generate(cfg: GenerateConfig, progress=None) -> dict[str, pa.Table]:
             for i, key in enumerate(zip(val_seen["nums"].to_pylist(), val_seen["target"].to_pylist()))
             if (tuple(sorted(key[0])), key[1]) not in in_train
         ][: cfg.num_val_seen]
+        if len(keep) < cfg.num_val_seen:  # the seen targets' problem space is used up by train: say so
+            raise ValueError(
+                f"num_val_seen: {cfg.num_val_seen} problems with seen targets that are not in train were asked "
+                f"for, {len(keep)} found in {len(val_seen)} draws; train's {cfg.num_train} rows hold "
+                f"{len(in_train)} distinct problems of {cfg.num_numbers} numbers in [{cfg.number_min}, "
+                f"{cfg.number_max}] with targets {cfg.target_min}-{cfg.target_max}: lower num_val_seen or "
+                "num_train, or widen the numbers or targets")
         val_seen = val_seen.take(pa.array(keep, pa.int64())).set_column(0, "id", pa.array(np.arange(len(keep)), pa.int64()))
         val_new = _generate_split(cfg, "val_new", held, cfg.num_val_new, pool, progress) if held else train.slice(0, 0)
     finally:
