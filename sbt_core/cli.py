@@ -345,3 +345,26 @@ def distill_data(
     from sbt_core import distill as stage
 
     typer.echo(stage.run(results, out, domain=data_domain(domain, results), transductive=transductive)["sft"])
+
+
+@app.command()
+@clean_errors
+def probe(
+    model: str = typer.Option(..., help="Model folder (a stage's sft-*/model)."),
+    data: str = typer.Option(..., help="SFT rows (a build-data stage's sft.parquet)."),
+    rows: int = typer.Option(200, min=1, help="How many rows, from the first."),
+    context_length: Optional[int] = typer.Option(None, min=8, help="Tokens read per row (default: the model's)."),
+    out: Optional[str] = typer.Option(None, help="Also write the figures to this JSON file."),
+    domain: Optional[str] = typer.Option(None, help=DATA_DOMAIN_HELP),
+):
+    """Teacher-forced next-token accuracy and loss on SFT rows by token role: which step (choice), what it gives
+    (result), a claim about the search (verdict), a restatement (copy). What a low mean loss is made of."""
+    from sbt_core import io
+    from sbt_core import probe as stage
+
+    _quiet()
+    result = stage.run(model, data, rows=rows, context_length=context_length, domain=data_domain(domain, data))
+    if out:
+        io.write_json(result, out)
+    typer.echo(f"{result['rows']} rows of {data} ({result['domain']}, {result['context_length']} tokens each at most)")
+    typer.echo(stage.markdown(result["roles"]))

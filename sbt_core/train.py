@@ -381,6 +381,7 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig, data_uri: str, out_dir: str,
         "train/resumed_from": resume,
         "train/loss_history": [{"step": h["step"], "loss": h["loss"]} for h in losses],
     }
+    metrics["train/roles"] = _roles(model, tokenizer, rows, data_uri, cfg.context_length)
     model_uri = io.upload_dir(final, io.join(out_dir, "model")) if remote else str(final)
     if remote:  # the model is there: the uploaded checkpoints have done their work
         io.remove(remote_ckpts)
@@ -391,6 +392,19 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig, data_uri: str, out_dir: str,
     )
     log.info("train: %d steps, %.0f tokens/s", trainer.state.global_step, metrics["train/tokens_per_second"] or 0)
     return {"model": model_uri, "metrics": metrics_uri}
+
+
+PROBE_ROWS = 200  # SFT rows the trained model is probed on (`train/roles`)
+
+
+def _roles(model, tokenizer, rows, data_uri: str, context_length: int) -> dict:
+    """What the model learnt of its own first rows, by token role (`probe.role_accuracy`): a low loss made of
+    copying shows here as a low `result` accuracy."""
+    from sbt_core import domains, probe
+
+    name = (io.manifest_beside(data_uri).get("config") or {}).get("domain") or domains.DEFAULT
+    part = rows.select(range(min(PROBE_ROWS, len(rows)))).select_columns(["prompt", "response"]).to_list()
+    return probe.role_accuracy(model, tokenizer, domains.get(name), part, context_length=context_length)
 
 
 def quiet_trainer(trainer) -> None:

@@ -171,6 +171,7 @@ def test_the_study_flow_trains_evaluates_reports_and_caches(prefect_server, tmp_
     assert [(m["backtracking"], m["direct"]) for m in cd["mistakes"]] == [("DFS", "direct"), ("DFS", "direct + GRPO")]
     md = (run_dir / "study.md").read_text()
     assert "## countdown" in md and "## sudoku" in md and "### Who wins" in md and "The paper's figures" in md
+    assert md.count("| final loss | choice | result | verdict | copy |") == 2  # what each model learnt, by role
     for part in ("countdown", "sudoku"):
         assert (run_dir / f"study-{part}.png").read_bytes()[:4] == b"\x89PNG"
     vocab = json.loads((run_dir / "countdown" / "sft-dfs" / "model" / "tokenizer.json").read_text())["model"]["vocab"]

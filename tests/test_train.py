@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from sbt_core import build_data, io, train
 from sbt_core.config import BuildDataConfig, ModelConfig, TrainConfig
 from sbt_core.domains import DOMAINS
+from sbt_core.domains.base import ROLES
 from sbt_core.domains.countdown.format import format_prompt
 from sbt_core.models import build_tokenizer
 
@@ -96,6 +97,10 @@ def test_resume_from_last_complete_checkpoint_equals_uninterrupted_run(tmp_path,
     resumed = train.train(cfg, ModelConfig(size="1m"), sft, str(part))
     metrics = json.loads((part / "train_metrics.json").read_text())
     assert metrics["train/resumed_from"].endswith("checkpoint-3")
+    # What the model learnt of its first rows, by token role: every supervised token of them counted once
+    roles = metrics["train/roles"]
+    assert roles["all"]["tokens"] == sum(roles[r]["tokens"] for r in (*ROLES, "other")) > 0
+    assert roles["result"]["tokens"] and 0 <= roles["result"]["accuracy"] <= 1
     # Training time counts both attempts: the first's up to checkpoint-3, then the second's.
     first = json.loads((part / "checkpoints" / "checkpoint-3" / train.Elapsed.FILE).read_text())["seconds"]
     both = first + metrics["train/seconds_this_attempt"]
@@ -118,6 +123,7 @@ def test_deepspeed_zero2_one_rank_on_cpu(tmp_path, data_dir):
     assert list((out / "checkpoints" / "checkpoint-3").glob("global_step3/*optim_states.pt"))  # ZeRO shards
     metrics = json.loads((out / "train_metrics.json").read_text())
     assert metrics["train/steps"] == 3 and (out / "model" / "model.safetensors").exists()
+    assert metrics["train/roles"]["result"]["tokens"] > 0  # probed on rank 0 with the ZeRO-2 model
 
 
 @pytest.mark.integration

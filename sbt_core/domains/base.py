@@ -13,6 +13,7 @@ self-backtracking decoder rolls back and what the loss masks on a `<backtrack>` 
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Protocol
 
@@ -39,6 +40,27 @@ def split_response(response: str) -> tuple[list[str], str | None, str]:
         if line in (GOAL, BACKTRACK):
             return lines[:i], line, "\n".join(lines[i + 1 :])
     return lines, None, ""
+
+
+# What writing a span of a response takes: `choice` which step to take (operands, a cell), `result` what the step
+# gives (arithmetic, a digit), `verdict` a claim about the search (goal, dead end, `<backtrack>`), `copy` restating
+# what is already written (states, node lines, fixed words).
+ROLES = ("choice", "result", "verdict", "copy")
+
+
+def line_roles(response: str, rules: list[re.Pattern]) -> list[tuple[int, int, str]]:
+    """(start, end, role) spans of `response` by the first rule each line fully matches: every named group that
+    matched is a span whose role is the group's name without trailing digits (`copy2` is `copy`)."""
+    spans, at = [], 0
+    for line in response.split("\n"):
+        for rule in rules:
+            m = rule.fullmatch(line)
+            if m:
+                spans += [(at + m.start(g), at + m.end(g), g.rstrip("0123456789"))
+                          for g in rule.groupindex if m.start(g) >= 0 and m.end(g) > m.start(g)]
+                break
+        at += len(line) + 1
+    return sorted(spans)
 
 
 class StrictConfig(BaseModel):
@@ -103,6 +125,9 @@ class Domain(Protocol):
     def extra_metrics(self, problem: dict, response: str) -> dict[str, float]: ...  # averaged in evaluations
     def dead_ends(self, response: str) -> int: ...  # wrong branches abandoned before the answer (or the end)
     def difficulty(self, cfg: Any) -> Any: ...  # the generator setting a ladder's trend holds fixed
+    # What writing each part of a response takes, as (start, end, role) character spans, role one of ROLES
+    # (`sbt probe` scores a model's next-token guesses by role; text in no span is `other`).
+    def roles(self, response: str) -> list[tuple[int, int, str]]: ...
 
 
 def write_splits(tables: dict[str, pa.Table], cfg: StrictConfig, out_dir: str) -> dict[str, str]:

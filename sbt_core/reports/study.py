@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 from sbt_core import domains, io, metrics
+from sbt_core.domains.base import ROLES
 from sbt_core.reports.formatting import flops, pct, png
 
 
@@ -187,7 +188,7 @@ def _training(metrics_: dict) -> dict:
     """What an SFT run spent and reached (from its train_metrics.json)."""
     return {"steps": metrics_.get("train/steps"), "rows": metrics_.get("train/rows"),
             "tokens": metrics_.get("train/tokens"), "seconds": metrics_.get("train/seconds"),
-            "final_loss": metrics_.get("train/final_loss")}
+            "final_loss": metrics_.get("train/final_loss"), "roles": metrics_.get("train/roles") or {}}
 
 
 def _part_markdown(label, part, all_series, at, won, errs, studies, labels) -> list[str]:
@@ -242,13 +243,19 @@ def _part_markdown(label, part, all_series, at, won, errs, studies, labels) -> l
                   f"{(s['tokens_per_second'] or 0):.0f} |")
     if part.get("training"):
         md.append("\n### Training\n")
-        md.append("| model | SFT steps | rows in the data | tokens trained on | seconds | final loss |")
-        md.append("|---|---|---|---|---|---|")
+        md.append("What each model learnt of its first SFT rows, by token role (`sbt probe`): the share of next "
+                  "tokens it guesses right given the true prefix. `result` is arithmetic or a placed digit, `choice` "
+                  "the step taken, `verdict` a goal or dead-end claim, `copy` a restated state.\n")
+        md.append("| model | SFT steps | rows in the data | tokens trained on | seconds | final loss | "
+                  + " | ".join(ROLES) + " |")
+        md.append("|---|---|---|---|---|---|" + "---|" * len(ROLES))
         for m, t in part["training"].items():
             t = _training(t)
             loss = "-" if t["final_loss"] is None else f"{t['final_loss']:.3f}"
+            roles = [t["roles"].get(r) or {} for r in ROLES]
             md.append(f"| {labels.get(m, m)} | {t['steps']} | {t['rows']} | {t['tokens']} | "
-                      f"{(t['seconds'] or 0):.0f} | {loss} |")
+                      f"{(t['seconds'] or 0):.0f} | {loss} | "
+                      + " | ".join(f"{100 * r['accuracy']:.1f}%" if r.get("tokens") else "-" for r in roles) + " |")
     if paper:
         same = paper["matches"](part["generate"])
         md.append(f"\n### The paper's figures (arXiv 2504.07052, {paper['setting']})\n")

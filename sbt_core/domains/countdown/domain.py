@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from typing import Callable
 
 import pyarrow as pa
 
-from sbt_core.domains.base import BACKTRACK, Example, Verdict
+from sbt_core.domains.base import BACKTRACK, Example, Verdict, line_roles
 from sbt_core.domains.countdown import backtrack, generate, trace
 from sbt_core.domains.countdown.config import GenerateConfig
 from sbt_core.domains.countdown.format import GOAL, format_prompt, parse_step, solution_steps
@@ -15,6 +16,17 @@ from sbt_core.domains.countdown.verify import CATEGORIES, verify
 # The step format's phrases and characters, as the tiny tokenizer has always had them (ids unchanged).
 _STEP_PHRASES = ("###Question:", "###Response:", GOAL, "->target", "numbers")
 _STEP_CHARS = tuple("0123456789+-*/=[], \n")
+
+
+_OP = r"\d+ ?[-+*/] ?\d+"
+ROLE_RULES = [re.compile(r) for r in (
+    rf"(?P<choice>{_OP})(?P<result> ?= ?\d+)",
+    rf"(?P<copy>Exploring Operation: )(?P<choice>{_OP})(?P<result>=\d+)(?P<copy2>, Resulting Numbers: .*)",
+    r"(?P<copy>\d+,\d+)(?P<verdict> (un)?equal: .*)",
+    r"(?P<choice>\[\d+, \d+\])(?P<verdict> No Solution)",
+    r"(?P<copy>(Current State:|Generated Node|Moving to Node) .*)",
+    rf"(?P<verdict>{re.escape(GOAL)}|{re.escape(BACKTRACK)}|No solution found\.)",
+)]
 
 
 class Countdown:
@@ -83,6 +95,11 @@ class Countdown:
         end = next((i for i, line in enumerate(lines) if trace.REACHED in line), len(lines))
         body = "\n".join(lines[: end + 1])
         return body.count("No Solution") + body.count(BACKTRACK)
+
+    def roles(self, response: str) -> list[tuple[int, int, str]]:
+        """The compact format's `a op b=c` (choice, result), the traces' explored operation (choice, result, the
+        rest copy), state and node lines (copy), leaf and pair verdicts; `Goal Reached!`, `<backtrack>` verdicts."""
+        return line_roles(response, ROLE_RULES)
 
     def claims_goal(self, response: str) -> bool:
         return trace.REACHED in response  # `Goal Reached!` and a trace's `equal: Goal Reached`

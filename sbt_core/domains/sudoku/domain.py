@@ -8,10 +8,11 @@ prefix of the direct solution, one wrong placement, then `<backtrack>`.
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from typing import Callable
 
-from sbt_core.domains.base import BACKTRACK, GOAL, RESPONSE_HEADER, Example, Verdict, split_response
+from sbt_core.domains.base import BACKTRACK, GOAL, RESPONSE_HEADER, Example, Verdict, line_roles, split_response
 from sbt_core.domains.sudoku import generate, solver, verify
 from sbt_core.domains.sudoku.config import GenerateConfig
 
@@ -29,6 +30,13 @@ def _solve(puzzle: str) -> tuple[str, ...]:
     if not solved:
         raise ValueError(f"puzzle {puzzle} has no solution")
     return tuple(lines)
+
+
+ROLE_RULES = [re.compile(r) for r in (
+    r"(?P<choice>\(\d+,\d+\))(?P<result>=\d+)",
+    r"(?P<copy>guess )(?P<choice>\(\d+,\d+\))(?P<result> \[[\d ]+\])(?P<choice2>=\d+)",
+    rf"(?P<verdict>(revert|nocand) \(\d+,\d+\)|invalid|{re.escape(GOAL)}|{re.escape(BACKTRACK)})",
+)]
 
 
 class Sudoku:
@@ -83,6 +91,11 @@ class Sudoku:
         """Guesses taken back (`revert` lines) and `<backtrack>`s before the goal line."""
         body = self.final(response) if self.claims_goal(response) else response
         return sum(line.startswith("revert") for line in body.split("\n")) + body.count(BACKTRACK)
+
+    def roles(self, response: str) -> list[tuple[int, int, str]]:
+        """A placement's cell (choice) and digit (result); a guess's cell (choice), candidates (result) and digit
+        tried (choice); a contradiction, a revert, `Goal Reached!`, `<backtrack>` (verdicts)."""
+        return line_roles(response, ROLE_RULES)
 
     def claims_goal(self, response: str) -> bool:
         return GOAL in response
