@@ -10,20 +10,23 @@ from __future__ import annotations
 import torch
 
 from sbt_core.domains.base import ROLES
-from sbt_core.train import encode_batch
+from sbt_core.train import data_config, encode_batch
 
 OTHER = "other"
 
 
 def token_roles(domain, prompt: str, response: str, offsets: list[tuple[int, int]]) -> list[str | None]:
-    """Each token's role (None for the prompt's tokens): the role of the span its first character falls in."""
-    spans = [(a + len(prompt), b + len(prompt), r) for a, b, r in domain.roles(response)]
-    out = []
+    """Each token's role (None for the prompt's tokens): the role of the span its first character falls in
+    (offsets ascend and spans do not overlap: one walk over both)."""
+    spans, j, out = domain.roles(response), 0, []
     for start, _ in offsets:
         if start < len(prompt):
             out.append(None)
             continue
-        out.append(next((r for a, b, r in spans if a <= start < b), OTHER))
+        at = start - len(prompt)
+        while j < len(spans) and spans[j][1] <= at:
+            j += 1
+        out.append(spans[j][2] if j < len(spans) and spans[j][0] <= at else OTHER)
     return out
 
 
@@ -38,27 +41,21 @@ def role_accuracy(model, tokenizer, domain, rows: list[dict], *, context_length:
     model.eval()
     try:
         for s in range(0, len(rows), batch_rows):
-            part, enc = [], {"input_ids": [], "labels": []}
-            for row in rows[s:s + batch_rows]:  # a row with nothing supervised in its first piece is left out
-                one = encode_batch(tokenizer, [row["prompt"]], [row["response"]], context_length)
-                if one["input_ids"]:
-                    part.append(row)
-                    enc["input_ids"].append(one["input_ids"][0])
-                    enc["labels"].append(one["labels"][0])
-            if not part:
+            part = rows[s:s + batch_rows]  # (a row with nothing supervised in its first piece yields no piece)
+            enc = encode_batch(tokenizer, [r["prompt"] for r in part], [r["response"] for r in part], context_length,
+                               with_offsets=True)
+            if not enc["input_ids"]:
                 continue
-            offsets = tokenizer([r["prompt"] + r["response"] for r in part], return_offsets_mapping=True,
-                                add_special_tokens=True)["offset_mapping"]
             width = max(len(ids) for ids in enc["input_ids"])
-            ids = torch.full((len(part), width), tokenizer.pad_token_id, dtype=torch.long)
-            mask = torch.zeros((len(part), width), dtype=torch.long)
+            ids = torch.full((len(enc["input_ids"]), width), tokenizer.pad_token_id, dtype=torch.long)
+            mask = torch.zeros_like(ids)
             for i, row in enumerate(enc["input_ids"]):
                 ids[i, :len(row)], mask[i, :len(row)] = torch.tensor(row), 1
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
             logp = torch.log_softmax(logits, dim=-1).cpu()
             guess = logits.argmax(-1).cpu()
-            for i, (row, labels, offs) in enumerate(zip(part, enc["labels"], offsets)):
-                roles = token_roles(domain, row["prompt"], row["response"], offs) + [OTHER]  # + EOS
+            for i, (k, labels, offs) in enumerate(zip(enc["row"], enc["labels"], enc["offsets"])):
+                roles = token_roles(domain, part[k]["prompt"], part[k]["response"], offs)  # EOS: at the end, other
                 for t in range(1, len(labels)):
                     if labels[t] < 0 or roles[t] is None:
                         continue
@@ -91,7 +88,7 @@ def run(model_path: str, data: str, *, rows: int = 200, context_length: int | No
 
     model, tokenizer = models.load(model_path)
     table = io.read_parquet(data)
-    name = domain or (io.manifest_beside(data).get("config") or {}).get("domain") or domains.DEFAULT
+    name = domain or data_config(data).get("domain") or domains.DEFAULT
     part = table.slice(0, rows).select(["prompt", "response"]).to_pylist()
     ctx = context_length or model.config.max_position_embeddings
     return {"model": model_path, "data": data, "domain": name, "rows": len(part), "context_length": ctx,

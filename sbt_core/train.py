@@ -48,24 +48,31 @@ def masked_char_spans(prompt: str, response: str) -> list[tuple[int, int]]:
     return spans
 
 
-def encode_batch(tokenizer, prompts, responses, context_length: int, overflow: str = "cut") -> dict[str, list[list[int]]]:
+def encode_batch(tokenizer, prompts, responses, context_length: int, overflow: str = "cut",
+                 with_offsets: bool = False) -> dict[str, list]:
     """input_ids and labels for a batch of rows (one tokenizer call); a token is masked when it starts
     in a masked span; EOS ends every row and is supervised. A row longer than `context_length` is `cut` there,
     `split` into consecutive rows of that length (as arXiv 2504.07052's train.py does with the tokenizer's
-    overflowing tokens; a piece with nothing supervised is left out), or `drop`ped."""
+    overflowing tokens; a piece with nothing supervised is left out), or `drop`ped. `with_offsets`: also each
+    piece's source `row` (its index in the batch) and its tokens' character `offsets` (EOS at the text's end)."""
     enc = tokenizer([p + r for p, r in zip(prompts, responses)], return_offsets_mapping=True, add_special_tokens=True)
     eos = tokenizer.eos_token_id
-    out: dict[str, list[list[int]]] = {"input_ids": [], "labels": []}
-    for prompt, response, ids, offsets in zip(prompts, responses, enc["input_ids"], enc["offset_mapping"]):
+    out: dict[str, list] = {"input_ids": [], "labels": [], **({"row": [], "offsets": []} if with_offsets else {})}
+    for k, (prompt, response, ids, offsets) in enumerate(zip(prompts, responses, enc["input_ids"],
+                                                             enc["offset_mapping"])):
         spans = masked_char_spans(prompt, response)
         labels = [IGNORE if any(a <= start < b for a, b in spans) else tok for tok, (start, _) in zip(ids, offsets)]
-        ids, labels = list(ids) + [eos], labels + [eos]
+        end = len(prompt) + len(response)
+        ids, labels, offsets = list(ids) + [eos], labels + [eos], list(offsets) + [(end, end)]
         if len(ids) > context_length and overflow == "drop":
             continue
         for s in range(0, len(ids) if overflow == "split" else 1, context_length):
             if any(t != IGNORE for t in labels[s:s + context_length]):
                 out["input_ids"].append(ids[s:s + context_length])
                 out["labels"].append(labels[s:s + context_length])
+                if with_offsets:
+                    out["row"].append(k)
+                    out["offsets"].append(offsets[s:s + context_length])
     return out
 
 
@@ -80,9 +87,9 @@ def encode_example(tokenizer, prompt: str, response: str, context_length: int) -
     return {k: v[0] for k, v in out.items()}
 
 
-def data_prompt_form(data: str) -> str:
-    """The prompt form build-data's manifest beside `data` records (`question` without one): the model keeps it."""
-    return (io.manifest_beside(data).get("config") or {}).get("prompt") or "question"
+def data_config(data: str) -> dict:
+    """The config the manifest beside `data` records (build-data's: its `domain`, its `prompt` form), {} without one."""
+    return io.manifest_beside(data).get("config") or {}
 
 
 def sft_rows(data: str):
@@ -313,7 +320,8 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig, data_uri: str, out_dir: str,
     # fp32 master weights always; `bf16` means bf16 autocast on a GPU. (Loading the weights in
     # bf16 made AdamW update bf16 parameters directly, where small updates round away.)
     model, tokenizer = load(init, dtype=torch.float32)
-    set_prompt_form(tokenizer, data_prompt_form(data_uri))
+    built = data_config(data_uri)
+    set_prompt_form(tokenizer, built.get("prompt") or "question")  # the model keeps the prompt form it learnt
     overflow = cfg.overflow or "cut"
     rows = sft_rows(data_uri)
     dataset = tokenised(rows, tokenizer, cfg.context_length, overflow)
@@ -381,7 +389,7 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig, data_uri: str, out_dir: str,
         "train/resumed_from": resume,
         "train/loss_history": [{"step": h["step"], "loss": h["loss"]} for h in losses],
     }
-    metrics["train/roles"] = _roles(model, tokenizer, rows, data_uri, cfg.context_length)
+    metrics["train/roles"] = _roles(model, tokenizer, rows, built.get("domain"), cfg.context_length)
     model_uri = io.upload_dir(final, io.join(out_dir, "model")) if remote else str(final)
     if remote:  # the model is there: the uploaded checkpoints have done their work
         io.remove(remote_ckpts)
@@ -397,14 +405,14 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig, data_uri: str, out_dir: str,
 PROBE_ROWS = 200  # SFT rows the trained model is probed on (`train/roles`)
 
 
-def _roles(model, tokenizer, rows, data_uri: str, context_length: int) -> dict:
+def _roles(model, tokenizer, rows, domain: str | None, context_length: int) -> dict:
     """What the model learnt of its own first rows, by token role (`probe.role_accuracy`): a low loss made of
     copying shows here as a low `result` accuracy."""
     from sbt_core import domains, probe
 
-    name = (io.manifest_beside(data_uri).get("config") or {}).get("domain") or domains.DEFAULT
     part = rows.select(range(min(PROBE_ROWS, len(rows)))).select_columns(["prompt", "response"]).to_list()
-    return probe.role_accuracy(model, tokenizer, domains.get(name), part, context_length=context_length)
+    return probe.role_accuracy(model, tokenizer, domains.get(domain or domains.DEFAULT), part,
+                               context_length=context_length)
 
 
 def quiet_trainer(trainer) -> None:
