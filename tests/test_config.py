@@ -39,6 +39,31 @@ def test_study_presets_validate(preset):
         assert part.domain == label and part.expert_iteration.rounds == 0  # a study part runs no expert iteration
 
 
+def _countdown_generates() -> dict[str, object]:
+    """Each distinct Countdown `generate` section of the presets small enough to run here, by its first preset."""
+    found = {}
+    for p in sorted(CONFIGS.glob("*.yaml")):
+        if p.stem in LADDERS:
+            continue
+        parts = load_study_config(p).domains.values() if p.stem in STUDIES else [load_run_config(p)]
+        for part in parts:
+            g = part.generate
+            if g.domain == "countdown" and g.num_train <= 50_000:
+                found.setdefault(g.model_dump_json(), f"{p.stem}:{part.domain}")
+    return {name: g for g, name in found.items()}
+
+
+@pytest.mark.parametrize("where, generate", sorted(_countdown_generates().items()))
+def test_countdown_presets_generate_every_split_in_full(where, generate):
+    # tiny's val_seen came back 97 rows of 500 for months, and then an error: every preset fills what it asks
+    from sbt_core.domains.countdown import generate as countdown
+    from sbt_core.domains.countdown.config import GenerateConfig
+
+    cfg = GenerateConfig.model_validate_json(generate).model_copy(update={"workers": 2})
+    tables = countdown.generate(cfg)
+    assert [len(tables[s]) for s in countdown.SPLITS] == [cfg.num_train, cfg.num_val_seen, cfg.num_val_new], where
+
+
 def test_study_configs_name_the_field_path_of_a_bad_value():
     with pytest.raises(ConfigError) as e:
         load_study_config(CONFIGS / "smoke-study.yaml", ["domains.countdown.sft.max_stepz=3",

@@ -27,6 +27,7 @@ from sbt_core.domains.countdown.solver import decode_program, pick_programs, sol
 SPLITS = ("train", "val_seen", "val_new")
 _CANDIDATES_PER_SLOT = 4
 _SOLVE_ROWS = 2048
+_VAL_SEEN_DRAWS = 20  # val_seen draws at most 20x the problems asked for before it gives up
 _MAX_STALLED_ROUNDS = 500  # rounds in a row with no slot filled (2,000 draws per target) before giving up
 
 
@@ -84,9 +85,12 @@ def _solve_chunk(job: _Job) -> tuple[np.ndarray, np.ndarray, list[str]]:
     return nums.astype(np.int64), targets.astype(np.int64), solutions
 
 
-def _generate_split(cfg: GenerateConfig, split: str, targets: list[int], count: int, pool, progress) -> pa.Table:
+def _generate_split(cfg: GenerateConfig, split: str, targets: list[int], count: int, pool, progress,
+                    first_chunk: int = 0) -> pa.Table:
+    """`count` problems of `split` in chunks of `cfg.chunk_size`, chunk c seeded by its number `first_chunk + c`
+    (a later draw of the same split starts after the chunks already used, so it draws other problems)."""
     jobs = [
-        _Job(cfg, split, tuple(targets), c, min(cfg.chunk_size, count - c * cfg.chunk_size))
+        _Job(cfg, split, tuple(targets), first_chunk + c, min(cfg.chunk_size, count - c * cfg.chunk_size))
         for c in range((count + cfg.chunk_size - 1) // cfg.chunk_size)
     ]
     parts = []
@@ -112,6 +116,32 @@ def problem_keys(table: pa.Table) -> set[tuple]:
     return {(tuple(sorted(n)), t) for n, t in zip(table["nums"].to_pylist(), table["target"].to_pylist())}
 
 
+def _val_seen(cfg: GenerateConfig, seen: list[int], in_train: set[tuple], pool, progress) -> pa.Table:
+    """`cfg.num_val_seen` problems with seen targets that are not in train: draw 10% extra, drop collisions with
+    train, and while short draw again (later chunks: other problems) as many as the hit rate so far says, up to
+    `_VAL_SEEN_DRAWS` times the count asked for; then say the seen targets' problems are used up."""
+    want, parts, kept, drawn, chunk = cfg.num_val_seen, [], 0, 0, 0
+    count = want + max(16, want // 10)
+    while want and kept < want:
+        table = _generate_split(cfg, "val_seen", seen, count, pool, progress if not parts else None, chunk)
+        chunk += -(-count // cfg.chunk_size)
+        drawn += count
+        keys = zip(table["nums"].to_pylist(), table["target"].to_pylist())
+        keep = [i for i, (n, t) in enumerate(keys) if (tuple(sorted(n)), t) not in in_train][: want - kept]
+        parts.append(table.take(pa.array(keep, pa.int64())))
+        kept += len(keep)
+        if kept < want and drawn >= _VAL_SEEN_DRAWS * want:  # the seen targets' problem space is used up by train
+            raise ValueError(
+                f"num_val_seen: {want} problems with seen targets that are not in train were asked for, {kept} "
+                f"found in {drawn} draws; train's {cfg.num_train} rows hold {len(in_train)} distinct problems of "
+                f"{cfg.num_numbers} numbers in [{cfg.number_min}, {cfg.number_max}] with targets "
+                f"{cfg.target_min}-{cfg.target_max}: lower num_val_seen or num_train, or widen the numbers or "
+                "targets")
+        count = min(_VAL_SEEN_DRAWS * want - drawn, max(16, int(1.2 * (want - kept) * drawn / max(kept, 1))))
+    table = pa.concat_tables(parts) if parts else _generate_split(cfg, "val_seen", seen, 0, None, None)
+    return table.set_column(0, "id", pa.array(np.arange(len(table)), pa.int64()))
+
+
 def generate(cfg: GenerateConfig, progress=None) -> dict[str, pa.Table]:
     """All three splits as Arrow tables (columns id, nums, target, solution)."""
     seen, held = split_targets(cfg)
@@ -124,23 +154,7 @@ def generate(cfg: GenerateConfig, progress=None) -> dict[str, pa.Table]:
     pool = ctx.Pool(workers) if workers > 1 else None
     try:
         train = _generate_split(cfg, "train", seen, cfg.num_train, pool, progress)
-        # val_seen: seen targets, problems not in train. Draw extra, drop collisions, cut.
-        extra = max(16, cfg.num_val_seen // 10)
-        val_seen = _generate_split(cfg, "val_seen", seen, cfg.num_val_seen + extra, pool, progress)
-        in_train = problem_keys(train)
-        keep = [
-            i
-            for i, key in enumerate(zip(val_seen["nums"].to_pylist(), val_seen["target"].to_pylist()))
-            if (tuple(sorted(key[0])), key[1]) not in in_train
-        ][: cfg.num_val_seen]
-        if len(keep) < cfg.num_val_seen:  # the seen targets' problem space is used up by train: say so
-            raise ValueError(
-                f"num_val_seen: {cfg.num_val_seen} problems with seen targets that are not in train were asked "
-                f"for, {len(keep)} found in {len(val_seen)} draws; train's {cfg.num_train} rows hold "
-                f"{len(in_train)} distinct problems of {cfg.num_numbers} numbers in [{cfg.number_min}, "
-                f"{cfg.number_max}] with targets {cfg.target_min}-{cfg.target_max}: lower num_val_seen or "
-                "num_train, or widen the numbers or targets")
-        val_seen = val_seen.take(pa.array(keep, pa.int64())).set_column(0, "id", pa.array(np.arange(len(keep)), pa.int64()))
+        val_seen = _val_seen(cfg, seen, problem_keys(train), pool, progress)
         val_new = _generate_split(cfg, "val_new", held, cfg.num_val_new, pool, progress) if held else train.slice(0, 0)
     finally:
         if pool:
