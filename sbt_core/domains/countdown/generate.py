@@ -111,9 +111,14 @@ def _generate_split(cfg: GenerateConfig, split: str, targets: list[int], count: 
     )
 
 
+def _keys(table: pa.Table) -> list[tuple]:
+    """Each row's problem identity: its numbers as a multiset and its target."""
+    return [(tuple(sorted(n)), t) for n, t in zip(table["nums"].to_pylist(), table["target"].to_pylist())]
+
+
 def problem_keys(table: pa.Table) -> set[tuple]:
-    """A problem's identity: its numbers as a multiset and its target."""
-    return {(tuple(sorted(n)), t) for n, t in zip(table["nums"].to_pylist(), table["target"].to_pylist())}
+    """The table's problems, by identity (`_keys`)."""
+    return set(_keys(table))
 
 
 def _val_seen(cfg: GenerateConfig, seen: list[int], in_train: set[tuple], pool, progress) -> pa.Table:
@@ -122,12 +127,11 @@ def _val_seen(cfg: GenerateConfig, seen: list[int], in_train: set[tuple], pool, 
     `_VAL_SEEN_DRAWS` times the count asked for; then say the seen targets' problems are used up."""
     want, parts, kept, drawn, chunk = cfg.num_val_seen, [], 0, 0, 0
     count = want + max(16, want // 10)
-    while want and kept < want:
+    while kept < want:
         table = _generate_split(cfg, "val_seen", seen, count, pool, progress if not parts else None, chunk)
         chunk += -(-count // cfg.chunk_size)
         drawn += count
-        keys = zip(table["nums"].to_pylist(), table["target"].to_pylist())
-        keep = [i for i, (n, t) in enumerate(keys) if (tuple(sorted(n)), t) not in in_train][: want - kept]
+        keep = [i for i, key in enumerate(_keys(table)) if key not in in_train][: want - kept]
         parts.append(table.take(pa.array(keep, pa.int64())))
         kept += len(keep)
         if kept < want and drawn >= _VAL_SEEN_DRAWS * want:  # the seen targets' problem space is used up by train
@@ -138,7 +142,7 @@ def _val_seen(cfg: GenerateConfig, seen: list[int], in_train: set[tuple], pool, 
                 f"{cfg.target_min}-{cfg.target_max}: lower num_val_seen or num_train, or widen the numbers or "
                 "targets")
         count = min(_VAL_SEEN_DRAWS * want - drawn, max(16, int(1.2 * (want - kept) * drawn / max(kept, 1))))
-    table = pa.concat_tables(parts) if parts else _generate_split(cfg, "val_seen", seen, 0, None, None)
+    table = pa.concat_tables(parts)
     return table.set_column(0, "id", pa.array(np.arange(len(table)), pa.int64()))
 
 
@@ -154,7 +158,7 @@ def generate(cfg: GenerateConfig, progress=None) -> dict[str, pa.Table]:
     pool = ctx.Pool(workers) if workers > 1 else None
     try:
         train = _generate_split(cfg, "train", seen, cfg.num_train, pool, progress)
-        val_seen = _val_seen(cfg, seen, problem_keys(train), pool, progress)
+        val_seen = _val_seen(cfg, seen, problem_keys(train), pool, progress) if cfg.num_val_seen else train.slice(0, 0)
         val_new = _generate_split(cfg, "val_new", held, cfg.num_val_new, pool, progress) if held else train.slice(0, 0)
     finally:
         if pool:
